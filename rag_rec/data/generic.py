@@ -1,0 +1,199 @@
+"""The shop export format: products + events (+ optional bundles) as CSV, JSONL or Parquet.
+
+A directory holding:
+- products.{csv,jsonl,parquet}: id, title (required); category (path joined by ' > '), brand, price,
+  description, in_stock (true/false); any column named attr_<name> becomes an attribute.
+- events.{csv,jsonl,parquet} (optional): user_id, item_id, timestamp (unix seconds or ISO-8601) required;
+  event (view|cart|purchase, default purchase), session_id, quantity, price.
+- bundles.{csv,jsonl,parquet} (optional): bundle_id, item_id (one row per item), intent, session_id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from rag_rec.data.cleaning import CleaningReport, RowChecker, parse_price
+from rag_rec.data.models import Bundle, Dataset, Interactions, Product, Session
+from rag_rec.errors import DataError
+
+EVENT_TYPES = {"view", "click", "cart", "purchase", "wishlist", "return"}
+MAX_QUANTITY = 1_000.0
+
+
+def _find(root: Path, stem: str, required: bool) -> Path | None:
+    for ext in ("csv", "jsonl", "parquet"):
+        if (root / f"{stem}.{ext}").is_file():
+            return root / f"{stem}.{ext}"
+    if required:
+        raise DataError(f"missing {stem}.csv / {stem}.jsonl / {stem}.parquet", file=str(root / stem))
+    return None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read CSV/JSONL/Parquet as strings; malformed files raise DataError naming the file (and line)."""
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        if path.suffix == ".jsonl":
+            rows = []
+            import json
+
+            with open(path, encoding="utf-8") as fh:
+                for number, line in enumerate(fh, start=1):
+                    if line.strip():
+                        try:
+                            obj = json.loads(line)
+                        except json.JSONDecodeError as exc:
+                            raise DataError(f"invalid JSON: {exc.msg}", file=str(path), row=number) from None
+                        if not isinstance(obj, dict):
+                            raise DataError("each line must be a JSON object", file=str(path), row=number)
+                        rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
+            return pd.DataFrame(rows)
+        return pd.read_parquet(path).astype(str)
+    except DataError:
+        raise
+    except Exception as exc:  # parser errors from pandas/pyarrow
+        raise DataError(f"cannot parse: {exc}", file=str(path)) from None
+
+
+def _require_columns(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; has {list(frame.columns)}", file=str(path), row=1,
+                        field=missing[0])
+
+
+def _timestamp(value: str) -> int | None:
+    value = value.strip()
+    if not value:
+        return None
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        return int(pd.Timestamp(value).timestamp())
+    except (ValueError, TypeError):
+        return None
+
+
+def load_generic(directory: str | Path, *, strict: bool = True, name: str | None = None,
+                 report: CleaningReport | None = None) -> Dataset:
+    """Load a shop export; row numbers in errors are 1-based data rows as a person counts them (header = 1)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise DataError(f"not a directory: {root}")
+    report = report or CleaningReport()
+    products_path = _find(root, "products", required=True)
+    frame = read_table(products_path)
+    _require_columns(frame, products_path, ("id", "title"))
+    chk = RowChecker(products_path, report, strict)
+    first_row = 2 if products_path.suffix == ".csv" else 1
+    products: dict[str, Product] = {}
+    for offset, row in enumerate(frame.to_dict("records")):
+        number = first_row + offset
+        pid = str(row.get("id", "")).strip()
+        if not pid:
+            chk.reject(number, "id", "empty product id", row)
+            continue
+        title = str(row.get("title", "")).strip()
+        category = tuple(p.strip() for p in str(row.get("category", "")).split(">") if p.strip())
+        if not title:
+            if not category:
+                chk.reject(number, "title", "empty title and no category to describe the product", row)
+                continue
+            title = " > ".join(category[-2:])
+            report.count("missing_filled", f"{products_path.name}:title")
+        price, problem = parse_price(row.get("price"))
+        if problem:
+            report.count("outliers", f"{products_path.name}:price")
+            if strict and "not a number" in problem:
+                chk.reject(number, "price", problem, row)
+        stock_raw = str(row.get("in_stock", "true")).strip().lower()
+        if stock_raw not in {"", "true", "false", "1", "0", "yes", "no"}:
+            chk.reject(number, "in_stock", f"expected true/false, got {stock_raw!r}", row)
+            continue
+        attributes = {k[5:]: str(v) for k, v in row.items() if k.startswith("attr_") and str(v).strip()}
+        product = Product(pid, title, category, str(row.get("brand", "")).strip() or None, price,
+                          str(row.get("description", "")).strip() or None, attributes,
+                          stock_raw not in {"false", "0", "no"})
+        if pid in products:
+            report.count("duplicates_removed", products_path.name)
+        products[pid] = product
+
+    interactions = Interactions()
+    sessions: dict[str, Session] = {}
+    events_path = _find(root, "events", required=False)
+    if events_path is not None:
+        interactions = _load_events(events_path, products, report, strict)
+        with_session = interactions.frame.dropna(subset=["session_id"])
+        for sid, group in with_session.groupby("session_id", sort=False):
+            sessions[str(sid)] = Session(str(sid), tuple(dict.fromkeys(group["item_id"])),
+                                         str(group["user_id"].iloc[0]), int(group["timestamp"].iloc[0]))
+
+    bundles: list[Bundle] = []
+    bundles_path = _find(root, "bundles", required=False)
+    if bundles_path is not None:
+        frame = read_table(bundles_path)
+        _require_columns(frame, bundles_path, ("bundle_id", "item_id"))
+        chk = RowChecker(bundles_path, report, strict)
+        first = 2 if bundles_path.suffix == ".csv" else 1
+        grouped: dict[str, dict] = {}
+        for offset, row in enumerate(frame.to_dict("records")):
+            if row["item_id"] not in products:
+                chk.reject(first + offset, "item_id", f"unknown product {row['item_id']!r}", row)
+                continue
+            g = grouped.setdefault(row["bundle_id"], {"items": [], "intent": row.get("intent") or None,
+                                                     "session": row.get("session_id") or None})
+            g["items"].append(row["item_id"])
+        bundles = [Bundle(bid, tuple(dict.fromkeys(g["items"])), g["intent"], g["session"])
+                   for bid, g in grouped.items()]
+    return Dataset(name or root.name, products, interactions, sessions, bundles, source=str(root), report=report)
+
+
+def _load_events(path: Path, products: dict[str, Product], report: CleaningReport, strict: bool) -> Interactions:
+    frame = read_table(path)
+    _require_columns(frame, path, ("user_id", "item_id", "timestamp"))
+    chk = RowChecker(path, report, strict)
+    first = 2 if path.suffix == ".csv" else 1
+    rows = []
+    seen: set[tuple] = set()
+    for offset, row in enumerate(frame.to_dict("records")):
+        number = first + offset
+        user, item = str(row["user_id"]).strip(), str(row["item_id"]).strip()
+        if not user:
+            chk.reject(number, "user_id", "empty user id", row)
+            continue
+        if item not in products:
+            chk.reject(number, "item_id", f"unknown product {item!r}", row)
+            continue
+        ts = _timestamp(str(row["timestamp"]))
+        if ts is None:
+            chk.reject(number, "timestamp", f"not a unix time or ISO date: {row['timestamp']!r}", row)
+            continue
+        event = (str(row.get("event", "")).strip().lower() or "purchase")
+        if event not in EVENT_TYPES:
+            chk.reject(number, "event", f"unknown event type {event!r}; expected one of {sorted(EVENT_TYPES)}", row)
+            continue
+        quantity = 1.0
+        if str(row.get("quantity", "")).strip():
+            try:
+                quantity = float(row["quantity"])
+            except ValueError:
+                chk.reject(number, "quantity", f"not a number: {row['quantity']!r}", row)
+                continue
+            if quantity <= 0 or quantity > MAX_QUANTITY:
+                report.count("outliers", f"{path.name}:quantity")
+                quantity = min(max(quantity, 1.0), MAX_QUANTITY)
+        price, problem = parse_price(row.get("price"))
+        if problem:
+            report.count("outliers", f"{path.name}:price")
+        key = (user, item, ts, event, str(row.get("session_id", "")))
+        if key in seen:
+            report.count("duplicates_removed", path.name)
+            continue
+        seen.add(key)
+        rows.append({"user_id": user, "item_id": item, "timestamp": ts, "event": event,
+                     "session_id": str(row.get("session_id", "")).strip() or None, "quantity": quantity,
+                     "price": price})
+    return Interactions(pd.DataFrame(rows) if rows else None)

@@ -1,0 +1,131 @@
+"""Typed settings: environment variables (RAG_REC_*, nested with __) and an optional TOML/JSON file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSettings(_Section):
+    root: Path = Field(default=Path("data"), description="Folder with the bundled datasets")
+    domain: str = "electronic"
+    strict: bool = True
+    quarantine_dir: Path | None = None
+
+
+class EmbeddingSettings(_Section):
+    model: str = Field(default="packaged:all-MiniLM-L6-v2",
+                       description="'packaged:all-MiniLM-L6-v2', a Hugging Face id or a local sentence-transformers dir")
+    batch_size: int = 64
+    device: str = "cpu"
+    normalize: bool = True
+
+
+class CFSettings(_Section):
+    als_factors: int = 64
+    als_iterations: int = 15
+    als_regularization: float = 0.05
+    substitute_discount: float = 0.5
+    threads: int = 1
+
+
+class BehaviourSettings(_Section):
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 20
+    epochs: int = 20
+    lr: float = 3e-3
+    seed: int = 0
+
+
+class IndexSettings(_Section):
+    backend: Literal["edge", "qdrant"] = "edge"
+    path: Path = Field(default=Path("var/index"), description="Data directory of the embedded engine")
+    url: str | None = Field(default=None, description="Qdrant server URL; ':memory:' for qdrant-client local mode")
+    api_key: str | None = None
+    collection: str = "products"
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+
+
+class RetrieveSettings(_Section):
+    k: int = 20
+    prefetch_k: int = 100
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    weights: dict[str, float] = Field(default_factory=lambda: {"cooc": 1.0, "cf": 1.0, "text": 0.6, "behaviour": 0.6})
+
+
+class LLMSettings(_Section):
+    backend: Literal["vllm", "openai", "none"] = "vllm"
+    model: str = Field(default="smollm2-135m", description="Registry name, Hugging Face id or local directory")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint of a `vllm serve` deployment")
+    api_key: str | None = None
+    cache_dir: Path = Field(default=Path.home() / ".cache" / "rag_rec" / "models")
+    max_tokens: int = 384
+    temperature: float = 0.0
+    timeout_s: float = 120.0
+    max_model_len: int = 4096
+    kv_cache_gb: int = 2
+    dtype: str = "bfloat16"
+    max_candidates: int = 30
+
+
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: list[str] = Field(default_factory=lambda: ["dev-key"])
+    max_body_bytes: int = 64 * 1024
+    rate_limit_per_minute: int = 600
+    max_concurrency: int = 32
+
+
+class Settings(BaseSettings):
+    """All configuration. Env vars like RAG_REC_INDEX__BACKEND=qdrant override the file."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_REC_", env_nested_delimiter="__", extra="forbid")
+
+    data: DataSettings = Field(default_factory=DataSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    cf: CFSettings = Field(default_factory=CFSettings)
+    behaviour: BehaviourSettings = Field(default_factory=BehaviourSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides) -> "Settings":
+        """Settings from explicit overrides > env vars > a TOML/JSON file (path or $RAG_REC_CONFIG) > defaults."""
+        path = path or os.environ.get("RAG_REC_CONFIG")
+        if path is None:
+            return cls(**overrides)
+        file_path = Path(path)
+        if not file_path.is_file():
+            raise FileNotFoundError(f"settings file not found: {file_path}")
+        source_cls = TomlConfigSettingsSource if file_path.suffix == ".toml" else JsonConfigSettingsSource
+
+        class _WithFile(cls):  # type: ignore[misc, valid-type]
+            @classmethod
+            def settings_customise_sources(cls_, settings_cls, init_settings, env_settings, dotenv_settings,
+                                           file_secret_settings):
+                if source_cls is TomlConfigSettingsSource:
+                    file_source = source_cls(settings_cls, toml_file=file_path)
+                else:
+                    file_source = source_cls(settings_cls, json_file=file_path)
+                return init_settings, env_settings, file_source
+
+        return cls.model_validate(_WithFile(**overrides).model_dump())
