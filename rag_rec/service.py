@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from rag_rec.schemas import (
     BundleRequest,
@@ -36,9 +36,5 @@ class BundleService(Protocol):
         """Text search over the catalogue (for the chat page and agents)."""
 
     def product(self, item_id: str) -> ItemOut | None: ...
-
-    def stream_compose(self, request: BundleRequest) -> Iterator[str]:
-        """Token/text chunks of the LLM answer as it is generated, then nothing (the final bundles come
-        from recommend())."""
 
     def health(self) -> dict[str, object]: ...
