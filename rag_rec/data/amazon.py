@@ -132,8 +132,12 @@ def load_amazon_bundles(directory: str | Path, *, strict: bool = True, name: str
     chk = checker("session_item.csv")
     for number, row in _rows(root / "session_item.csv", ("session ID", "item ID")):
         sid, iid = int_id(chk, number, row, "session ID"), int_id(chk, number, row, "item ID")
-        if sid is None or not known(chk, number, row, iid):
+        if sid is None or iid is None:
             continue
+        if pid(iid) not in products:  # sessions also hold viewed items that never entered a bundle: no title row
+            products[pid(iid)] = Product(id=pid(iid), title=f"item {pid(iid)}", attributes={"item_idx": iid,
+                                                                                           "untitled": "1"})
+            report.count("missing_filled", "session_item.csv:items_without_title")
         items = session_items.setdefault(sid, [])
         if pid(iid) in items:
             report.count("duplicates_removed", "session_item.csv")

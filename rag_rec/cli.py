@@ -1,0 +1,126 @@
+"""`rag-rec` command line: demo, eval, index, models, serve, bench."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _settings(args):
+    from rag_rec.settings import Settings
+
+    return Settings.load(getattr(args, "config", None))
+
+
+def cmd_eval(args) -> int:
+    from rag_rec.eval.harness import run_eval
+
+    settings = _settings(args)
+    command = "rag-rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_eval(args.task, args.data, args.recommender, args.out, limit=args.limit, settings=settings, seed=args.seed,
+             command=command)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from rag_rec.demo import run_demo
+
+    return run_demo(_settings(args), serve=args.serve, use_llm=not args.no_llm, port=args.port)
+
+
+def cmd_models(args) -> int:
+    from rag_rec.llm.models import models_main
+
+    return models_main(args.rest)
+
+
+def cmd_serve(args) -> int:
+    from rag_rec.pipeline import BundlePipeline
+    from rag_rec.serve.app import serve_main
+
+    settings = _settings(args)
+    if args.port:
+        settings.serve.port = args.port
+    return serve_main(settings, BundlePipeline.from_settings(settings)) or 0
+
+
+def cmd_index(args) -> int:
+    from rag_rec.pipeline import BundlePipeline
+
+    settings = _settings(args)
+    pipeline = BundlePipeline.from_settings(settings, data=args.data, rebuild=True)
+    print(f"indexed {pipeline.store.count()} products into {settings.index.backend}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "run_all.py"
+    if not script.is_file():
+        print("bench/ is not part of an installed package: run from a source checkout", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rag-rec", description=__doc__)
+    parser.add_argument("--config", help="settings file (TOML or JSON); env vars RAG_REC_* override it")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="score recommenders on a task; writes metrics.json, report.md, plots")
+    p.add_argument("task", choices=["session_bundling", "bundle_completion", "basket_completion"])
+    p.add_argument("--data", required=True,
+                   help="amazon:DIR | aicl:FILE[@AMAZON_DIR] | dunnhumby[:HOUSEHOLDS] | generic:DIR | PATH")
+    p.add_argument("--recommender", action="append", help="repeatable; default: the task's baselines")
+    p.add_argument("--limit", type=int, help="at most N test cases/sessions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="build everything on the bundled data and show bundles for real users")
+    p.add_argument("--serve", action="store_true", help="then serve the chat page on embedded defaults")
+    p.add_argument("--no-llm", action="store_true", help="compose without the LLM")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="provision LLM weights offline: list | pull NAME | verify NAME")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("serve", help="run the HTTP API and chat page")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("index", help="(re)build the product index from a dataset")
+    p.add_argument("--data", default=None)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("bench", help="run the benchmark suite (source checkout)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rag_rec.errors import RagRecError
+
+    try:
+        return int(args.func(args) or 0)
+    except RagRecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Metrics for session bundling (AICL and corrected), ranked completion and explanation text."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+ItemSet = frozenset
+
+
+@dataclass(frozen=True)
+class SessionScores:
+    precision: float
+    recall: float
+    coverage: float
+    precision_1to1: float
+    recall_1to1: float
+    coverage_1to1: float
+    exact_match: float
+    jaccard: float
+
+
+def aicl_session_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> tuple[float, float, float]:
+    """AICL's per-session precision, recall, coverage.
+
+    A predicted bundle is a hit when it is a subset of some true bundle (first one found, in order).
+    precision = hits / |predicted|; recall = hits / |truth| (several predictions may hit the same true
+    bundle, so recall can exceed 1: AICL's quirk, kept on purpose); coverage = mean over hits of
+    |pred| / |matched true bundle| (0 when there is no hit).
+    """
+    preds = [ItemSet(p) for p in predicted if len(p) > 0]
+    gts = [ItemSet(t) for t in truth if len(t) > 0]
+    if not gts:
+        raise ValueError("a session needs at least one true bundle")
+    hits, covs = 0, []
+    for p in preds:
+        for t in gts:
+            if p <= t:
+                hits += 1
+                covs.append(len(p) / len(t))
+                break
+    precision = hits / len(preds) if preds else 0.0
+    return precision, hits / len(gts), float(np.mean(covs)) if covs else 0.0
+
+
+def one_to_one_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> tuple[float, float, float]:
+    """Corrected variant: each true bundle is matched by at most one subset prediction (the one that covers it
+    most), so recall <= 1. Coverage averages over matched true bundles."""
+    preds = [ItemSet(p) for p in predicted if len(p) > 0]
+    gts = [ItemSet(t) for t in truth if len(t) > 0]
+    pairs = sorted(((len(p) / len(t), i, j) for i, p in enumerate(preds) for j, t in enumerate(gts) if p <= t),
+                   reverse=True)
+    used_p, used_t, covs = set(), set(), []
+    for cov, i, j in pairs:
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+            covs.append(cov)
+    precision = len(covs) / len(preds) if preds else 0.0
+    return precision, len(covs) / len(gts), float(np.mean(covs)) if covs else 0.0
+
+
+def exact_match_rate(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> float:
+    """Share of true bundles that some prediction reproduces exactly."""
+    preds = {ItemSet(p) for p in predicted}
+    gts = [ItemSet(t) for t in truth]
+    return sum(t in preds for t in gts) / len(gts)
+
+
+def mean_best_jaccard(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> float:
+    """For each true bundle, the best Jaccard with any prediction; averaged over true bundles."""
+    preds = [ItemSet(p) for p in predicted]
+    gts = [ItemSet(t) for t in truth]
+    best = [max((len(t & p) / len(t | p) for p in preds), default=0.0) for t in gts]
+    return float(np.mean(best))
+
+
+def session_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> SessionScores:
+    p, r, c = aicl_session_scores(predicted, truth)
+    p1, r1, c1 = one_to_one_scores(predicted, truth)
+    return SessionScores(p, r, c, p1, r1, c1, exact_match_rate(predicted, truth), mean_best_jaccard(predicted, truth))
+
+
+# ---- ranking ----
+
+
+def rank_of(scores: np.ndarray, target: int, candidates: np.ndarray | None = None) -> tuple[int, float]:
+    """1-based rank of `target` among finite-scored items, and its AUC (ties count half)."""
+    valid = np.isfinite(scores) if candidates is None else candidates
+    s = scores[target]
+    others = scores[valid]
+    n_other = int(valid.sum()) - (1 if valid[target] else 0)
+    higher = int((others > s).sum())
+    ties = int((others == s).sum()) - 1
+    rank = higher + 1
+    auc = 1.0 - (higher + 0.5 * ties) / n_other if n_other > 0 else 0.0
+    return rank, auc
+
+
+def recall_at(rank: int, k: int) -> float:
+    return 1.0 if rank <= k else 0.0
+
+
+def ndcg_at(rank: int, k: int) -> float:
+    """Single relevant item: 1/log2(rank+1) within the top k."""
+    return 1.0 / math.log2(rank + 1) if rank <= k else 0.0
+
+
+def mrr(rank: int) -> float:
+    return 1.0 / rank
+
+
+# ---- explanation text ----
+
+
+def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
+    """ROUGE-1/2/L F1 (rouge-score package, stemming on)."""
+    from rag_rec.errors import require
+
+    rouge = require("rouge_score.rouge_scorer", "llm")
+    scorer = rouge.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    result = scorer.score(reference, prediction)
+    return {k: float(v.fmeasure) for k, v in result.items()}

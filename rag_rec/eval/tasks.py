@@ -1,0 +1,184 @@
+"""The three evaluation tasks: session bundling (AICL), bundle completion (Sun et al.), basket completion."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+from rich.progress import track
+
+from rag_rec.data.models import Bundle, Dataset, Interactions, Session
+from rag_rec.eval import metrics as M
+from rag_rec.eval.recommenders import PredictedBundle, Ranker, SessionBundler
+
+
+@dataclass
+class TaskResult:
+    task: str
+    recommender: str
+    metrics: dict[str, float]
+    n_cases: int
+    seconds: float
+    per_case: list[dict] = field(default_factory=list)
+    examples: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RankCase:
+    anchors: tuple[str, ...]
+    target: str
+    user_id: str | None
+
+
+# ---- splits ----
+
+
+def bundle_completion_split(dataset: Dataset, *, test_frac: float = 0.2, seed: int = 0) -> tuple[Dataset, list[RankCase]]:
+    """Hold out whole sessions: their bundles become test cases (one hidden item each) and everything that
+    reveals them (the sessions, their bundles, the users' interactions with those items) leaves training."""
+    rng = random.Random(seed)
+    by_session = dataset.bundles_of_session()
+    session_ids = sorted(by_session)
+    rng.shuffle(session_ids)
+    test_sessions = set(session_ids[: max(1, int(len(session_ids) * test_frac))])
+    cases: list[RankCase] = []
+    leaked: set[tuple[str, str]] = set()
+    for sid in sorted(test_sessions, key=lambda s: int(s) if s.isdigit() else s):
+        user = dataset.sessions[sid].user_id if sid in dataset.sessions else None
+        for bundle in by_session[sid]:
+            if len(bundle.items) < 2:
+                continue
+            target = rng.choice(bundle.items)
+            cases.append(RankCase(tuple(i for i in bundle.items if i != target), target, user))
+            if user is not None:
+                leaked.update((user, i) for i in bundle.items)
+    frame = dataset.interactions.frame
+    keep = [(u, i) not in leaked for u, i in zip(frame["user_id"], frame["item_id"])]
+    train = replace(
+        dataset,
+        interactions=Interactions(frame[np.asarray(keep, dtype=bool)].copy()) if len(frame) else dataset.interactions,
+        sessions={k: v for k, v in dataset.sessions.items() if k not in test_sessions},
+        bundles=[b for b in dataset.bundles if b.session_id not in test_sessions],
+    )
+    return train, cases
+
+
+def basket_completion_split(dataset: Dataset, *, max_cases: int = 1000, seed: int = 0) -> tuple[Dataset, list[RankCase]]:
+    """Each household's last basket (>= 2 items): hide one item, the rest are anchors; the basket leaves training."""
+    rng = random.Random(seed)
+    last: dict[str, Session] = {}
+    for s in dataset.sessions.values():
+        if s.user_id is None or len(s.items) < 2:
+            continue
+        cur = last.get(s.user_id)
+        if cur is None or (s.timestamp or 0) > (cur.timestamp or 0):
+            last[s.user_id] = s
+    users = sorted(last)
+    rng.shuffle(users)
+    chosen = [last[u] for u in users[:max_cases]]
+    cases = []
+    for s in chosen:
+        target = rng.choice(s.items)
+        cases.append(RankCase(tuple(i for i in s.items if i != target), target, s.user_id))
+    held = {s.id for s in chosen}
+    frame = dataset.interactions.frame
+    train = replace(dataset, interactions=Interactions(frame[~frame["session_id"].isin(held)].copy()),
+                    sessions={k: v for k, v in dataset.sessions.items() if k not in held})
+    return train, cases
+
+
+# ---- runners ----
+
+
+def run_ranking(task: str, train: Dataset, cases: Sequence[RankCase], ranker: Ranker,
+                ks: Sequence[int] = (5, 10, 20)) -> TaskResult:
+    t0 = time.perf_counter()
+    ranker.fit(train)
+    fit_s = time.perf_counter() - t0
+    rows = []
+    for case in track(cases, description=f"{task} / {ranker.name}", transient=True):
+        j = ranker.vocab.index.get(case.target)
+        if j is None:
+            rank, auc = len(ranker.vocab), 0.0
+        else:
+            rank, auc = M.rank_of(ranker.score_vector(case.anchors, case.user_id), j)
+        row = {"rank": rank, "auc": auc, "mrr": M.mrr(rank)}
+        for k in ks:
+            row[f"recall@{k}"] = M.recall_at(rank, k)
+            row[f"ndcg@{k}"] = M.ndcg_at(rank, k)
+        rows.append(row)
+    metrics = {key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key != "rank"} if rows else {}
+    if task == "basket_completion":
+        metrics.update({f"hr@{k}": metrics[f"recall@{k}"] for k in ks})
+    metrics["fit_seconds"] = fit_s
+    elapsed = time.perf_counter() - t0
+    metrics["ms_per_case"] = 1000 * (elapsed - fit_s) / max(len(rows), 1)
+    return TaskResult(task, ranker.name, metrics, len(rows), elapsed, per_case=[{"rank": r["rank"]} for r in rows])
+
+
+def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: int | None = None,
+                         intent_scorer=None) -> TaskResult:
+    """AICL task on the dataset's test split: predict bundles for each test session."""
+    t0 = time.perf_counter()
+    train_ids = set(dataset.splits.get("train", []))
+    train = replace(dataset, sessions={k: v for k, v in dataset.sessions.items() if k in train_ids},
+                    bundles=[b for b in dataset.bundles if b.session_id in train_ids])
+    bundler.fit(train)
+    truth = dataset.bundles_of_session()
+    test_ids = [s for s in dataset.splits.get("test", []) if s in truth][: limit or None]
+    sessions = [dataset.sessions[s] for s in test_ids]
+    predictions = bundler.bundle_sessions(sessions, dataset)
+    rows, examples = [], []
+    for session, preds in zip(sessions, predictions):
+        valid = _valid_prediction(session, preds)
+        true_sets = [b.items for b in truth[session.id]]
+        sc = M.session_scores([p.items for p in preds] if valid else [], true_sets)
+        row = {"valid": float(valid), **sc.__dict__, "n_pred": len(preds)}
+        rows.append(row)
+        if len(examples) < 12:
+            examples.append({"session": session.id, "items": list(session.items),
+                             "truth": [{"items": list(b.items), "intent": b.intent} for b in truth[session.id]],
+                             "predicted": [{"items": list(p.items), "intent": p.intent} for p in preds]})
+    metrics = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} if rows else {}
+    if intent_scorer is not None:
+        metrics.update(intent_scorer(sessions, predictions, truth))
+    metrics["seconds_per_session"] = (time.perf_counter() - t0) / max(len(rows), 1)
+    return TaskResult("session_bundling", bundler.name, metrics, len(rows), time.perf_counter() - t0,
+                      per_case=rows, examples=examples)
+
+
+def _valid_prediction(session: Session, preds: Sequence[PredictedBundle]) -> bool:
+    """Valid: every bundle has >= 2 distinct items, all from the session."""
+    allowed = set(session.items)
+    return all(len(set(p.items)) >= 2 and set(p.items) <= allowed for p in preds)
+
+
+def intent_similarity_scorer(encoder) -> callable:
+    """Intent quality: ROUGE-1/2/L and embedding cosine of each hit bundle's intent vs the crowd intent."""
+
+    def score(sessions, predictions, truth) -> dict[str, float]:
+        pairs = []
+        for session, preds in zip(sessions, predictions):
+            for p in preds:
+                for t in truth[session.id]:
+                    if set(p.items) <= set(t.items) and t.intent and p.intent:
+                        pairs.append((p.intent, t.intent))
+                        break
+        if not pairs:
+            return {"intent_pairs": 0}
+        rouge = [M.rouge_scores(p, t) for p, t in pairs]
+        out = {f"intent_{k}": float(np.mean([r[k] for r in rouge])) for k in rouge[0]}
+        a = encoder.encode([p for p, _ in pairs])
+        b = encoder.encode([t for _, t in pairs])
+        out["intent_embedding_sim"] = float(np.mean(np.sum(a * b, axis=1)))
+        out["intent_pairs"] = len(pairs)
+        return out
+
+    return score
+
+
+def bundle_of(items: Sequence[str], intent: str = "") -> Bundle:
+    return Bundle("pred", tuple(items), intent)

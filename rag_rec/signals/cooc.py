@@ -1,0 +1,166 @@
+"""Item-item co-occurrence from sessions, baskets and bundles, with a complement score and popularity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from rag_rec.data.models import Dataset
+
+
+@dataclass
+class ItemVocab:
+    ids: list[str]
+    index: dict[str, int]
+
+    @classmethod
+    def of(cls, ids: Iterable[str]) -> "ItemVocab":
+        ids = list(dict.fromkeys(ids))
+        return cls(ids, {i: n for n, i in enumerate(ids)})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def known(self, ids: Iterable[str]) -> list[int]:
+        return [self.index[i] for i in ids if i in self.index]
+
+
+def item_set_matrix(groups: Iterable[Sequence[str]], vocab: ItemVocab, weights: Sequence[float] | None = None
+                    ) -> sp.csr_matrix:
+    """Binary group x item matrix (one row per session/basket/bundle with >= 1 known item)."""
+    rows, cols, vals = [], [], []
+    r = 0
+    for g, group in enumerate(groups):
+        idx = sorted(set(vocab.known(group)))
+        if not idx:
+            continue
+        w = 1.0 if weights is None else float(weights[g])
+        rows.extend([r] * len(idx))
+        cols.extend(idx)
+        vals.extend([w] * len(idx))
+        r += 1
+    return sp.csr_matrix((np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(r, len(vocab)))
+
+
+class CooccurrenceScorer:
+    """ItemKNN over co-membership counts.
+
+    score(b | anchors) = sum_a  C[a,b] / (n_a * n_b) ** alpha   (alpha=0.5: cosine)
+    With `complement=True`, items in the same leaf category as an anchor (likely substitutes) are multiplied
+    by `substitute_discount`. Ties are broken by popularity (a 1e-6 backfill), so every item has a rank.
+    """
+
+    def __init__(self, *, alpha: float = 0.5, complement: bool = False, substitute_discount: float = 0.5,
+                 bundle_weight: float = 2.0, min_count: int = 1, name: str | None = None):
+        self.alpha, self.complement, self.substitute_discount = alpha, complement, substitute_discount
+        self.bundle_weight, self.min_count = bundle_weight, min_count
+        self.name = name or ("cooc" if complement else "itemknn")
+
+    def fit(self, dataset: Dataset) -> "CooccurrenceScorer":
+        self.vocab = ItemVocab.of(dataset.products)
+        groups = [s.items for s in dataset.sessions.values()] + [b.items for b in dataset.bundles]
+        weights = [1.0] * len(dataset.sessions) + [self.bundle_weight] * len(dataset.bundles)
+        users = dataset.interactions.frame
+        if len(users) and not dataset.sessions:
+            for _, items in users.groupby("user_id")["item_id"]:
+                groups.append(tuple(items))
+                weights.append(1.0)
+        x = item_set_matrix(groups, self.vocab, weights)
+        self._fit_matrix(x, dataset)
+        return self
+
+    def _fit_matrix(self, x: sp.csr_matrix, dataset: Dataset) -> None:
+        binary = x.copy()
+        binary.data[:] = 1.0
+        self.counts = np.asarray(binary.sum(axis=0)).ravel() + 1e-9
+        c = (x.T @ binary).tocsr()
+        c.setdiag(0)
+        c.eliminate_zeros()
+        if self.min_count > 1:
+            c.data[c.data < self.min_count] = 0
+            c.eliminate_zeros()
+        self.cooc = c
+        self.popularity = self.counts / self.counts.max()
+        leaf = [dataset.products[i].leaf_category if i in dataset.products else "" for i in self.vocab.ids]
+        codes = {c: n for n, c in enumerate(sorted(set(leaf)))}
+        self.leaf = np.array([codes[c] if c else -1 for c in leaf])
+
+    def score_vector(self, anchors: Sequence[str], user_id: str | None = None) -> np.ndarray:
+        idx = self.vocab.known(anchors)
+        scores = 1e-6 * self.popularity.astype(np.float64)
+        if not idx:
+            return scores
+        rows = self.cooc[idx]
+        norm = (self.counts[idx][:, None] * self.counts[None, :]) ** self.alpha
+        contrib = np.asarray(rows.multiply(1.0 / norm).sum(axis=0)).ravel() if rows.nnz else 0.0
+        scores = scores + contrib
+        if self.complement:
+            anchor_leaves = {self.leaf[i] for i in idx if self.leaf[i] >= 0}
+            if anchor_leaves:
+                same = np.isin(self.leaf, list(anchor_leaves))
+                scores[same] *= self.substitute_discount
+        scores[idx] = -np.inf
+        return scores
+
+    def evidence(self, anchors: Sequence[str], item: str) -> int:
+        """Raw co-occurrence count of `item` with the anchors (for provenance)."""
+        if item not in self.vocab.index:
+            return 0
+        j = self.vocab.index[item]
+        return int(sum(self.cooc[i, j] for i in self.vocab.known(anchors)))
+
+    def score(self, anchors: Sequence[str], user_id: str | None = None) -> dict[str, float]:
+        vec = self.score_vector(anchors, user_id)
+        nz = np.flatnonzero(vec > 1e-5)
+        return {self.vocab.ids[i]: float(vec[i]) for i in nz}
+
+    def add_groups(self, groups: Sequence[Sequence[str]], dataset: Dataset) -> None:
+        """Incremental update: add new sessions/baskets (new items extend the vocabulary)."""
+        new_ids = [i for g in groups for i in g if i not in self.vocab.index]
+        if new_ids:
+            self.vocab = ItemVocab.of(self.vocab.ids + new_ids)
+            n = len(self.vocab)
+            self.cooc.resize((n, n))
+            self.counts = np.concatenate([self.counts, np.full(n - len(self.counts), 1e-9)])
+        x = item_set_matrix(groups, self.vocab)
+        binary = x.copy()
+        binary.data[:] = 1.0
+        delta = (x.T @ binary).tocsr()
+        delta.setdiag(0)
+        self.cooc = (self.cooc + delta).tocsr()
+        self.counts = self.counts + np.asarray(binary.sum(axis=0)).ravel()
+        self.popularity = self.counts / self.counts.max()
+        leaf = [dataset.products[i].leaf_category if i in dataset.products else "" for i in self.vocab.ids]
+        codes = {c: k for k, c in enumerate(sorted(set(leaf)))}
+        self.leaf = np.array([codes[c] if c else -1 for c in leaf])
+
+
+class PopularityScorer:
+    """Most-interacted items first (interactions + session/bundle membership)."""
+
+    name = "pop"
+
+    def fit(self, dataset: Dataset) -> "PopularityScorer":
+        self.vocab = ItemVocab.of(dataset.products)
+        counts = np.zeros(len(self.vocab))
+        freq = dataset.interactions.frame["item_id"].value_counts()
+        for item, n in freq.items():
+            if item in self.vocab.index:
+                counts[self.vocab.index[item]] += n
+        for group in dataset.item_sets():
+            for i in self.vocab.known(set(group)):
+                counts[i] += 1
+        self.counts = counts
+        return self
+
+    def score_vector(self, anchors: Sequence[str], user_id: str | None = None) -> np.ndarray:
+        scores = self.counts.astype(np.float64).copy()
+        scores[self.vocab.known(anchors)] = -np.inf
+        return scores
+
+    def score(self, anchors: Sequence[str], user_id: str | None = None) -> dict[str, float]:
+        vec = self.score_vector(anchors)
+        return {self.vocab.ids[i]: float(vec[i]) for i in np.argsort(-vec)[:1000] if np.isfinite(vec[i])}
