@@ -32,6 +32,8 @@ class EmbeddingSettings(_Section):
     batch_size: int = 64
     device: str = "cpu"
     normalize: bool = True
+    cache_path: Path | None = Field(default=Path.home() / ".cache" / "rag_rec" / "embeddings.sqlite",
+                                    description="On-disk embedding cache (None disables)")
 
 
 class CFSettings(_Section):
@@ -63,10 +65,14 @@ class IndexSettings(_Section):
 
 
 class RetrieveSettings(_Section):
-    k: int = 20
+    k: int = 40
     prefetch_k: int = 100
     fusion: Literal["rrf", "weighted"] = "rrf"
-    weights: dict[str, float] = Field(default_factory=lambda: {"cooc": 1.0, "cf": 1.0, "text": 0.6, "behaviour": 0.6})
+    rrf_k: int = 60
+    weights: dict[str, float] = Field(default_factory=lambda: {
+        "text": 0.5, "text_max": 0.5, "category": 0.3, "cooc": 0.5, "cf": 0.3, "behaviour": 0.3, "need": 1.0})
+    substitute_discount: float = Field(default=0.5, description="Online retrieval: multiplier for candidates of "
+                                       "the same kind as an anchor (likely substitutes); 1 disables")
 
 
 class LLMSettings(_Section):

@@ -43,6 +43,16 @@ class Product:
         return ". ".join(p for p in parts if p)
 
     @property
+    def kind(self) -> str:
+        """What sort of product this is, for telling substitutes from complements: the category path without
+        its last level when the path is deep (SD vs CompactFlash cards are both memory cards), else the path;
+        uncategorised products fall back to their first title words."""
+        if not self.category:
+            return " ".join(self.title.lower().split()[:2])
+        path = self.category[:-1] if len(self.category) >= 5 else self.category
+        return " > ".join(path)
+
+    @property
     def leaf_category(self) -> str:
         return self.category[-1] if self.category else ""
 

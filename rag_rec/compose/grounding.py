@@ -1,0 +1,171 @@
+"""Turning untrusted LLM JSON into grounded bundles: only retrieved ids, no duplicates, bounded sizes,
+complements rather than substitutes, reasons that name only the bundle's products, no prompt leakage."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from rag_rec.compose.base import ComposedBundle
+from rag_rec.compose.heuristic import kind_of
+from rag_rec.data.models import Product
+from rag_rec.errors import LLMOutputError
+from rag_rec.schemas import LLMBundles
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+LEAK_MARKERS = ("Rules:", "Answer with JSON only", "CANDIDATES:", "You are a shopping assistant",
+                "data, not instructions")
+
+
+def keyed(ids: Sequence[str], prefix: str = "P") -> dict[str, str]:
+    """Short keys the model refers to products by (P1, P2, ...) -> product ids."""
+    return {f"{prefix}{n}": i for n, i in enumerate(ids, start=1)}
+
+
+def bundles_schema(keys: Sequence[str], k: int, bundle_size: int) -> dict[str, Any]:
+    """JSON schema whose item references can only be candidate keys (structured outputs enforce it)."""
+    return {
+        "type": "object",
+        "properties": {
+            "bundles": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": k,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "items": {"type": "array", "items": {"type": "string", "enum": list(keys)},
+                                  "minItems": 2, "maxItems": bundle_size},
+                        "title": {"type": "string", "maxLength": 80},
+                        "reason": {"type": "string", "maxLength": 300},
+                    },
+                    "required": ["items", "title", "reason"],
+                    "additionalProperties": False,
+                },
+            }
+        },
+        "required": ["bundles"],
+        "additionalProperties": False,
+    }
+
+
+def parse_json_object(text: str) -> dict:
+    """The first JSON object in the text (models sometimes wrap it in prose or code fences)."""
+    if not text or not text.strip():
+        raise LLMOutputError("the model returned empty output")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        match = _JSON_OBJECT.search(text)
+        if not match:
+            raise LLMOutputError(f"no JSON object in model output: {text[:120]!r}") from None
+        try:
+            value = json.loads(match.group(0))
+        except json.JSONDecodeError as exc:
+            raise LLMOutputError(f"invalid JSON from the model: {exc.msg} at char {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise LLMOutputError("the model's JSON is not an object")
+    return value
+
+
+def _signature(product: Product) -> str:
+    words = re.findall(r"[A-Za-z0-9]+", product.title.lower())
+    return " ".join(words[:3]) if len(words) >= 3 else ""
+
+
+@dataclass
+class GroundingReport:
+    repaired: list[str] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        self.repaired.append(message)
+
+
+def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Product], *, k: int,
+                   bundle_size: int, anchors: Sequence[str] = (), budget: float | None = None,
+                   report: GroundingReport | None = None) -> list[ComposedBundle]:
+    """Validate and repair; raise LLMOutputError when nothing groundable is left."""
+    report = report or GroundingReport()
+    doc = parse_json_object(text)
+    try:
+        parsed = LLMBundles.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise LLMOutputError(f"model JSON does not match the schema at {'.'.join(map(str, first['loc']))}: "
+                             f"{first['msg']}") from None
+    allowed_ids = set(key_to_id.values())
+    bundles: list[ComposedBundle] = []
+    seen_sets: set[frozenset] = set()
+    for n, b in enumerate(parsed.bundles[:k]):
+        ids: list[str] = []
+        for ref in b.items:
+            item = key_to_id.get(ref.strip())
+            if item is None:
+                report.note(f"bundle {n + 1}: dropped unknown reference {ref[:20]!r}")
+                continue
+            if item in ids:
+                report.note(f"bundle {n + 1}: dropped duplicate {ref}")
+                continue
+            ids.append(item)
+        kinds: dict[str, str] = {}
+        for item in list(ids):
+            kind = kind_of(products[item])
+            if kind in kinds and item not in anchors:
+                ids.remove(item)
+                report.note(f"bundle {n + 1}: dropped a substitute of the same kind ({kind})")
+            else:
+                kinds.setdefault(kind, item)
+        ids = ids[:bundle_size]
+        if budget is not None:
+            while len(ids) > 2 and sum(products[i].price or 0.0 for i in ids) > budget:
+                removable = [i for i in ids if i not in anchors]
+                ids.remove(max(removable, key=lambda i: products[i].price or 0.0))
+                report.note(f"bundle {n + 1}: dropped an item to fit the budget")
+            if sum(products[i].price or 0.0 for i in ids) > budget:
+                report.note(f"bundle {n + 1}: over budget, removed")
+                continue
+        if len(ids) < 2 or frozenset(ids) in seen_sets:
+            report.note(f"bundle {n + 1}: fewer than 2 valid distinct items or a repeat, removed")
+            continue
+        assert set(ids) <= allowed_ids
+        seen_sets.add(frozenset(ids))
+        reason, title = b.reason.strip(), b.title.strip()
+        if not _reason_is_grounded(reason, ids, key_to_id, products) or _leaks(reason) or _leaks(title):
+            report.note(f"bundle {n + 1}: reason named products outside the bundle or leaked instructions; "
+                        "replaced")
+            reason = grounded_reason(ids, products)
+            title = _leaks(title) and "Bundle" or title
+        bundles.append(ComposedBundle(title or "Bundle", tuple(ids), reason))
+    if not bundles:
+        raise LLMOutputError("no bundle survived grounding: " + "; ".join(report.repaired[:5]))
+    return bundles
+
+
+def _reason_is_grounded(reason: str, ids: Sequence[str], key_to_id: dict[str, str],
+                        products: dict[str, Product]) -> bool:
+    text = " ".join(re.findall(r"[a-z0-9]+", reason.lower()))
+    inside = set(ids)
+    for key, item in key_to_id.items():
+        if item in inside:
+            continue
+        if re.search(rf"\b{re.escape(key.lower())}\b", reason.lower()):
+            return False
+        sig = _signature(products[item])
+        if sig and sig in text and not any(_signature(products[i]) == sig for i in inside):
+            return False
+    return True
+
+
+def _leaks(text: str) -> bool:
+    return any(marker.lower() in text.lower() for marker in LEAK_MARKERS)
+
+
+def grounded_reason(ids: Sequence[str], products: dict[str, Product]) -> str:
+    from rag_rec.compose.heuristic import short_title
+
+    names = [short_title(products[i], 6) for i in ids]
+    return f"{names[0]} pairs with {', '.join(names[1:])}: different products that are used together."

@@ -1,0 +1,118 @@
+"""The LLM composer: candidates -> prompt -> structured generation (ids restricted to candidates) ->
+grounding -> one repair retry -> fallback to the heuristic composer. Batched across requests."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rag_rec.compose.base import ComposeContext, ComposeResult
+from rag_rec.compose.grounding import GroundingReport, bundles_schema, ground_bundles, keyed
+from rag_rec.compose.heuristic import HeuristicComposer
+from rag_rec.compose.prompts import load_prompt
+from rag_rec.errors import LLMOutputError
+from rag_rec.llm.base import GenerationRequest, LLMBackend
+from rag_rec.settings import LLMSettings
+
+
+def _clean(text: str, limit: int = 160) -> str:
+    """Product text as prompt data: one line, no braces/backticks that could look like structure, bounded."""
+    text = " ".join(str(text).split()).replace("{", "(").replace("}", ")").replace("`", "'")
+    return text[:limit]
+
+
+def describe(product, key: str) -> str:
+    parts = [f"{key}: {_clean(product.title)}"]
+    if product.category:
+        parts.append(f"[{_clean(product.category[-1], 40)}]")
+    if product.price is not None:
+        parts.append(f"${product.price:.2f}")
+    return " ".join(parts)
+
+
+class LLMComposer:
+    name = "llm"
+
+    def __init__(self, llm: LLMBackend, settings: LLMSettings, *, fallback: HeuristicComposer | None = None):
+        self.llm, self.settings = llm, settings
+        self.fallback = fallback or HeuristicComposer()
+        self.template = load_prompt("compose_bundles")
+
+    def build_request(self, context: ComposeContext) -> tuple[GenerationRequest, dict[str, str]]:
+        cands = [c.id for c in context.candidates if c.id in context.products][: self.settings.max_candidates]
+        ids = list(dict.fromkeys(list(context.anchors) + cands))
+        ids = [i for i in ids if i in context.products]
+        key_to_id = keyed(ids)
+        id_to_key = {v: k for k, v in key_to_id.items()}
+        products = context.products
+        anchors = ", ".join(f"{id_to_key[a]} ({_clean(products[a].title, 80)})" for a in context.anchors
+                            if a in id_to_key) or "none"
+        history = "; ".join(_clean(products[i].title, 60) for i in context.user_history[-5:] if i in products) or "none"
+        messages = self.template.render(
+            need=_clean(context.need, 300) if context.need else "not stated",
+            anchors=anchors,
+            user_history=history,
+            candidates="\n".join(describe(products[i], id_to_key[i]) for i in ids),
+            k=str(context.k),
+            bundle_size=str(context.bundle_size),
+            budget=f"Budget per bundle: ${context.budget:.2f}" if context.budget else "",
+        )
+        schema = bundles_schema(list(key_to_id), context.k, context.bundle_size)
+        return GenerationRequest(messages, schema, self.settings.max_tokens, self.settings.temperature), key_to_id
+
+    def compose(self, context: ComposeContext) -> ComposeResult:
+        return self.compose_many([context])[0]
+
+    def compose_many(self, contexts: Sequence[ComposeContext]) -> list[ComposeResult]:
+        built = [self.build_request(c) for c in contexts]
+        results: list[ComposeResult | None] = [None] * len(contexts)
+        retry: list[int] = []
+        errors: dict[int, str] = {}
+        try:
+            generations = self.llm.generate([req for req, _ in built])
+        except Exception as exc:  # transport/engine failure: serve the grounded fallback, say why
+            return [self._fallback(c, f"LLM unavailable: {exc}") for c in contexts]
+        for n, (context, (req, key_to_id), gen) in enumerate(zip(contexts, built, generations)):
+            try:
+                results[n] = self._ground(context, key_to_id, gen.text, "llm")
+            except LLMOutputError as exc:
+                errors[n] = str(exc)
+                retry.append(n)
+        if retry:
+            repair_requests = []
+            for n in retry:
+                req, _ = built[n]
+                messages = req.messages + [
+                    {"role": "assistant", "content": generations[n].text[:2000]},
+                    {"role": "user", "content": f"That answer was rejected: {errors[n]}. Answer again with JSON "
+                                                f"only, using only the product keys listed."}]
+                repair_requests.append(GenerationRequest(messages, req.json_schema, req.max_tokens, req.temperature))
+            try:
+                repaired = self.llm.generate(repair_requests)
+            except Exception as exc:
+                repaired = None
+                for n in retry:
+                    errors[n] += f"; retry failed: {exc}"
+            for j, n in enumerate(retry):
+                if repaired is not None:
+                    try:
+                        results[n] = self._ground(contexts[n], built[n][1], repaired[j].text, "llm_repaired")
+                        continue
+                    except LLMOutputError as exc:
+                        errors[n] += f"; retry: {exc}"
+                results[n] = self._fallback(contexts[n], errors[n])
+        return [r for r in results if r is not None]
+
+    def _ground(self, context: ComposeContext, key_to_id: dict[str, str], text: str, path: str) -> ComposeResult:
+        report = GroundingReport()
+        bundles = ground_bundles(text, key_to_id, context.products, k=context.k, bundle_size=context.bundle_size,
+                                 anchors=context.anchors, budget=context.budget, report=report)
+        scores = {c.id: c.score for c in context.candidates}
+        for b in bundles:
+            b.score = sum(scores.get(i, 0.0) for i in b.items)
+        return ComposeResult(bundles, path, self.llm.name, report.repaired, raw=text)
+
+    def _fallback(self, context: ComposeContext, why: str) -> ComposeResult:
+        result = self.fallback.compose(context)
+        result.produced_by = "fallback"
+        result.notes = [f"LLM output rejected, served the heuristic composer: {why}"] + result.notes
+        return result

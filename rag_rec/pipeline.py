@@ -1,0 +1,311 @@
+"""BundlePipeline: data -> signals -> index -> retrieve -> compose, behind the BundleService facade."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from rag_rec.compose.base import ComposeContext, ComposeResult
+from rag_rec.compose.heuristic import HeuristicComposer
+from rag_rec.data import load_dataset
+from rag_rec.data.models import Dataset, Interactions, Product
+from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, Record, VectorSpec, open_store
+from rag_rec.retrieve.base import RetrievalRequest
+from rag_rec.retrieve.hybrid import HybridRetriever
+from rag_rec.schemas import (
+    BundleOut,
+    BundleRequest,
+    BundleResponse,
+    CopyRequest,
+    CopyResponse,
+    EventsIn,
+    Filters,
+    ItemOut,
+    ProductsIn,
+    UpsertResult,
+)
+from rag_rec.settings import Settings
+from rag_rec.signals.cooc import ItemVocab
+from rag_rec.signals.suite import Signals, fit_signals
+
+
+def to_index_filter(filters: Filters) -> Filter:
+    must: dict[str, object] = {}
+    if filters.in_stock_only:
+        must["in_stock"] = True
+    if filters.categories:
+        must["category"] = list(filters.categories)
+    ranges = {}
+    if filters.min_price is not None or filters.max_price is not None:
+        ranges["price"] = (filters.min_price, filters.max_price)
+    return Filter(must, tuple(filters.exclude_ids), ranges)
+
+
+def product_payload(p: Product) -> dict:
+    return {"title": p.title, "category": list(p.category), "brand": p.brand, "price": p.price,
+            "in_stock": p.in_stock}
+
+
+class BundlePipeline:
+    """The product. Thread-safe for concurrent requests; writes (events/products) take a lock."""
+
+    def __init__(self, settings: Settings, dataset: Dataset, signals: Signals, store, llm=None):
+        self.settings, self.dataset, self.signals, self.store = settings, dataset, signals, store
+        self.retriever = HybridRetriever(store, signals, dataset.products, settings.retrieve)
+        self.heuristic = HeuristicComposer()
+        self._llm = llm
+        self._llm_error: str | None = None
+        self._llm_composer = None
+        self._lock = threading.RLock()
+        self._history = self._histories(dataset.interactions.frame)
+
+    # ---- construction ----
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, data: str | None = None, rebuild: bool = False,
+                      llm=None, console: Console | None = None) -> "BundlePipeline":
+        console = console or Console(stderr=True)
+        spec = data or f"amazon:{Path(settings.data.root) / 'amazon-bundles' / settings.data.domain}"
+        dataset = load_dataset(spec, strict=settings.data.strict)
+        console.log(f"catalogue {dataset.name}: {len(dataset.products)} products, {len(dataset.interactions)} events")
+        signals = fit_signals(dataset, settings, console=console)
+        store = open_store(settings.index)
+        pipeline = cls(settings, dataset, signals, store, llm)
+        pipeline.sync_index(rebuild=rebuild, console=console)
+        return pipeline
+
+    def vector_specs(self) -> list[VectorSpec]:
+        specs = [VectorSpec("text", int(self.signals.text_vectors.shape[1]), "cosine")]
+        if self.signals.als is not None:
+            specs.append(VectorSpec("cf", int(self.signals.als.item_vectors()[1].shape[1]), "dot"))
+        return specs
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps([s.__dict__ for s in self.vector_specs()]).encode())
+        h.update(self.dataset.name.encode())
+        h.update(str(len(self.dataset.products)).encode())
+        h.update(np.ascontiguousarray(self.signals.text_vectors[:50]).tobytes())
+        if self.signals.als is not None:
+            h.update(np.ascontiguousarray(self.signals.als.item_vectors()[1][:50]).tobytes())
+        return h.hexdigest()[:16]
+
+    def sync_index(self, *, rebuild: bool = False, console: Console | None = None) -> int:
+        """Upsert every product (idempotent) unless the index already holds this exact build."""
+        console = console or Console(stderr=True)
+        self.store.ensure_collection(self.vector_specs(), PRODUCT_PAYLOAD_INDEXES)
+        marker = Path(self.settings.index.path) / f"{self.settings.index.collection}.build.json"
+        fingerprint = self._fingerprint()
+        if not rebuild and self.settings.index.backend == "edge" and marker.is_file():
+            if json.loads(marker.read_text()).get("fingerprint") == fingerprint and \
+                    self.store.count() == len(self.dataset.products):
+                return 0
+        ids = self.signals.vocab.ids
+        records = self.records(ids)
+        t0 = time.perf_counter()
+        for start in range(0, len(records), 1024):
+            self.store.upsert(records[start:start + 1024])
+        console.log(f"indexed {len(records)} products in {time.perf_counter() - t0:.1f}s")
+        if self.settings.index.backend == "edge":
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, "count": len(records)}))
+            tmp.replace(marker)
+        return len(records)
+
+    def records(self, ids: Sequence[str]) -> list[Record]:
+        s = self.signals
+        cf_index: dict[str, int] = {}
+        cf_matrix = None
+        if s.als is not None:
+            cf_ids, cf_matrix = s.als.item_vectors()
+            cf_index = {i: n for n, i in enumerate(cf_ids)}
+        out = []
+        for item in ids:
+            vectors = {"text": s.text_vectors[s.vocab.index[item]]}
+            if item in cf_index:
+                vectors["cf"] = cf_matrix[cf_index[item]]
+            out.append(Record(item, vectors, product_payload(self.dataset.products[item])))
+        return out
+
+    # ---- LLM ----
+
+    def composer(self, use_llm: bool):
+        if not use_llm or self.settings.llm.backend == "none":
+            return self.heuristic
+        if self._llm_composer is None and self._llm_error is None:
+            try:
+                from rag_rec.compose.llm_composer import LLMComposer
+
+                if self._llm is None:
+                    from rag_rec.llm import make_llm
+
+                    self._llm = make_llm(self.settings.llm)
+                self._llm_composer = LLMComposer(self._llm, self.settings.llm, fallback=self.heuristic)
+            except Exception as exc:  # missing extra, missing model: keep serving grounded heuristic bundles
+                self._llm_error = f"{type(exc).__name__}: {exc}"
+        return self._llm_composer or self.heuristic
+
+    # ---- BundleService ----
+
+    def context_for(self, request: BundleRequest) -> tuple[ComposeContext, list[str], set[str]]:
+        known_anchors = tuple(a for a in request.anchor_items if a in self.dataset.products)
+        result = self.retriever.retrieve(RetrievalRequest(
+            user_id=request.user_id, anchors=tuple(request.anchor_items), need=request.need,
+            filter=to_index_filter(request.filters), k=self.settings.retrieve.k))
+        history = tuple(self._history.get(request.user_id, ())) if request.user_id else ()
+        context = ComposeContext(result.candidates, self.dataset.products, known_anchors, request.need, history,
+                                 request.k, request.bundle_size, request.budget)
+        allowed = {c.id for c in result.candidates} | set(known_anchors)
+        return context, result.notes, allowed
+
+    def recommend(self, request: BundleRequest) -> BundleResponse:
+        return self.recommend_many([request])[0]
+
+    def recommend_many(self, requests: Sequence[BundleRequest]) -> list[BundleResponse]:
+        t0 = time.perf_counter()
+        prepared = [self.context_for(r) for r in requests]
+        groups: dict[int, list[int]] = {}
+        composers = {}
+        for n, r in enumerate(requests):
+            comp = self.composer(r.use_llm)
+            composers[id(comp)] = comp
+            groups.setdefault(id(comp), []).append(n)
+        results: list[ComposeResult | None] = [None] * len(requests)
+        for key, members in groups.items():
+            outs = composers[key].compose_many([prepared[n][0] for n in members])
+            for n, out in zip(members, outs):
+                results[n] = out
+        responses = []
+        for (context, notes, allowed), request, result in zip(prepared, requests, results):
+            responses.append(self._response(context, notes, allowed, request, result, t0))
+        return responses
+
+    def _response(self, context, notes, allowed, request, result: ComposeResult, t0) -> BundleResponse:
+        by_id = {c.id: c for c in context.candidates}
+        bundles = []
+        for b in result.bundles:
+            if not set(b.items) <= allowed:  # last line of defence: never serve an id that was not retrieved
+                notes = notes + ["a bundle with an item that was not retrieved was dropped"]
+                continue
+            items = [self._item_out(i, by_id.get(i)) for i in b.items]
+            prices = [it.price for it in items]
+            total = round(sum(prices), 2) if all(p is not None for p in prices) else None
+            bundles.append(BundleOut(title=b.title[:120], items=items, reason=b.reason[:600], total_price=total,
+                                     score=round(float(b.score), 6)))
+        extra = [f"LLM unavailable, heuristic composer used: {self._llm_error}"] if (
+            request.use_llm and self._llm_error and self.settings.llm.backend != "none") else []
+        return BundleResponse(bundles=bundles, produced_by=result.produced_by, model=result.model,
+                              candidates_considered=len(context.candidates),
+                              latency_ms=round(1000 * (time.perf_counter() - t0), 2),
+                              notes=list(notes) + extra + list(result.notes))
+
+    def _item_out(self, item: str, candidate=None) -> ItemOut:
+        p = self.dataset.products[item]
+        sources = sorted(candidate.payload.get("found_by", [])) if candidate is not None else ["anchor"]
+        return ItemOut(id=p.id, title=p.title, category=list(p.category), price=p.price, sources=sources)
+
+    def product(self, item_id: str) -> ItemOut | None:
+        return self._item_out(item_id) if item_id in self.dataset.products else None
+
+    def search_products(self, query: str, k: int = 10) -> list[ItemOut]:
+        if not query.strip() or self.signals.encoder is None:
+            return []
+        vector = self.signals.encoder.encode([query])[0]
+        return [self._item_out(h.id) for h in self.store.search("text", vector, k) if h.id in self.dataset.products]
+
+    def copy(self, request: CopyRequest) -> CopyResponse:
+        missing = [i for i in request.items if i not in self.dataset.products]
+        if missing:
+            raise KeyError(f"unknown product id(s): {', '.join(missing)}")
+        from rag_rec.compose.copywriter import write_copy
+
+        llm = None
+        composer = self.composer(True)
+        if composer is not self.heuristic:
+            llm = self._llm
+        title, blurb, path = write_copy(llm, self.settings.llm, [self.dataset.products[i] for i in request.items],
+                                        request.tone, request.length, request.language)
+        return CopyResponse(title=title, blurb=blurb, items=[self._item_out(i) for i in request.items],
+                            produced_by=path)
+
+    def add_products(self, products: ProductsIn) -> UpsertResult:
+        with self._lock:
+            new = [Product(p.id, p.title, tuple(p.category), p.brand, p.price, p.description, {}, p.in_stock)
+                   for p in products.products]
+            vectors = self.signals.encoder.encode([p.text() for p in new]) if self.signals.encoder else None
+            for p in new:
+                self.dataset.products[p.id] = p
+            added = [p.id for p in new if p.id not in self.signals.vocab.index]
+            if added:
+                self._extend_vocab(added)
+            for p, v in zip(new, vectors if vectors is not None else []):
+                self.signals.text_vectors[self.signals.vocab.index[p.id]] = v
+            self.store.upsert(self.records([p.id for p in new]))
+            return UpsertResult(accepted=len(new), total=len(self.dataset.products))
+
+    def _extend_vocab(self, ids: list[str]) -> None:
+        s = self.signals
+        s.vocab = ItemVocab.of(s.vocab.ids + ids)
+        n = len(s.vocab)
+        pad = n - s.text_vectors.shape[0]
+        s.text_vectors = np.vstack([s.text_vectors, np.zeros((pad, s.text_vectors.shape[1]), dtype=np.float32)])
+        s.popularity.vocab = s.vocab
+        s.popularity.counts = np.concatenate([s.popularity.counts, np.zeros(pad)])
+        s.cooc.vocab = s.vocab
+        c = s.cooc.cooc.tocsr()
+        c.resize((n, n))
+        s.cooc.cooc = c
+        s.cooc.counts = np.concatenate([s.cooc.counts, np.full(n - len(s.cooc.counts), 1e-9)])
+        s.cooc.popularity = s.cooc.counts / s.cooc.counts.max()
+        s.cooc.leaf = np.concatenate([s.cooc.leaf, np.full(n - len(s.cooc.leaf), -1)])
+        if s.category is not None:
+            s.category.extend(self.dataset, s.vocab)
+
+    def add_events(self, events: EventsIn) -> UpsertResult:
+        with self._lock:
+            unknown = [e.item_id for e in events.events if e.item_id not in self.dataset.products]
+            if unknown:
+                raise KeyError(f"unknown product id(s): {', '.join(dict.fromkeys(unknown))}")
+            now = int(time.time())
+            frame = pd.DataFrame([{"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp or now,
+                                   "event": e.event, "session_id": e.session_id, "quantity": e.quantity}
+                                  for e in events.events])
+            self.dataset.interactions = self.dataset.interactions.concat(Interactions(frame))
+            sessions = [tuple(g["item_id"]) for _, g in frame.dropna(subset=["session_id"]).groupby("session_id")]
+            if sessions:
+                self.signals.cooc.add_groups(sessions, self.dataset)
+            for idx in self.signals.vocab.known(frame["item_id"]):
+                self.signals.popularity.counts[idx] += 1
+            if self.signals.als is not None:
+                for user, g in frame.groupby("user_id"):
+                    for event, ge in g.groupby("event"):
+                        self.signals.als.fold_in(str(user), list(ge["item_id"]), str(event))
+            for user, g in frame.groupby("user_id"):
+                self._history.setdefault(str(user), []).extend(g["item_id"].tolist())
+            return UpsertResult(accepted=len(frame), total=len(self.dataset.interactions))
+
+    def health(self) -> dict[str, object]:
+        return {"status": "ok", "products": len(self.dataset.products), "indexed": self.store.count(),
+                "index_backend": self.settings.index.backend, "llm_backend": self.settings.llm.backend,
+                "llm_loaded": self._llm_composer is not None, "llm_error": self._llm_error}
+
+    @staticmethod
+    def _histories(frame: pd.DataFrame) -> dict[str, list[str]]:
+        if not len(frame):
+            return {}
+        return {str(u): list(g) for u, g in frame.groupby("user_id")["item_id"]}
+
+    def close(self) -> None:
+        self.store.close()
+        if self._llm is not None:
+            self._llm.close()

@@ -1,0 +1,58 @@
+"""Category-level complement affinity: which category paths are bought/bundled together.
+
+Item co-occurrence is sparse (most items are rare); category pairs are dense. affinity(b | anchors) =
+P(category(b) co-occurs | anchors' categories) + a same-category bonus, at a fixed path depth.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from rag_rec.data.models import Dataset
+from rag_rec.signals.cooc import ItemVocab
+
+
+class CategoryAffinity:
+    name = "category"
+
+    def __init__(self, depth: int = 4, same_bonus: float = 0.5):
+        self.depth, self.same_bonus = depth, same_bonus
+
+    def fit(self, dataset: Dataset, vocab: ItemVocab | None = None) -> "CategoryAffinity":
+        self.vocab = vocab or ItemVocab.of(dataset.products)
+        keys = [tuple(dataset.products[i].category[: self.depth]) if i in dataset.products else () for i in self.vocab.ids]
+        self.codes = {k: n for n, k in enumerate(sorted({k for k in keys if k}))}
+        self.item_code = np.array([self.codes[k] if k else -1 for k in keys])
+        n = len(self.codes)
+        rows, cols = [], []
+        for g, group in enumerate(dataset.item_sets()):
+            cats = {self.item_code[j] for j in self.vocab.known(group) if self.item_code[j] >= 0}
+            rows.extend([g] * len(cats))
+            cols.extend(cats)
+        x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(max(rows, default=-1) + 1, n))
+        self.pair = (x.T @ x).toarray() if n <= 5000 else (x.T @ x).tocsr()
+        self.count = np.asarray(x.sum(axis=0)).ravel()
+        if isinstance(self.pair, np.ndarray):
+            np.fill_diagonal(self.pair, 0)
+        return self
+
+    def extend(self, dataset: Dataset, vocab: ItemVocab) -> None:
+        """New items (incremental upserts) get their category code; counts are unchanged."""
+        keys = [tuple(dataset.products[i].category[: self.depth]) if i in dataset.products else () for i in vocab.ids]
+        self.vocab = vocab
+        self.item_code = np.array([self.codes.get(k, -1) if k else -1 for k in keys])
+
+    def score_vector(self, anchors: Sequence[str]) -> np.ndarray:
+        codes = [self.item_code[j] for j in self.vocab.known(anchors) if self.item_code[j] >= 0]
+        out = np.zeros(len(self.vocab))
+        if not codes:
+            return out
+        rows = self.pair[codes]
+        row = np.asarray(rows.sum(axis=0)).ravel() / (self.count[codes].sum() + 1.0)
+        row[codes] += self.same_bonus
+        valid = self.item_code >= 0
+        out[valid] = row[self.item_code[valid]]
+        return out
