@@ -295,3 +295,37 @@ def test_service_errors_become_clear_json(live_server, recording_service, serve_
         assert "secret" not in r.text and r.json()["request_id"] == r.headers["x-request-id"]
     else:
         assert "locked" in r.json()["detail"]
+
+
+def test_serve_main_runs_uvicorn_on_the_configured_port(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = ("import sys; sys.path.insert(0, sys.argv[1]);"
+              "from test_serve_fixtures import CatalogueService;"
+              "from rag_rec.settings import Settings;"
+              "from rag_rec.serve.app import serve_main;"
+              "serve_main(Settings(serve={'port': int(sys.argv[2])}), CatalogueService(), log_level='warning')")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = client.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "serve_main did not start listening"
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["service"]["products"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert proc.returncode in (0, -15), "SIGTERM shuts uvicorn down (it re-raises the signal after a clean exit)"

@@ -240,7 +240,15 @@ SSE_DOC = {
             "- `error`: an ErrorOut\n"
             "- `done`: {\"request_id\": ..., \"latency_ms\": ...}, always last"
         ),
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": {
+            "type": "object",
+            "description": "One Server-Sent Event; `data` is a JSON document",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "enum": ["message", "bundles", "clarify", "error", "done"]},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+            },
+        }}},
     },
     **READ_ERRORS,
 }
