@@ -78,6 +78,8 @@ class BundlePipeline:
         dataset = load_dataset(spec, strict=settings.data.strict)
         console.log(f"catalogue {dataset.name}: {len(dataset.products)} products, {len(dataset.interactions)} events")
         signals = fit_signals(dataset, settings, console=console)
+        if signals.encoder is not None:
+            signals.encoder.encode(["warm up the text encoder"])
         store = open_store(settings.index)
         pipeline = cls(settings, dataset, signals, store, llm)
         pipeline.sync_index(rebuild=rebuild, console=console)

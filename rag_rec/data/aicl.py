@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def load_aicl_split(path: str | Path, *, strict: bool = True, catalog: Dataset |
         if not title.strip():
             report.count("missing_filled", "item_titles")
             title = base.title if base else f"item {asin}"
-        products[asin] = Product(id=asin, title=title.strip(), category=base.category if base else ())
+        products[asin] = Product(id=asin, title=html.unescape(title).strip(), category=base.category if base else ())
 
     sessions: dict[str, Session] = {}
     bundles: list[Bundle] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import html
 import csv
 from pathlib import Path
 from typing import Iterator
@@ -89,7 +90,10 @@ def load_amazon_bundles(directory: str | Path, *, strict: bool = True, name: str
         if iid in titles:
             report.count("duplicates_removed", "item_titles.csv")
             continue
-        titles[iid] = row["titles"]
+        title = html.unescape(row["titles"]).strip()
+        if title != row["titles"].strip():
+            report.count("outliers", "item_titles.csv:html_entities_decoded")
+        titles[iid] = title
 
     categories: dict[str, tuple[str, ...]] = {}
     if (root / "item_categories.csv").is_file():

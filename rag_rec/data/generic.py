@@ -50,8 +50,9 @@ def read_table(path: Path) -> pd.DataFrame:
                         if not isinstance(obj, dict):
                             raise DataError("each line must be a JSON object", file=str(path), row=number)
                         rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
-            return pd.DataFrame(rows)
-        return pd.read_parquet(path).astype(str)
+            return pd.DataFrame(rows).fillna("")
+        frame = pd.read_parquet(path)
+        return frame.astype(object).where(frame.notna(), "").astype(str)
     except DataError:
         raise
     except Exception as exc:  # parser errors from pandas/pyarrow
@@ -175,6 +176,11 @@ def _load_events(path: Path, products: dict[str, Product], report: CleaningRepor
         if event not in EVENT_TYPES:
             chk.reject(number, "event", f"unknown event type {event!r}; expected one of {sorted(EVENT_TYPES)}", row)
             continue
+        key = (user, item, ts, event, str(row.get("session_id", "")), str(row.get("quantity", "")))
+        if key in seen:
+            report.count("duplicates_removed", path.name)
+            continue
+        seen.add(key)
         quantity = 1.0
         if str(row.get("quantity", "")).strip():
             try:
@@ -188,11 +194,6 @@ def _load_events(path: Path, products: dict[str, Product], report: CleaningRepor
         price, problem = parse_price(row.get("price"))
         if problem:
             report.count("outliers", f"{path.name}:price")
-        key = (user, item, ts, event, str(row.get("session_id", "")))
-        if key in seen:
-            report.count("duplicates_removed", path.name)
-            continue
-        seen.add(key)
         rows.append({"user_id": user, "item_id": item, "timestamp": ts, "event": event,
                      "session_id": str(row.get("session_id", "")).strip() or None, "quantity": quantity,
                      "price": price})
