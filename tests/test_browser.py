@@ -77,7 +77,8 @@ def test_chat_page_shows_bundle_cards_with_reasons(browser, recording_service, s
             product = recording_service.product(item_id)
             assert product is not None
             assert cards.nth(i).locator(".card-title").get_attribute("title") == product.title
-            assert cards.nth(i).locator(".card-category").inner_text().lower() == product.category[-1].lower()
+            category = product.category[-1] if product.category else "Uncategorised"
+            assert cards.nth(i).locator(".card-category").inner_text().lower() == category.lower()
             price = "Price not listed" if product.price is None else f"${product.price:,.2f}"
             assert cards.nth(i).locator(".card-price").inner_text() == price
         answer = page.locator(".msg.assistant .bubble").last.inner_text()

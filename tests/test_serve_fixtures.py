@@ -175,7 +175,9 @@ class RecordingService:
 
 @pytest.fixture(scope="session")
 def bundle_service():
-    """THE service under test. Swap for the real pipeline here (e.g. BundlePipeline.from_settings(...))."""
+    """THE service under test. To run the serve tests on the real pipeline, return instead e.g.
+    BundlePipeline.from_settings(Settings(index={"path": tmp_path_factory.mktemp("index")}, llm={"backend": "none"}))
+    (add `tmp_path_factory` to the arguments)."""
     return CatalogueService()
 
 

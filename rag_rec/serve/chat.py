@@ -47,6 +47,7 @@ NEED_PHRASE = re.compile(r"\b(need|want|looking\s+for|searching\s+for|shopping\s
                          r"show\s+me|find\s+me)\b", re.IGNORECASE)
 STOPWORDS = frozenset(["a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "into", "onto", "about", "as", "is", "are", "was", "were", "be", "been", "being", "am", "i", "i'm", "im", "me", "my", "mine", "we", "us", "our", "you", "your", "he", "she", "they", "them", "their", "his", "her", "it", "its", "this", "that", "these", "those", "there", "here", "some", "any", "all", "each", "every", "no", "not", "just", "really", "very", "quite", "also", "too", "so", "such", "then", "than", "more", "most", "less", "much", "many", "few", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "do", "does", "did", "done", "have", "has", "had", "get", "got", "make", "made", "please", "thanks", "thank", "hi", "hello", "hey", "ok", "okay", "yes", "yeah", "sure", "well", "like", "want", "wants", "need", "needs", "needed", "looking", "look", "find", "show", "give", "recommend", "suggest", "help", "buy", "buying", "bought", "shop", "shopping", "search", "searching", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "new", "one", "ones", "maybe", "perhaps", "around", "about", "under", "over", "below", "within", "cheaper", "expensive", "cheap", "price", "prices", "budget", "dollars", "dollar", "bucks", "usd", "spend", "spending", "max", "maximum", "least", "most", "instead", "actually", "else", "rather", "different", "never", "mind", "forget"])
 VAGUE = frozenset(["something", "anything", "everything", "stuff", "thing", "things", "nice", "good", "great", "cool", "awesome", "best", "better", "fun", "neat", "lovely", "gift", "gifts", "present", "presents", "idea", "ideas", "recommendation", "recommendations", "bundle", "bundles", "products", "product", "items", "item", "whatever", "surprise", "random", "useful", "interesting", "special"])
+TIMING_NOTE = re.compile(r"^[\w -]+ \d+(?:\.\d+)? ?ms$")  # e.g. "retrieval 73.6 ms": for operators, not shoppers
 TOKEN = re.compile(r"[a-z0-9][a-z0-9'+\-.]*[a-z0-9+]|[a-z0-9]")
 
 PATH_NOTES = {
@@ -246,7 +247,8 @@ class ChatPolicy:
             lines = [f"I could not find a bundle {scope}.",
                      "Try naming a product you own or what it is for"
                      + (", or a higher budget." if answer.request.budget else ".")]
-        lines.extend(f"Note: {note}" for note in response.notes[:3])
+        shopper_notes = [note for note in response.notes if not TIMING_NOTE.match(note)]
+        lines.extend(f"Note: {note}" for note in shopper_notes[:3])
         return "\n".join(line for line in lines if line)
 
 
