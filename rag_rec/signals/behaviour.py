@@ -1,0 +1,276 @@
+"""Behaviour signal: a small causal Transformer over interaction sequences, trained on next-item prediction.
+
+The output layer is tied to the item-embedding table (plus a per-item bias), so `user_vector(history)` and
+`item_vectors()` share one dot-product space (the index's `behaviour` named vector, Dot distance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rag_rec.errors import ModelError, require
+from rag_rec.settings import BehaviourSettings
+from rag_rec.signals.als import NotFittedError, _top
+
+PAD = 0
+
+
+def _build_network(n_items: int, settings: BehaviourSettings, dropout: float):
+    """An nn.Module mapping right-padded item-index sequences (B, L) to hidden states (B, L, dim)."""
+    torch = require("torch", "text")
+    nn = torch.nn
+
+    class SequenceEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.items = nn.Embedding(n_items + 1, settings.dim, padding_idx=PAD)
+            self.item_bias = nn.Embedding(n_items + 1, 1, padding_idx=PAD)
+            self.positions = nn.Embedding(settings.max_len, settings.dim)
+            layer = nn.TransformerEncoderLayer(settings.dim, settings.heads, dim_feedforward=4 * settings.dim,
+                                               dropout=dropout, batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, settings.layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(settings.dim)
+            self.dropout = nn.Dropout(dropout)
+            nn.init.normal_(self.items.weight, std=settings.dim ** -0.5)
+            nn.init.normal_(self.positions.weight, std=0.02)
+            nn.init.zeros_(self.item_bias.weight)
+            with torch.no_grad():
+                self.items.weight[PAD].zero_()
+
+        def forward(self, seq):
+            length = seq.shape[1]
+            positions = torch.arange(length, device=seq.device)
+            x = self.dropout(self.items(seq) + self.positions(positions)[None])
+            # Right padding + causal mask: real positions never attend to the padding after them.
+            causal = torch.triu(torch.full((length, length), float("-inf"), device=seq.device), diagonal=1)
+            return self.norm(self.encoder(x, mask=causal, is_causal=True))
+
+    return SequenceEncoder()
+
+
+class BehaviourModel:
+    """ItemScorer from sequences: the user's time-ordered history (plus the anchors) encodes a query vector.
+
+    Training sequences are user histories and the dataset's sessions; session order is shuffled each epoch
+    (a session is a set). Full softmax over the catalogue up to `sampled_softmax_above` items, sampled
+    softmax (uniform negatives, accidental hits masked) beyond. Logits are h·e_item + b_item; vectors carry
+    the bias as a last slot. Strong dropout / weight decay (bias not decayed) suit sparse data like Amazon
+    bundles, where most items occur once.
+    """
+
+    name = "behaviour"
+
+    def __init__(self, settings: BehaviourSettings | None = None, *, batch_size: int = 64, dropout: float = 0.5,
+                 weight_decay: float = 3.0, sampled_softmax_above: int = 20_000, negatives: int = 2048,
+                 shuffle_sessions: bool = True, filter_seen: bool = True, max_results: int | None = 1000,
+                 threads: int | None = 1, progress: bool = True):
+        self.settings = settings or BehaviourSettings()
+        self.batch_size, self.dropout, self.weight_decay = batch_size, dropout, weight_decay
+        self.sampled_softmax_above, self.negatives = sampled_softmax_above, negatives
+        self.shuffle_sessions, self.filter_seen, self.max_results = shuffle_sessions, filter_seen, max_results
+        self.threads, self.progress = threads, progress
+        self.item_ids: list[str] = []
+        self._item_index: dict[str, int] = {}
+        self.histories: dict[str, list[str]] = {}
+        self.loss_history: list[float] = []
+        self._net = None
+        self._item_matrix: np.ndarray | None = None
+
+    # ---- data -------------------------------------------------------------------------------------------
+    def training_sequences(self, dataset) -> tuple[list[list[int]], list[bool]]:
+        """(sequences of item indexes, whether each is an unordered session) from histories and sessions."""
+        sequences: list[list[int]] = []
+        unordered: list[bool] = []
+        for history in self.histories.values():
+            encoded = [self._item_index[i] for i in history if i in self._item_index]
+            if len(encoded) >= 2:
+                sequences.append(encoded)
+                unordered.append(False)
+        for session in dataset.sessions.values():
+            encoded = [self._item_index[i] for i in session.items if i in self._item_index]
+            if len(encoded) >= 2:
+                sequences.append(encoded)
+                unordered.append(True)
+        return sequences, unordered
+
+    def _windows(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and next-item targets, right-padded to max_len; long sequences become several windows."""
+        span = self.settings.max_len + 1
+        inputs, targets = [], []
+        for seq in sequences:
+            starts = range(0, len(seq) - 1, self.settings.max_len) if len(seq) > span else [0]
+            for start in starts:
+                window = seq[start:start + span]
+                if len(window) < 2:
+                    continue
+                row_in = np.zeros(self.settings.max_len, dtype=np.int64)
+                row_out = np.zeros(self.settings.max_len, dtype=np.int64)
+                row_in[:len(window) - 1] = window[:-1]
+                row_out[:len(window) - 1] = window[1:]
+                inputs.append(row_in)
+                targets.append(row_out)
+        return np.stack(inputs), np.stack(targets)
+
+    # ---- training ---------------------------------------------------------------------------------------
+    def fit(self, dataset) -> BehaviourModel:
+        """Train from scratch on `threads` torch threads (restored afterwards): ops this small gain nothing
+        from more, and oversubscribed cores slow them down badly."""
+        torch = require("torch", "text")
+        previous = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._fit(torch, dataset)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _fit(self, torch, dataset) -> BehaviourModel:
+        from tqdm.auto import tqdm
+
+        frame = dataset.interactions.frame
+        frame = frame[frame["user_id"].notna() & frame["item_id"].notna()]
+        self.item_ids = list(dataset.products)
+        self._item_index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        self.histories = {str(u): [str(i) for i in items]
+                          for u, items in frame.groupby("user_id", sort=False)["item_id"]}
+        sequences, unordered = self.training_sequences(dataset)
+        if not sequences:
+            raise ModelError(f"dataset {dataset.name!r} has no sequence of 2+ known items to train on")
+
+        rng = np.random.default_rng(self.settings.seed)
+        torch.manual_seed(self.settings.seed)
+        net = _build_network(len(self.item_ids), self.settings, self.dropout)
+        decayed = [p for n, p in net.named_parameters() if p.dim() > 1 and n != "item_bias.weight"]
+        undecayed = [p for n, p in net.named_parameters() if not (p.dim() > 1 and n != "item_bias.weight")]
+        optimiser = torch.optim.AdamW([{"params": decayed, "weight_decay": self.weight_decay},
+                                       {"params": undecayed, "weight_decay": 0.0}], lr=self.settings.lr)
+        sampled = len(self.item_ids) > self.sampled_softmax_above
+        self.loss_history = []
+        net.train()
+        epochs = tqdm(range(self.settings.epochs), desc="behaviour model", unit="epoch", disable=not self.progress)
+        for _ in epochs:
+            epoch_sequences = [list(rng.permutation(s)) if shuffle and self.shuffle_sessions else s
+                               for s, shuffle in zip(sequences, unordered)]
+            inputs, targets = self._windows(epoch_sequences)
+            order = rng.permutation(len(inputs))
+            total, count = 0.0, 0
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                seq = torch.from_numpy(inputs[batch])
+                target = torch.from_numpy(targets[batch])
+                hidden = net(seq)
+                mask = target != PAD
+                h, t = hidden[mask], target[mask]
+                loss = self._sampled_loss(torch, net, h, t, rng) if sampled else self._full_loss(torch, net, h, t)
+                optimiser.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                optimiser.step()
+                total += float(loss.detach()) * int(mask.sum())
+                count += int(mask.sum())
+            self.loss_history.append(total / max(count, 1))
+            epochs.set_postfix(loss=f"{self.loss_history[-1]:.3f}")
+        net.eval()
+        self._net = net
+        self._refresh_item_matrix()
+        return self
+
+    @staticmethod
+    def _full_loss(torch, net, hidden, target):
+        logits = hidden @ net.items.weight[1:].T + net.item_bias.weight[1:, 0]
+        return torch.nn.functional.cross_entropy(logits, target - 1)
+
+    def _sampled_loss(self, torch, net, hidden, target, rng):
+        negatives = torch.from_numpy(rng.integers(1, len(self.item_ids) + 1, size=self.negatives))
+        positive = (hidden * net.items(target)).sum(-1, keepdim=True) + net.item_bias(target)
+        negative = hidden @ net.items(negatives).T + net.item_bias(negatives)[:, 0]
+        negative = negative.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
+        logits = torch.cat([positive, negative], dim=1)
+        return torch.nn.functional.cross_entropy(logits, torch.zeros(len(target), dtype=torch.long))
+
+    def _refresh_item_matrix(self) -> None:
+        torch = require("torch", "text")
+        weights = torch.cat([self._net.items.weight[1:], self._net.item_bias.weight[1:]], dim=1)
+        self._item_matrix = weights.detach().cpu().numpy().astype(np.float32, copy=True)
+
+    # ---- inference --------------------------------------------------------------------------------------
+    def _require_fitted(self):
+        if self._net is None:
+            raise NotFittedError("BehaviourModel is not fitted; call fit(dataset) or BehaviourModel.load(path)")
+        return self._net
+
+    @property
+    def dim(self) -> int:
+        """Size of user/item vectors: the model dim plus one slot carrying the item bias."""
+        return self.settings.dim + 1
+
+    def item_vectors(self) -> tuple[list[str], np.ndarray]:
+        """(item ids, float32 [output embedding, bias]); dot with user_vector() gives next-item logits."""
+        self._require_fitted()
+        return list(self.item_ids), self._item_matrix.copy()
+
+    def user_vector(self, history: Sequence[str]) -> np.ndarray | None:
+        """[encoding of the last max_len known items of `history`, 1]; None when none is known."""
+        net = self._require_fitted()
+        torch = require("torch", "text")
+        encoded = [self._item_index[i] for i in history if i in self._item_index][-self.settings.max_len:]
+        if not encoded:
+            return None
+        with torch.inference_mode():
+            hidden = net(torch.tensor([encoded], dtype=torch.long))
+        vector = hidden[0, len(encoded) - 1].numpy().astype(np.float32)
+        return np.append(vector, np.float32(1.0))
+
+    def score(self, anchors: Sequence[str], user_id: str | None = None) -> dict[str, float]:
+        self._require_fitted()
+        history = list(self.histories.get(user_id, [])) if user_id is not None else []
+        query = self.user_vector(history + list(anchors))
+        if query is None:
+            return {}
+        scores = self._item_matrix @ query
+        excluded = {self._item_index[a] - 1 for a in anchors if a in self._item_index}
+        if self.filter_seen:
+            excluded.update(self._item_index[i] - 1 for i in history if i in self._item_index)
+        scores[list(excluded)] = -np.inf
+        return _top(self.item_ids, scores, self.max_results)
+
+    # ---- persistence ------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        net = self._require_fitted()
+        torch = require("torch", "text")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "format": 1,
+            "settings": self.settings.model_dump(),
+            "dropout": self.dropout,
+            "item_ids": self.item_ids,
+            "histories": self.histories,
+            "loss_history": self.loss_history,
+            "state_dict": net.state_dict(),
+        }, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs) -> BehaviourModel:
+        torch = require("torch", "text")
+        try:
+            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise ModelError(f"cannot read behaviour model {path}: {exc}") from exc
+        if payload.get("format") != 1:
+            raise ModelError(f"{path} is not a behaviour model file (format {payload.get('format')!r})")
+        model = cls(BehaviourSettings(**payload["settings"]), dropout=payload["dropout"], **kwargs)
+        model.item_ids = list(payload["item_ids"])
+        model._item_index = {item: i + 1 for i, item in enumerate(model.item_ids)}
+        model.histories = {u: list(h) for u, h in payload["histories"].items()}
+        model.loss_history = list(payload["loss_history"])
+        net = _build_network(len(model.item_ids), model.settings, model.dropout)
+        net.load_state_dict(payload["state_dict"])
+        net.eval()
+        model._net = net
+        model._refresh_item_matrix()
+        return model

@@ -1,0 +1,128 @@
+"""Transformer behaviour model on the real Amazon electronic histories and sessions."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rag_rec.data.models import Dataset, Interactions, Session
+from rag_rec.settings import BehaviourSettings
+from rag_rec.signals.base import ItemScorer
+from rag_rec.signals.behaviour import BehaviourModel
+
+K = 20
+
+
+def leave_last_out(dataset: Dataset, min_events: int = 3) -> tuple[Dataset, pd.DataFrame]:
+    """Train data without each user's last event, removed from their sessions too (no leak), and the events."""
+    frame = dataset.interactions.frame
+    counts = frame.groupby("user_id").size()
+    last = frame.groupby("user_id").tail(1)
+    last = last[last["user_id"].map(counts) >= min_events]
+    held = set(zip(last["user_id"], last["item_id"]))
+    sessions = {sid: Session(s.id, tuple(i for i in s.items if (s.user_id, i) not in held), s.user_id, s.timestamp)
+                for sid, s in dataset.sessions.items()}
+    train = Dataset(dataset.name, dataset.products, Interactions(frame.drop(index=last.index).copy()), sessions)
+    return train, last
+
+
+def hit_rate(model: BehaviourModel, held_out: pd.DataFrame) -> float:
+    return float(np.mean([target in list(model.score([], user))[:K]
+                          for user, target in zip(held_out["user_id"], held_out["item_id"])]))
+
+
+@pytest.fixture(scope="module")
+def split(electronic):
+    return leave_last_out(electronic)
+
+
+@pytest.fixture(scope="module")
+def trained(split):
+    start = time.perf_counter()
+    model = BehaviourModel(BehaviourSettings(), progress=False).fit(split[0])
+    model.train_seconds = time.perf_counter() - start
+    return model
+
+
+@pytest.mark.slow
+def test_loss_decreases_and_hit_rate_beats_random(split, trained):
+    train, held_out = split
+    assert isinstance(trained, ItemScorer)
+    assert len(trained.loss_history) == BehaviourSettings().epochs
+    assert trained.loss_history[-1] < trained.loss_history[0] - 1.0
+    hr = hit_rate(trained, held_out)
+    popularity = train.interactions.frame["item_id"].value_counts()
+    rng = np.random.default_rng(0)
+    p = (popularity / popularity.sum()).to_numpy(dtype=float)
+    pop_random = float(np.mean([np.mean([t in set(rng.choice(popularity.index.to_numpy(), K, replace=False, p=p))
+                                         for t in held_out["item_id"]]) for _ in range(20)]))
+    print(f"behaviour: trained in {trained.train_seconds:.1f}s, loss {trained.loss_history[0]:.3f} -> "
+          f"{trained.loss_history[-1]:.3f}, HR@{K} {hr:.4f} vs random {K / len(trained.item_ids):.4f}, "
+          f"popularity-random {pop_random:.4f} over {len(held_out)} users")
+    assert hr > K / len(trained.item_ids)
+    assert hr > pop_random
+    assert trained.train_seconds < 240
+
+
+@pytest.mark.slow
+def test_vectors_share_one_space_and_scores_follow_them(split, trained):
+    user = split[1]["user_id"].iloc[0]
+    history = trained.histories[user]
+    anchors = [i for i in split[0].products if i not in history][:1]
+    ids, matrix = trained.item_vectors()
+    assert matrix.shape == (len(split[0].products), trained.dim) and trained.dim == BehaviourSettings().dim + 1
+    query = trained.user_vector(history + anchors)
+    assert query.dtype == np.float32 and query.shape == (trained.dim,)
+    scores = trained.score(anchors, user)
+    assert scores and not (set(history) | set(anchors)) & set(scores)
+    best = next(iter(scores))
+    assert scores[best] == pytest.approx(float(matrix[ids.index(best)] @ query), rel=1e-4, abs=1e-4)
+    assert scores[best] == pytest.approx(float(np.max(np.delete(matrix @ query, [ids.index(i) for i in
+                                                                                  history + anchors]))), rel=1e-4)
+    # Anchors change the context: the anchored ranking differs from the user's alone.
+    assert list(scores)[:K] != list(trained.score([], user))[:K]
+
+
+@pytest.mark.slow
+def test_unknown_users_and_items_give_empty_scores(trained):
+    assert trained.score(["no-such-item"], "no-such-user") == {}
+    assert trained.score([], None) == {}
+    assert trained.user_vector(["no-such-item"]) is None
+    assert trained.score([next(iter(trained.item_ids))], "no-such-user"), "known anchors alone suffice"
+
+
+@pytest.mark.slow
+def test_save_load_roundtrip_gives_identical_vectors(tmp_path, split, trained):
+    loaded = BehaviourModel.load(trained.save(tmp_path / "behaviour.pt"), progress=False)
+    ids, matrix = trained.item_vectors()
+    ids2, matrix2 = loaded.item_vectors()
+    assert ids2 == ids
+    np.testing.assert_array_equal(matrix2, matrix)
+    history = trained.histories[split[1]["user_id"].iloc[1]]
+    np.testing.assert_array_equal(loaded.user_vector(history), trained.user_vector(history))
+    assert loaded.loss_history == trained.loss_history
+    user = split[1]["user_id"].iloc[1]
+    assert loaded.score([], user) == trained.score([], user)
+
+
+@pytest.mark.slow
+def test_sampled_softmax_trains_and_training_is_seeded(electronic):
+    settings = BehaviourSettings(dim=32, layers=1, epochs=3, seed=7)
+    first = BehaviourModel(settings, sampled_softmax_above=0, negatives=256, progress=False).fit(electronic)
+    assert all(np.isfinite(first.loss_history))
+    assert first.loss_history[-1] < first.loss_history[0]
+    second = BehaviourModel(settings, sampled_softmax_above=0, negatives=256, progress=False).fit(electronic)
+    np.testing.assert_array_equal(first.item_vectors()[1], second.item_vectors()[1])
+
+
+def test_long_sequences_become_windows_covering_every_transition():
+    model = BehaviourModel(BehaviourSettings(max_len=4))
+    sequence = list(range(1, 12))
+    inputs, targets = model._windows([sequence, [20, 21]])
+    pairs = {(int(a), int(b)) for row_in, row_out in zip(inputs, targets)
+             for a, b in zip(row_in, row_out) if b != 0}
+    assert pairs == {(a, a + 1) for a in range(1, 11)} | {(20, 21)}
+    assert inputs.shape[1] == 4 and (inputs[:, 0] != 0).all()
