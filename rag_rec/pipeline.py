@@ -275,9 +275,10 @@ class BundlePipeline:
 
     def add_events(self, events: EventsIn) -> UpsertResult:
         with self._lock:
-            unknown = [e.item_id for e in events.events if e.item_id not in self.dataset.products]
+            unknown = [(n, e.item_id) for n, e in enumerate(events.events) if e.item_id not in self.dataset.products]
             if unknown:
-                raise KeyError(f"unknown product id(s): {', '.join(dict.fromkeys(unknown))}")
+                rows = ", ".join(f"events[{n}].item_id={item!r}" for n, item in unknown[:5])
+                raise KeyError(f"unknown product id(s) at {rows}; nothing from this batch was stored")
             now = int(time.time())
             frame = pd.DataFrame([{"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp or now,
                                    "event": e.event, "session_id": e.session_id, "quantity": e.quantity}

@@ -174,11 +174,16 @@ class RecordingService:
 
 
 @pytest.fixture(scope="session")
-def bundle_service():
-    """THE service under test. To run the serve tests on the real pipeline, return instead e.g.
-    BundlePipeline.from_settings(Settings(index={"path": tmp_path_factory.mktemp("index")}, llm={"backend": "none"}))
-    (add `tmp_path_factory` to the arguments)."""
-    return CatalogueService()
+def bundle_service(tmp_path_factory):
+    """THE service under test: the real pipeline (embedded Qdrant engine, real signals) with the heuristic
+    composer; the LLM path is covered by the llm-marked tests."""
+    from rag_rec.pipeline import BundlePipeline
+    from rag_rec.settings import Settings
+
+    pipeline = BundlePipeline.from_settings(
+        Settings(index={"path": tmp_path_factory.mktemp("index")}, llm={"backend": "none"}))
+    yield pipeline
+    pipeline.close()
 
 
 @pytest.fixture

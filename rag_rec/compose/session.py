@@ -141,14 +141,20 @@ class SimilarityBundler:
         return out
 
     def fit(self, train: Dataset) -> "SessionBundler":
-        if self.cooc_weight:
-            from rag_rec.signals.cooc import CooccurrenceScorer
-
-            self._cooc = CooccurrenceScorer(alpha=0.5).fit(train)
         if self.whole_session:
             return self
         truth = train.bundles_of_session()
-        sessions = [s for sid, s in train.sessions.items() if sid in truth][:300]
+        labelled = [s for sid, s in train.sessions.items() if sid in truth]
+        sessions = labelled[:300]
+        if self.cooc_weight:
+            from dataclasses import replace
+
+            from rag_rec.signals.cooc import CooccurrenceScorer
+
+            held = {s.id for s in sessions}  # tune on sessions the co-occurrence graph has not seen
+            rest = replace(train, sessions={k: v for k, v in train.sessions.items() if k not in held},
+                           bundles=[b for b in train.bundles if b.session_id not in held])
+            self._cooc = CooccurrenceScorer(alpha=0.5).fit(rest)
         vectors = self._vectors(sessions, train)
         best = (-1.0, self.threshold)
         for threshold in np.arange(0.2, 0.95, 0.05):
@@ -158,7 +164,11 @@ class SimilarityBundler:
                 p, r, _ = M.one_to_one_scores(preds, [b.items for b in truth[s.id]])
                 f.append(2 * p * r / (p + r) if p + r else 0.0)
             best = max(best, (float(np.mean(f)), float(threshold)))
-        self.threshold = best[1]
+        self.threshold = round(best[1], 2)
+        if self.cooc_weight:
+            from rag_rec.signals.cooc import CooccurrenceScorer
+
+            self._cooc = CooccurrenceScorer(alpha=0.5).fit(train)
         return self
 
     def bundle_sessions(self, sessions: Sequence[Session], dataset: Dataset) -> list[list[PredictedBundle]]:
@@ -174,9 +184,9 @@ def make_bundler(name: str, settings: Settings) -> SessionBundler:
     if name == "embedding":
         return SimilarityBundler(name, settings, text_weight=1, category_weight=0, cooc_weight=0)
     if name == "cf-embedding":
-        return SimilarityBundler(name, settings, text_weight=1, category_weight=0.5, cooc_weight=0.5)
-    if name == "llm":
+        return SimilarityBundler(name, settings, text_weight=1, category_weight=0.5, cooc_weight=0.3)
+    if name in ("llm", "llm-name"):
         from rag_rec.compose.llm_session import LLMSessionBundler
 
-        return LLMSessionBundler(settings)
+        return LLMSessionBundler(settings, mode="partition" if name == "llm" else "name")
     raise ValueError(f"unknown session bundler {name!r}")

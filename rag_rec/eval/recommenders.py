@@ -109,5 +109,5 @@ def _bundler(name: str) -> Callable[[Settings], SessionBundler]:
 
 
 BUNDLERS: dict[str, Callable[[Settings], SessionBundler]] = {
-    name: _bundler(name) for name in ("whole-session", "category", "embedding", "cf-embedding", "llm")
+    name: _bundler(name) for name in ("whole-session", "category", "embedding", "cf-embedding", "llm", "llm-name")
 }

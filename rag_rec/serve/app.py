@@ -363,8 +363,12 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
 
     @app.post("/v1/events", response_model=UpsertResult, summary="Record interactions (incremental CF update)",
               responses=WRITE_ERRORS, tags=["ingest"], dependencies=[Security(require_api_key)])
-    async def events(body: EventsIn) -> UpsertResult:
-        return await run_in_threadpool(service.add_events, body)
+    async def events(request: Request, body: EventsIn) -> UpsertResult:
+        try:
+            return await run_in_threadpool(service.add_events, body)
+        except KeyError as exc:  # nothing of the batch was stored: the caller fixes the named rows and resends
+            detail = exc.args[0] if exc.args else "unknown product id"
+            return _error_response(422, str(detail), _request_id(request.scope), error="unknown_product")
 
     @app.post("/v1/products", response_model=UpsertResult, summary="Upsert products into catalogue and index",
               responses=WRITE_ERRORS, tags=["ingest"], dependencies=[Security(require_api_key)])
