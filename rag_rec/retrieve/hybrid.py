@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from rag_rec.data.models import Product
-from rag_rec.index.base import Filter, VectorStore
+from rag_rec.index.base import Filter, Prefetch, VectorStore
 from rag_rec.retrieve.base import Candidate, RetrievalRequest, RetrievalResult
 from rag_rec.settings import RetrieveSettings
 from rag_rec.signals.suite import Signals
@@ -43,38 +43,67 @@ def product_matches(product: Product, flt: Filter | None) -> bool:
 
 @dataclass
 class FusionScorer:
-    """score(b) = sum_f w_f * feature_f(b); every feature is in [0, 1]-ish and reported per candidate."""
+    """score(b) = sum_f w_f * feature_f(b) over a candidate pool; each feature is reported per candidate."""
 
     signals: Signals
     weights: dict[str, float]
 
+    def __post_init__(self):
+        self._cf_rows: np.ndarray | None = None
+        self._cf_matrix: np.ndarray | None = None
+
+    def _cf_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """ALS factor row for every vocab index (-1: no factors), rebuilt when the vocabulary grows."""
+        s = self.signals
+        if self._cf_rows is None or len(self._cf_rows) != len(s.vocab):
+            ids, matrix = s.als.item_vectors()
+            index = {i: n for n, i in enumerate(ids)}
+            self._cf_rows = np.array([index.get(i, -1) for i in s.vocab.ids])
+            self._cf_matrix = np.vstack([matrix, np.zeros((1, matrix.shape[1]), dtype=matrix.dtype)])
+        return self._cf_rows, self._cf_matrix
+
+    def cf_query(self, anchor_idx: Sequence[int], user_id: str | None) -> np.ndarray | None:
+        s = self.signals
+        if s.als is None:
+            return None
+        if user_id is not None:
+            v = s.als.user_vector(user_id)
+            if v is not None:
+                return np.asarray(v, dtype=np.float32)
+        rows, matrix = self._cf_table()
+        known = [rows[i] for i in anchor_idx if rows[i] >= 0]
+        return matrix[known].mean(axis=0) if known else None
+
     def features(self, pool: np.ndarray, anchors: Sequence[str], user_id: str | None,
-                 need_vector: np.ndarray | None) -> dict[str, np.ndarray]:
+                 need_vector: np.ndarray | None, cf_query: np.ndarray | None = None) -> dict[str, np.ndarray]:
         s = self.signals
         idx = s.vocab.known(anchors)
         feats: dict[str, np.ndarray] = {}
-        if s.text_vectors is not None and idx:
+        pool_vecs = s.text_vectors[pool] if s.text_vectors is not None else None
+        if pool_vecs is not None and idx:
             anchor_vecs = s.text_vectors[idx]
             q = anchor_vecs.mean(axis=0)
             q /= np.linalg.norm(q) or 1.0
-            pool_vecs = s.text_vectors[pool]
             feats["text"] = pool_vecs @ q
             feats["text_max"] = (pool_vecs @ anchor_vecs.T).max(axis=1)
-        if need_vector is not None and s.text_vectors is not None:
-            feats["need"] = s.text_vectors[pool] @ need_vector
+        if need_vector is not None and pool_vecs is not None:
+            feats["need"] = pool_vecs @ need_vector
         if s.category is not None and idx:
-            feats["category"] = s.category.score_vector(anchors)[pool]
+            feats["category"] = s.category.score_pool(idx, pool)
         if idx:
-            co = s.cooc.score_vector(anchors)[pool]
-            feats["cooc"] = np.clip(np.where(np.isfinite(co), co, 0.0), 0.0, 1.0)
-        for name, model in (("cf", s.als), ("behaviour", s.behaviour)):
-            if model is None:
-                continue
-            scores = model.score(anchors, user_id)
+            feats["cooc"] = np.clip(s.cooc.score_pool(idx, pool), 0.0, 1.0)
+        if s.als is not None:
+            q = cf_query if cf_query is not None else self.cf_query(idx, user_id)
+            if q is not None:
+                rows, matrix = self._cf_table()
+                values = matrix[rows[pool]] @ q
+                top = max(float(np.max(np.abs(values))) if len(values) else 0.0, 1e-9)
+                feats["cf"] = values / top
+        if s.behaviour is not None:
+            scores = s.behaviour.score(anchors, user_id)
             if scores:
                 vec = np.array([scores.get(s.vocab.ids[j], 0.0) for j in pool])
-                top = max(float(np.max(np.abs(vec))), 1e-9)
-                feats[name] = np.clip(vec / top, -1.0, 1.0)
+                feats["behaviour"] = vec / max(float(np.max(np.abs(vec))), 1e-9)
         return feats
 
     def score(self, feats: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -93,90 +122,81 @@ class HybridRetriever:
         self.scorer = FusionScorer(signals, settings.weights)
 
     def retrieve(self, request: RetrievalRequest) -> RetrievalResult:
+        """One fused engine query (prefetch per vector signal + RRF, under the payload filter) plus the
+        co-occurrence graph's partners; the pool is scored with the explained weighted fusion."""
         t0 = time.perf_counter()
         s, cfg = self.signals, self.settings
-        notes, paths = [], []
+        notes: list[str] = []
         anchors = [a for a in request.anchors if a in s.vocab.index]
         unknown = [a for a in request.anchors if a not in s.vocab.index]
         if unknown:
             notes.append(f"unknown item id(s) ignored: {', '.join(unknown[:5])}")
+        anchor_idx = s.vocab.known(anchors)
         user = request.user_id
-        user_known = user is not None and s.als is not None and _knows_user(s.als, user)
+        user_known = user is not None and s.als is not None and s.als.user_vector(user) is not None
         if user is not None and not user_known:
             notes.append(f"unknown user {user!r}: content-based cold start")
         flt = request.filter or Filter()
         flt = Filter(flt.must_match, tuple(set(flt.must_not_ids) | set(anchors)), flt.ranges, flt.category_prefix)
         n = max(cfg.prefetch_k, request.k)
-        found: dict[str, set[str]] = {}
 
-        def add(source: str, ids: Sequence[str]) -> None:
-            paths.append(source)
-            for i in ids:
-                found.setdefault(i, set()).add(source)
-
+        prefetches: list[Prefetch] = []
         need_vector = None
         if request.need and s.encoder is not None:
             need_vector = s.encoder.encode([request.need])[0]
-            add("need", [h.id for h in self.store.search("text", need_vector, n, flt)])
-        if anchors and s.text_vectors is not None:
-            q = s.text_vectors[s.vocab.known(anchors)].mean(axis=0)
-            add("text", [h.id for h in self.store.search("text", q / (np.linalg.norm(q) or 1.0), n, flt)])
-        if s.als is not None:
-            vector = _cf_query(s.als, anchors, user if user_known else None)
-            if vector is not None:
-                add("cf", [h.id for h in self.store.search("cf", vector, n, flt)])
-        if anchors:
-            co = s.cooc.score_vector(anchors)
-            top = np.argsort(-np.where(np.isfinite(co), co, -np.inf))[: n * 2]
-            add("cooc", [s.vocab.ids[j] for j in top if co[j] > 1e-5 and
-                         product_matches(self.products.get(s.vocab.ids[j], _NO_PRODUCT), flt)][:n])
+            prefetches.append(Prefetch("text", need_vector, n))
+        if anchor_idx and s.text_vectors is not None:
+            q = s.text_vectors[anchor_idx].mean(axis=0)
+            prefetches.append(Prefetch("text", q / (np.linalg.norm(q) or 1.0), n))
+        cf_query = self.scorer.cf_query(anchor_idx, user if user_known else None)
+        if cf_query is not None:
+            prefetches.append(Prefetch("cf", cf_query, n))
+        found: dict[str, list[str]] = {}
+        paths = []
+        if prefetches:
+            paths += [p.using if p.vector is not need_vector else "need" for p in prefetches]
+            for hit in self.store.fused_search(prefetches, n, flt):
+                found.setdefault(hit.id, []).append("engine")
+        partners = np.zeros(0, dtype=int)
+        if anchor_idx:
+            partners, counts = s.cooc.top_partners(anchor_idx, 2 * n)
+            kept = [j for j in partners if product_matches(self.products.get(s.vocab.ids[j], _NO_PRODUCT), flt)][:n]
+            paths.append("cooc")
+            for j in kept:
+                found.setdefault(s.vocab.ids[j], []).append("cooc")
         if not found:
             notes.append("no anchors, need or known user: most popular items")
-            pop = np.argsort(-s.popularity.counts)
-            add("popular", [s.vocab.ids[j] for j in pop[: n * 4]
-                            if product_matches(self.products.get(s.vocab.ids[j], _NO_PRODUCT), flt)][:n])
+            paths.append("popular")
+            for j in np.argsort(-s.popularity.counts)[: n * 4]:
+                item = s.vocab.ids[j]
+                if product_matches(self.products.get(item, _NO_PRODUCT), flt):
+                    found.setdefault(item, []).append("popular")
+                    if len(found) >= n:
+                        break
         pool_ids = [i for i in found if i in s.vocab.index]
-        pool = np.array([s.vocab.index[i] for i in pool_ids], dtype=int)
-        feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector)
+        pool = np.fromiter((s.vocab.index[i] for i in pool_ids), dtype=int, count=len(pool_ids))
+        feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector, cf_query)
         scores = self.scorer.score(feats, len(pool))
         if "popular" in paths:
             scores += s.popularity.counts[pool] / max(s.popularity.counts.max(), 1.0)
         if cfg.substitute_discount < 1.0 and anchors:
             anchor_kinds = {self.products[a].kind for a in anchors if a in self.products}
-            same = np.array([self.products[i].kind in anchor_kinds if i in self.products else False for i in pool_ids])
-            if same.any():
-                scores = np.where(same, scores * cfg.substitute_discount, scores)
-        order = np.lexsort((np.array(pool_ids, dtype=object).astype(str), -scores))[: request.k]
+            same = np.fromiter((self.products[i].kind in anchor_kinds if i in self.products else False
+                                for i in pool_ids), dtype=bool, count=len(pool_ids))
+            scores = np.where(same, scores * cfg.substitute_discount, scores)
+        order = np.argsort(-scores, kind="stable")[: request.k]
+        co_counts = dict(zip(partners.tolist(), counts.tolist())) if anchor_idx else {}
         candidates = []
         for o in order:
             item = pool_ids[o]
             contributions = {f: float(self.scorer.weights.get(f, 0.0) * v[o]) for f, v in feats.items()}
-            evidence = {"co_purchases": s.cooc.evidence(anchors, item)} if anchors else {}
-            product = self.products.get(item)
+            evidence = {"co_purchases": int(co_counts.get(int(pool[o]), 0))} if anchor_idx else {}
+            sources = sorted({("cooc" if f == "cooc" else f) for f, v in contributions.items() if v > 0}
+                             | ({"cooc"} if "cooc" in found[item] else set()))
             candidates.append(Candidate(item, float(scores[o]), contributions, {}, evidence,
-                                        {"found_by": sorted(found[item]), "title": product.title if product else ""}))
-        notes_out = notes + [f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms"]
-        return RetrievalResult(candidates, notes_out, paths)
+                                        {"found_by": sources or found[item]}))
+        notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
+        return RetrievalResult(candidates, notes, paths)
 
 
 _NO_PRODUCT = Product(id="", title="", in_stock=False)
-
-
-def _knows_user(model, user: str) -> bool:
-    try:
-        return model.user_vector(user) is not None
-    except (KeyError, ValueError, TypeError):
-        return False
-
-
-def _cf_query(als, anchors: Sequence[str], user: str | None) -> np.ndarray | None:
-    if user is not None:
-        v = als.user_vector(user)
-        if v is not None:
-            return np.asarray(v, dtype=np.float32)
-    ids, matrix = als.item_vectors()
-    index = {i: n for n, i in enumerate(ids)}
-    rows = [index[a] for a in anchors if a in index]
-    if not rows:
-        return None
-    return matrix[rows].mean(axis=0).astype(np.float32)

@@ -45,6 +45,18 @@ class CategoryAffinity:
         self.vocab = vocab
         self.item_code = np.array([self.codes.get(k, -1) if k else -1 for k in keys])
 
+    def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
+        codes = [self.item_code[j] for j in anchor_idx if self.item_code[j] >= 0]
+        out = np.zeros(len(pool))
+        if not codes:
+            return out
+        row = np.asarray(self.pair[codes].sum(axis=0)).ravel() / (self.count[codes].sum() + 1.0)
+        row[codes] += self.same_bonus
+        pool_codes = self.item_code[pool]
+        valid = pool_codes >= 0
+        out[valid] = row[pool_codes[valid]]
+        return out
+
     def score_vector(self, anchors: Sequence[str]) -> np.ndarray:
         codes = [self.item_code[j] for j in self.vocab.known(anchors) if self.item_code[j] >= 0]
         out = np.zeros(len(self.vocab))

@@ -105,6 +105,35 @@ class CooccurrenceScorer:
         scores[idx] = -np.inf
         return scores
 
+    def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
+        """score_vector restricted to `pool` (vocab indices), without touching the rest of the catalogue."""
+        if not len(anchor_idx) or not len(pool):
+            return np.zeros(len(pool))
+        rows = self.cooc[list(anchor_idx)][:, pool].toarray()
+        norm = (self.counts[list(anchor_idx)][:, None] * self.counts[pool][None, :]) ** self.alpha
+        scores = (rows / norm).sum(axis=0)
+        if self.complement:
+            leaves = {self.leaf[i] for i in anchor_idx if self.leaf[i] >= 0}
+            if leaves:
+                scores = np.where(np.isin(self.leaf[pool], list(leaves)), scores * self.substitute_discount, scores)
+        return scores
+
+    def top_partners(self, anchor_idx: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vocab indices, raw co-occurrence counts) of the items most often seen with the anchors."""
+        if not len(anchor_idx):
+            return np.zeros(0, dtype=int), np.zeros(0)
+        row = self.cooc[list(anchor_idx)].sum(axis=0).A1 if len(anchor_idx) > 1 else None
+        if row is None:
+            r = self.cooc[anchor_idx[0]]
+            cols, vals = r.indices, r.data
+        else:
+            cols = np.flatnonzero(row)
+            vals = row[cols]
+        keep = ~np.isin(cols, list(anchor_idx))
+        cols, vals = cols[keep], vals[keep]
+        order = np.argsort(-vals, kind="stable")[:n]
+        return cols[order], vals[order]
+
     def evidence(self, anchors: Sequence[str], item: str) -> int:
         """Raw co-occurrence count of `item` with the anchors (for provenance)."""
         if item not in self.vocab.index:
