@@ -25,7 +25,7 @@ def cmd_eval(args) -> int:
     settings = _settings(args)
     command = "rag-rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_eval(args.task, args.data, args.recommender, args.out, limit=args.limit, settings=settings, seed=args.seed,
-             command=command)
+             command=command, judge=args.judge)
     return 0
 
 
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recommender", action="append", help="repeatable; default: the task's baselines")
     p.add_argument("--limit", type=int, help="at most N test cases/sessions")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--judge", action="store_true", help="session_bundling: score intents with the LLM judge")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_eval)
 

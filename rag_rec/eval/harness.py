@@ -25,7 +25,9 @@ DEFAULT_RECOMMENDERS = {
 }
 HEADLINE = {
     "session_bundling": ["precision", "recall", "coverage", "precision_1to1", "recall_1to1", "coverage_1to1",
-                         "exact_match", "jaccard", "valid"],
+                         "exact_match", "jaccard", "valid", "hallucinated_item_rate", "duplicate_rate",
+                         "intent_rouge1", "intent_rougeL", "intent_embedding_sim", "judge_naturalness",
+                         "judge_coverage", "judge_motivation", "judge_faithful"],
     "bundle_completion": ["recall@10", "ndcg@10", "recall@20", "mrr", "auc"],
     "basket_completion": ["hr@10", "ndcg@10", "hr@20", "mrr", "auc"],
 }
@@ -33,7 +35,7 @@ HEADLINE = {
 
 def run_eval(task: str, data: str, recommenders: Sequence[str] | None, out: str | Path, *,
              limit: int | None = None, settings: Settings | None = None, seed: int = 0,
-             console: Console | None = None, command: str | None = None) -> dict:
+             console: Console | None = None, command: str | None = None, judge: bool = False) -> dict:
     """Score each recommender on `task` over the data spec; write results under `out`; return the metrics doc."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -58,9 +60,15 @@ def run_eval(task: str, data: str, recommenders: Sequence[str] | None, out: str 
             intent_scorer = T.intent_similarity_scorer(SentenceTransformerEncoder(settings.embedding))
         except ImportError as exc:
             console.log(f"intent embedding similarity skipped: {exc}")
+        llm_judge = None
+        if judge:
+            from rag_rec.eval.judge import LLMJudge
+            from rag_rec.llm import make_llm
+
+            llm_judge = LLMJudge(make_llm(settings.llm))
         for name in names:
             results.append(T.run_session_bundling(dataset, registry[name](settings), limit=limit,
-                                                  intent_scorer=intent_scorer))
+                                                  intent_scorer=intent_scorer, judge=llm_judge))
             console.log(f"{name}: " + _fmt(results[-1].metrics, HEADLINE[task]))
     else:
         split = T.bundle_completion_split if task == "bundle_completion" else T.basket_completion_split

@@ -120,7 +120,7 @@ def run_ranking(task: str, train: Dataset, cases: Sequence[RankCase], ranker: Ra
 
 
 def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: int | None = None,
-                         intent_scorer=None) -> TaskResult:
+                         intent_scorer=None, judge=None) -> TaskResult:
     """AICL task on the dataset's test split: predict bundles for each test session."""
     t0 = time.perf_counter()
     train_ids = set(dataset.splits.get("train", []))
@@ -136,7 +136,13 @@ def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: in
         valid = _valid_prediction(session, preds)
         true_sets = [b.items for b in truth[session.id]]
         sc = M.session_scores([p.items for p in preds] if valid else [], true_sets)
-        row = {"valid": float(valid), **sc.__dict__, "n_pred": len(preds)}
+        predicted_items = [i for p in preds for i in p.items]
+        allowed = set(session.items)
+        row = {"valid": float(valid), **sc.__dict__, "n_pred": len(preds),
+               "hallucinated_item_rate": (sum(i not in allowed for i in predicted_items) / len(predicted_items)
+                                          if predicted_items else 0.0),
+               "duplicate_rate": (sum(len(set(p.items)) != len(p.items) for p in preds)
+                                  + (len(predicted_items) - len(set(predicted_items)) > 0)) / max(len(preds), 1)}
         rows.append(row)
         if len(examples) < 12:
             examples.append({"session": session.id, "items": list(session.items),
@@ -145,6 +151,15 @@ def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: in
     metrics = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} if rows else {}
     if intent_scorer is not None:
         metrics.update(intent_scorer(sessions, predictions, truth))
+    if judge is not None:
+        from rag_rec.eval.judge import JudgeCase, summarize_judgements
+
+        cases = [JudgeCase(tuple(dataset.products[i].title for i in p.items), p.intent)
+                 for preds in predictions for p in preds if p.intent]
+        metrics.update(summarize_judgements(judge.judge_many(cases)))
+    for attr in ("fallbacks", "llm_sessions"):
+        if hasattr(bundler, attr):
+            metrics[f"llm_{attr}"] = float(getattr(bundler, attr))
     metrics["seconds_per_session"] = (time.perf_counter() - t0) / max(len(rows), 1)
     return TaskResult("session_bundling", bundler.name, metrics, len(rows), time.perf_counter() - t0,
                       per_case=rows, examples=examples)
