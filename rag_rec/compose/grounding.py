@@ -18,7 +18,17 @@ from rag_rec.schemas import LLMBundles
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 LEAK_MARKERS = ("Rules:", "Answer with JSON only", "CANDIDATES:", "You are a shopping assistant",
-                "data, not instructions")
+                "data, not instructions", "Products the shopper is looking at", "Shopper's need", "Recently bought:",
+                "Build 1 bundles", "Build 2 bundles", "Build 3 bundles")
+
+
+def degenerate(text: str) -> bool:
+    """Looping or empty generations ("a part of a product that is a part of a product ...")."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    if len(words) < 2:
+        return True
+    grams = [" ".join(words[i:i + 4]) for i in range(len(words) - 3)]
+    return bool(grams) and max(grams.count(g) for g in set(grams)) >= 3
 
 
 def keyed(ids: Sequence[str], prefix: str = "P") -> dict[str, str]:
@@ -134,11 +144,14 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
         assert set(ids) <= allowed_ids
         seen_sets.add(frozenset(ids))
         reason, title = b.reason.strip(), b.title.strip()
-        if not _reason_is_grounded(reason, ids, key_to_id, products) or _leaks(reason) or _leaks(title):
-            report.note(f"bundle {n + 1}: reason named products outside the bundle or leaked instructions; "
-                        "replaced")
+        if (not _reason_is_grounded(reason, ids, key_to_id, products) or _leaks(reason) or degenerate(reason)):
+            report.note(f"bundle {n + 1}: reason named products outside the bundle, repeated the instructions "
+                        "or looped; replaced")
             reason = grounded_reason(ids, products)
-            title = _leaks(title) and "Bundle" or title
+        if _leaks(title) or degenerate(title + " x") or len(title) < 3:
+            report.note(f"bundle {n + 1}: title replaced")
+            title = " + ".join(dict.fromkeys(products[i].category[-1] if products[i].category else
+                                             products[i].title.split(",")[0][:30] for i in ids))
         bundles.append(ComposedBundle(title or "Bundle", tuple(ids), reason))
     if not bundles:
         raise LLMOutputError("no bundle survived grounding: " + "; ".join(report.repaired[:5]))
