@@ -116,6 +116,9 @@ class BundlePipeline:
         t0 = time.perf_counter()
         for start in range(0, len(records), 1024):
             self.store.upsert(records[start:start + 1024])
+        optimize = getattr(self.store, "optimize", None)
+        if optimize is not None:
+            optimize()  # the embedded engine builds its HNSW graphs here
         console.log(f"indexed {len(records)} products in {time.perf_counter() - t0:.1f}s")
         if self.settings.index.backend == "edge":
             marker.parent.mkdir(parents=True, exist_ok=True)

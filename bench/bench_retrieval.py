@@ -1,0 +1,177 @@
+"""Hybrid retrieval vs the bare engine, and indexing vs the bare encoder, on Dunnhumby's real catalogue.
+
+- Retrieval: for the same anchors, the bare engine query is the exact fused request the retriever sends
+  (text + cf prefetch, RRF, same filter) issued straight to qdrant-edge without payloads; the product path is
+  HybridRetriever.retrieve (that query + co-occurrence partners + explained fusion + provenance). Alternating
+  calls, same process. Sizes: a 10k-product slice and the full 92k catalogue.
+- Indexing: texts -> vectors with the bare encoder vs the product's indexing (encode + build records +
+  upsert into the engine), on the same fresh texts (no cache).
+Writes bench/results/retrieval.json and prints a table.
+
+    .venv/bin/python bench/bench_retrieval.py [--sizes 10000 92331] [--queries 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rag_rec.data.dunnhumby import load_dunnhumby
+from rag_rec.data.models import Interactions
+from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, VectorSpec
+from rag_rec.index.edge import EdgeStore
+from rag_rec.retrieve.base import RetrievalRequest
+from rag_rec.settings import Settings
+
+console = Console(width=120)
+
+
+def pct(values, q):
+    return float(np.percentile(np.asarray(values) * 1000.0, q))
+
+
+def slice_dataset(ds, n_products: int):
+    """The n most purchased products and the basket lines over them."""
+    counts = ds.interactions.frame["item_id"].value_counts()
+    keep = list(counts.index[:n_products])
+    rest = [p for p in ds.products if p not in set(keep)]
+    keep = (keep + rest)[:n_products]
+    keep_set = set(keep)
+    frame = ds.interactions.frame[ds.interactions.frame["item_id"].isin(keep_set)]
+    sessions = {}
+    for sid, s in ds.sessions.items():
+        items = tuple(i for i in s.items if i in keep_set)
+        if items:
+            sessions[sid] = replace(s, items=items)
+    return replace(ds, products={p: ds.products[p] for p in keep}, interactions=Interactions(frame.copy()),
+                   sessions=sessions, name=f"{ds.name}-{n_products}")
+
+
+def bench_retrieval(ds, settings: Settings, queries: int, rng) -> dict:
+    from rag_rec.pipeline import BundlePipeline
+    from rag_rec.signals.suite import fit_signals
+
+    t0 = time.perf_counter()
+    signals = fit_signals(ds, settings, console=console)
+    fit_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EdgeStore(Path(tmp) / "idx", collection="products")
+        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
+            update={"path": Path(tmp)})}), ds, signals, store)
+        t0 = time.perf_counter()
+        pipe.sync_index(rebuild=True, console=console)
+        index_s = time.perf_counter() - t0
+        retriever = pipe.retriever
+        shard, qe = store._open_shard(), store._qe
+        popular = np.argsort(-signals.popularity.counts)[:2000]
+        anchors = [signals.vocab.ids[i] for i in rng.choice(popular, size=queries)]
+        flt = Filter(must_match={"in_stock": True})
+        n = settings.retrieve.prefetch_k
+
+        def bare(anchor: str):
+            idx = signals.vocab.known([anchor])
+            q = signals.text_vectors[idx].mean(axis=0)
+            q = q / (np.linalg.norm(q) or 1.0)
+            branches = [qe.Prefetch(limit=n, query=qe.Query.Nearest(q.tolist(), using="text"))]
+            cfq = retriever.scorer.cf_query(idx, None)
+            if cfq is not None:
+                branches.append(qe.Prefetch(limit=n, query=qe.Query.Nearest(cfq.tolist(), using="cf")))
+            must_not = [qe.HasIdCondition({store_point(anchor)})]
+            request = qe.QueryRequest(limit=n, prefetches=branches, query=qe.Fusion.Rrf(k=2),
+                                      filter=store._filter(Filter(flt.must_match, (anchor,))), with_payload=False)
+            return shard.query(request)
+
+        from rag_rec.index.common import point_uuid as store_point
+
+        for a in anchors[:20]:
+            bare(a)
+            retriever.retrieve(RetrievalRequest(anchors=(a,), filter=flt, k=40))
+        t_bare, t_hybrid = [], []
+        for a in anchors:
+            t = time.perf_counter()
+            bare(a)
+            t_bare.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            retriever.retrieve(RetrievalRequest(anchors=(a,), filter=flt, k=40))
+            t_hybrid.append(time.perf_counter() - t)
+        store.close()
+    return {
+        "products": len(ds.products), "baskets": len(ds.sessions), "queries": queries,
+        "fit_signals_s": round(fit_s, 2), "index_s": round(index_s, 2),
+        "bare_p50_ms": pct(t_bare, 50), "bare_p95_ms": pct(t_bare, 95), "bare_p99_ms": pct(t_bare, 99),
+        "hybrid_p50_ms": pct(t_hybrid, 50), "hybrid_p95_ms": pct(t_hybrid, 95), "hybrid_p99_ms": pct(t_hybrid, 99),
+        "p95_ratio": pct(t_hybrid, 95) / pct(t_bare, 95), "p50_ratio": pct(t_hybrid, 50) / pct(t_bare, 50),
+    }
+
+
+def bench_indexing(ds, settings: Settings, n: int) -> dict:
+    """Bare encoder vs encode + records + upsert, on n fresh product texts (embedding cache bypassed)."""
+    from rag_rec.index import Record
+    from rag_rec.pipeline import product_payload
+    from rag_rec.signals.text import SentenceTransformerEncoder
+
+    encoder = SentenceTransformerEncoder(settings.embedding)
+    products = list(ds.products.values())[:n]
+    texts = [f"{p.text()} #{k}" for k, p in enumerate(products)]
+    encoder.encode(texts[:64])
+    t = time.perf_counter()
+    encoder.encode(texts)
+    bare_s = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EdgeStore(Path(tmp) / "idx", collection="products")
+        store.ensure_collection([VectorSpec("text", encoder.dim, "cosine")], PRODUCT_PAYLOAD_INDEXES)
+        t = time.perf_counter()
+        for start in range(0, len(products), 1024):
+            chunk = products[start:start + 1024]
+            vectors = encoder.encode(texts[start:start + 1024])
+            store.upsert([Record(p.id, {"text": v}, product_payload(p)) for p, v in zip(chunk, vectors)])
+        product_s = time.perf_counter() - t
+        assert store.count() == len(products)
+        store.close()
+    return {"texts": n, "bare_encoder_per_s": n / bare_s, "indexing_per_s": n / product_s,
+            "ratio": bare_s / product_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 92331])
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--index-texts", type=int, default=3000)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "retrieval.json"))
+    args = parser.parse_args()
+    settings = Settings(llm={"backend": "none"})
+    full = load_dunnhumby()
+    rng = np.random.default_rng(0)
+    results = {"machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
+               "retrieval": [], "indexing": None}
+    for size in args.sizes:
+        ds = full if size >= len(full.products) else slice_dataset(full, size)
+        results["retrieval"].append(bench_retrieval(ds, settings, args.queries, rng))
+        console.log(results["retrieval"][-1])
+    results["indexing"] = bench_indexing(full, settings, args.index_texts)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    table = Table(title="hybrid retrieval vs bare engine (ms)")
+    for col in ("products", "bare p50", "bare p95", "hybrid p50", "hybrid p95", "hybrid p99", "p95 ratio"):
+        table.add_column(col, justify="right")
+    for r in results["retrieval"]:
+        table.add_row(str(r["products"]), f"{r['bare_p50_ms']:.2f}", f"{r['bare_p95_ms']:.2f}",
+                      f"{r['hybrid_p50_ms']:.2f}", f"{r['hybrid_p95_ms']:.2f}", f"{r['hybrid_p99_ms']:.2f}",
+                      f"{r['p95_ratio']:.2f}x")
+    console.print(table)
+    ix = results["indexing"]
+    console.print(f"indexing: bare encoder {ix['bare_encoder_per_s']:.0f}/s, product {ix['indexing_per_s']:.0f}/s, "
+                  f"ratio {ix['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
