@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+from rag_rec.errors import RagRecError
+
+
+class LLMUnavailable(RagRecError):
+    """The LLM cannot answer: the engine died, the server is unreachable or it refused the request."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""OpenAI-compatible HTTP backend for a `vllm serve` deployment (structured outputs through the request body)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Self
+
+from rag_rec.errors import require
+from rag_rec.llm.base import Generation, GenerationRequest, LLMUnavailable
+from rag_rec.settings import LLMSettings
+
+RETRY_STATUS = {502, 503, 504}
+
+
+class OpenAIBackend:
+    """Sends each request of a batch concurrently to /v1/chat/completions; the server batches them."""
+
+    def __init__(self, settings: LLMSettings, *, retries: int = 3, backoff_s: float = 0.5, max_parallel: int = 16):
+        httpx = require("httpx", "llm")
+        if not settings.base_url:
+            raise LLMUnavailable("the openai backend needs settings.llm.base_url (RAG_REC_LLM__BASE_URL), "
+                                 "e.g. http://127.0.0.1:8001/v1")
+        self.settings = settings
+        self.name = settings.model
+        self.base_url = settings.base_url.rstrip("/")
+        self.retries, self.backoff_s, self.max_parallel = retries, backoff_s, max_parallel
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self._httpx = httpx
+        self._client = httpx.Client(
+            base_url=self.base_url, headers=headers,
+            timeout=httpx.Timeout(settings.timeout_s, connect=min(10.0, settings.timeout_s)),
+            limits=httpx.Limits(max_connections=max_parallel, max_keepalive_connections=max_parallel))
+        self._served_model: str | None = None
+
+    def body(self, request: GenerationRequest, model: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": list(request.messages),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.json_schema is not None:
+            body["structured_outputs"] = {"json": request.json_schema, "disable_any_whitespace": True}
+        return body
+
+    def served_model(self) -> str:
+        """settings.model when the server serves it, else the server's only model."""
+        if self._served_model is None:
+            listing = self._request("GET", "/models")
+            ids = [m.get("id") for m in listing.get("data", [])]
+            if self.settings.model in ids:
+                self._served_model = self.settings.model
+            elif len(ids) == 1:
+                self._served_model = ids[0]
+            else:
+                raise LLMUnavailable(f"{self.base_url} does not serve '{self.settings.model}' (serves: {ids}); "
+                                     f"set RAG_REC_LLM__MODEL or start vllm serve with --served-model-name")
+        return self._served_model
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        if not requests:
+            return []
+        model = self.served_model()
+        with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(requests))) as pool:
+            return list(pool.map(lambda r: self._complete(r, model), requests))
+
+    def _complete(self, request: GenerationRequest, model: str) -> Generation:
+        reply = self._request("POST", "/chat/completions", json=self.body(request, model))
+        try:
+            choice = reply["choices"][0]
+            usage = reply.get("usage") or {}
+            return Generation(
+                text=choice["message"].get("content") or "",
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+                finish_reason=choice.get("finish_reason") or "stop",
+                extra={"model": reply.get("model", model), "id": reply.get("id")},
+            )
+        except (KeyError, IndexError, TypeError) as exc:
+            raise LLMUnavailable(f"{self.base_url}: malformed chat completion: {str(reply)[:300]}") from exc
+
+    def _request(self, method: str, path: str, **kwargs) -> dict[str, Any]:
+        httpx = self._httpx
+        last: str = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = self._client.request(method, path, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
+                    httpx.WriteError, httpx.PoolTimeout) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            except httpx.TimeoutException as exc:
+                raise LLMUnavailable(f"{self.base_url}{path} did not answer within {self.settings.timeout_s}s "
+                                     f"({type(exc).__name__})") from exc
+            if response.status_code in RETRY_STATUS:
+                last = f"HTTP {response.status_code}: {response.text[:300]}"
+                continue
+            if response.status_code >= 400:
+                raise LLMUnavailable(f"{self.base_url}{path} refused the request: HTTP {response.status_code}: "
+                                     f"{response.text[:500]}")
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise LLMUnavailable(f"{self.base_url}{path} answered non-JSON: {response.text[:300]}") from exc
+        raise LLMUnavailable(f"{self.base_url}{path} unreachable after {self.retries + 1} attempts: {last}")
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

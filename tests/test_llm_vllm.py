@@ -1,0 +1,89 @@
+"""VLLMEngine on the real smollm2 conversion: batched structured outputs, plain chat, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import psutil
+import pytest
+
+from rag_rec.llm.base import GenerationRequest, LLMBackend, LLMUnavailable
+from rag_rec.settings import Settings
+
+pytestmark = [pytest.mark.llm, pytest.mark.slow]
+
+CATALOGUES = [
+    {"P101": "DSLR camera", "P102": "camera bag", "P103": "SD card 64GB", "P104": "tripod"},
+    {"L201": "laptop 14 inch", "L202": "laptop sleeve", "L203": "wireless mouse", "L204": "USB-C hub"},
+    {"T301": "tennis racket", "T302": "tennis balls", "T303": "sweatband", "T304": "racket grip tape"},
+    {"K401": "chef knife", "K402": "cutting board", "K403": "knife sharpener", "K404": "apron"},
+]
+
+
+def bundle_schema(ids: list[str]) -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": {"type": "string", "enum": ids}, "minItems": 2, "maxItems": 3},
+            "reason": {"type": "string", "maxLength": 120},
+        },
+        "required": ["items", "reason"],
+        "additionalProperties": False,
+    }
+
+
+def bundle_request(catalogue: dict[str, str]) -> GenerationRequest:
+    listing = "\n".join(f"- {pid}: {title}" for pid, title in catalogue.items())
+    return GenerationRequest(
+        messages=[{"role": "system", "content": "You build product bundles. Answer with JSON only."},
+                  {"role": "user", "content": f"Products:\n{listing}\nPick 2 or 3 product ids that are bought "
+                                              f"together and give a short reason."}],
+        json_schema=bundle_schema(list(catalogue)), max_tokens=160)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from rag_rec.llm.vllm_engine import VLLMEngine
+
+    settings = Settings().llm.model_copy(update={"max_model_len": 2048, "kv_cache_gb": 1})
+    with VLLMEngine(settings) as eng:
+        yield eng
+
+
+def test_engine_implements_the_backend_protocol(engine):
+    assert isinstance(engine, LLMBackend)
+    assert engine.name == "smollm2-135m"
+    assert engine.generate([]) == []
+
+
+def test_batch_of_four_is_valid_json_restricted_to_each_requests_ids(engine):
+    requests = [bundle_request(c) for c in CATALOGUES]
+    generations = engine.generate(requests)
+    assert len(generations) == 4
+    for catalogue, request, gen in zip(CATALOGUES, requests, generations):
+        assert gen.finish_reason == "stop", gen
+        data = json.loads(gen.text)
+        jsonschema.validate(data, request.json_schema)
+        assert set(data["items"]) <= set(catalogue)          # ids of this request, in this order
+        assert gen.prompt_tokens > 40 and 0 < gen.completion_tokens <= request.max_tokens
+
+
+def test_plain_chat_and_token_limit(engine):
+    answer, truncated = engine.generate([
+        GenerationRequest([{"role": "user", "content": "What is the capital of France?"}], max_tokens=24),
+        GenerationRequest([{"role": "user", "content": "Write a long story about a dragon."}], max_tokens=8),
+    ])
+    assert "Paris" in answer.text
+    assert truncated.finish_reason == "length" and truncated.completion_tokens == 8
+
+
+def test_close_stops_the_engine_process(engine):
+    children = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ["VLLM::EngineCore"]
+                or p.cmdline()[:1] == ["VLLM::Worker"]]
+    assert children, "vLLM's engine core should run in a child process"
+    engine.close()
+    _gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.pid for p in alive]
+    with pytest.raises(LLMUnavailable, match="closed"):
+        engine.generate([GenerationRequest([{"role": "user", "content": "hi"}])])
