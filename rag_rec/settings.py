@@ -88,6 +88,7 @@ class LLMSettings(_Section):
     kv_cache_gb: int = 2
     dtype: str = "bfloat16"
     max_candidates: int = 30
+    judge_model: str | None = Field(default=None, description="Model of the LLM judge (default: `model`)")
 
 
 class ServeSettings(_Section):

@@ -125,6 +125,11 @@ class LLMSessionBundler:
                 out.append(groups)
         return out
 
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
     def _parse(self, text: str, keys: dict[str, str], groups: list[PredictedBundle]) -> list[PredictedBundle]:
         doc = parse_json_object(text)
         if self.mode == "name":

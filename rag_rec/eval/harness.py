@@ -65,7 +65,10 @@ def run_eval(task: str, data: str, recommenders: Sequence[str] | None, out: str 
             from rag_rec.eval.judge import LLMJudge
             from rag_rec.llm import make_llm
 
-            llm_judge = LLMJudge(make_llm(settings.llm))
+            judge_settings = settings.llm.model_copy(update={"model": settings.llm.judge_model or settings.llm.model})
+
+            def llm_judge():
+                return LLMJudge(make_llm(judge_settings))
         for name in names:
             results.append(T.run_session_bundling(dataset, registry[name](settings), limit=limit,
                                                   intent_scorer=intent_scorer, judge=llm_judge))

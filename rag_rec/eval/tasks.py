@@ -151,12 +151,18 @@ def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: in
     metrics = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} if rows else {}
     if intent_scorer is not None:
         metrics.update(intent_scorer(sessions, predictions, truth))
+    close = getattr(bundler, "close", None)
+    if close is not None:
+        close()  # free the bundler's engine before the judge loads its own
     if judge is not None:
         from rag_rec.eval.judge import JudgeCase, summarize_judgements
 
         cases = [JudgeCase(tuple(dataset.products[i].title for i in p.items), p.intent)
                  for preds in predictions for p in preds if p.intent]
-        metrics.update(summarize_judgements(judge.judge_many(cases)))
+        judge_instance = judge() if callable(judge) and not hasattr(judge, "judge_many") else judge
+        metrics.update(summarize_judgements(judge_instance.judge_many(cases)))
+        if hasattr(judge_instance.llm, "close"):
+            judge_instance.llm.close()
     for attr in ("fallbacks", "llm_sessions"):
         if hasattr(bundler, attr):
             metrics[f"llm_{attr}"] = float(getattr(bundler, attr))
