@@ -83,6 +83,7 @@ class LLMSettings(_Section):
     cache_dir: Path = Field(default=Path.home() / ".cache" / "rag_rec" / "models")
     max_tokens: int = 384
     temperature: float = 0.0
+    repetition_penalty: float = Field(default=1.1, description="Discourages the looping small models fall into")
     timeout_s: float = 120.0
     max_model_len: int = 4096
     kv_cache_gb: int = 2

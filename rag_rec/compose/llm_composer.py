@@ -57,7 +57,8 @@ class LLMComposer:
             budget=f"Budget per bundle: ${context.budget:.2f}" if context.budget else "",
         )
         schema = bundles_schema(list(key_to_id), context.k, context.bundle_size)
-        return GenerationRequest(messages, schema, self.settings.max_tokens, self.settings.temperature), key_to_id
+        return GenerationRequest(messages, schema, self.settings.max_tokens, self.settings.temperature,
+                                 repetition_penalty=self.settings.repetition_penalty), key_to_id
 
     def compose(self, context: ComposeContext) -> ComposeResult:
         return self.compose_many([context])[0]
@@ -85,7 +86,8 @@ class LLMComposer:
                     {"role": "assistant", "content": generations[n].text[:2000]},
                     {"role": "user", "content": f"That answer was rejected: {errors[n]}. Answer again with JSON "
                                                 f"only, using only the product keys listed."}]
-                repair_requests.append(GenerationRequest(messages, req.json_schema, req.max_tokens, req.temperature))
+                repair_requests.append(GenerationRequest(messages, req.json_schema, req.max_tokens, req.temperature,
+                                                         repetition_penalty=req.repetition_penalty))
             try:
                 repaired = self.llm.generate(repair_requests)
             except Exception as exc:

@@ -107,7 +107,8 @@ class LLMSessionBundler:
                 user_items = items + f"\nName each of these groups, in order: {hint}"
                 schema = naming_schema(len(groups)) if groups else None
             messages = self.template.render(examples=self._demos(session, vectors), items=user_items)
-            requests.append(GenerationRequest(messages, schema, self.settings.llm.max_tokens, 0.0))
+            requests.append(GenerationRequest(messages, schema, self.settings.llm.max_tokens, 0.0,
+                                              repetition_penalty=self.settings.llm.repetition_penalty))
             keymaps.append(keys)
         todo = [n for n, r in enumerate(requests) if r.json_schema is not None]
         generations = self.llm.generate([requests[n] for n in todo]) if todo else []

@@ -20,6 +20,7 @@ class GenerationRequest:
     max_tokens: int = 384
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0
 
 
 @dataclass(frozen=True)

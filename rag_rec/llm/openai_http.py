@@ -43,6 +43,8 @@ class OpenAIBackend:
         }
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.repetition_penalty != 1.0:
+            body["repetition_penalty"] = request.repetition_penalty  # vLLM's extra sampling parameter
         if request.json_schema is not None:
             body["structured_outputs"] = {"json": request.json_schema, "disable_any_whitespace": True}
         return body

@@ -66,7 +66,8 @@ class VLLMEngine:
         if request.json_schema is not None:
             structured = StructuredOutputsParams(json=request.json_schema, disable_any_whitespace=True)
         return SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
-                              stop=list(request.stop) or None, structured_outputs=structured)
+                              stop=list(request.stop) or None, structured_outputs=structured,
+                              repetition_penalty=request.repetition_penalty)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         if not requests:
