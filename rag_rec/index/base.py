@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+DISTANCES = ("cosine", "dot", "euclid")
+PAYLOAD_INDEX_TYPES = ("keyword", "integer", "float", "bool", "text")
+
+# Payload keys the stores maintain themselves (see docs/INDEX.md).
+PID_KEY = "pid"  # the original string id (point ids are UUID5 of it)
+CATEGORY_PATHS_KEY = "category_paths"  # every prefix of payload 'category', joined with CATEGORY_SEPARATOR
+CATEGORY_SEPARATOR = " > "
+RESERVED_PAYLOAD_KEYS = (PID_KEY, CATEGORY_PATHS_KEY)
+
+# Payload indexes of the product collection: filter fields of Filter / schemas.Filters.
+PRODUCT_PAYLOAD_INDEXES: dict[str, str] = {
+    "category": "keyword",
+    "brand": "keyword",
+    "price": "float",
+    "in_stock": "bool",
+}
+
+# Qdrant's default RRF constant (server, edge and qdrant-client): score = sum 1 / (k + rank), rank from 0.
+RRF_K = 2
 
 
 @dataclass(frozen=True)
@@ -14,12 +35,15 @@ class VectorSpec:
 
     name: str
     dim: int
-    distance: str = "cosine"  # cosine | dot
+    distance: str = "cosine"  # cosine | dot | euclid
 
 
 @dataclass(frozen=True)
 class Record:
-    """One product point: string id, named vectors (may omit some), payload."""
+    """One product point: string id, named vectors (may omit some), payload.
+
+    Vectors read back from a cosine vector are L2-normalised (the engine stores them that way).
+    """
 
     id: str
     vectors: dict[str, np.ndarray]
@@ -28,12 +52,16 @@ class Record:
 
 @dataclass(frozen=True)
 class Filter:
-    """Conjunctive payload filter. Ranges are inclusive; None means unbounded."""
+    """Conjunctive payload filter. Ranges are inclusive; None means unbounded.
 
-    must_match: dict[str, Any] = field(default_factory=dict)        # field == value (or value in list)
+    must_match on a list-valued payload field (e.g. 'category') matches when any element matches;
+    a list/tuple/set value matches any of its values.
+    """
+
+    must_match: dict[str, Any] = field(default_factory=dict)  # field == value (or value in list)
     must_not_ids: tuple[str, ...] = ()
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
-    category_prefix: tuple[str, ...] = ()                           # payload 'category' path starts with
+    category_prefix: tuple[str, ...] = ()  # payload 'category' path starts with
 
 
 @dataclass(frozen=True)
@@ -45,11 +73,12 @@ class Hit:
 
 @dataclass(frozen=True)
 class Prefetch:
-    """One branch of a fused query: a vector query on one named vector."""
+    """One branch of a fused query: a vector query on one named vector; weight scales its RRF share."""
 
     using: str
     vector: np.ndarray
     limit: int = 100
+    weight: float = 1.0
 
 
 @runtime_checkable
@@ -64,17 +93,31 @@ class VectorStore(Protocol):
 
     def delete(self, ids: Sequence[str]) -> None: ...
 
-    def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None: ...
+    def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Merge payload keys into existing points (unknown ids are skipped)."""
 
     def count(self) -> int: ...
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
         """Records for the ids that exist (unknown ids are skipped)."""
 
-    def search(self, using: str, vector: np.ndarray, limit: int, flt: Filter | None = None) -> list[Hit]:
-        """Nearest neighbours on one named vector."""
+    def search(
+        self, using: str, vector: np.ndarray, limit: int, flt: Filter | None = None, *, exact: bool = False
+    ) -> list[Hit]:
+        """Nearest neighbours on one named vector (exact=True: brute force instead of HNSW)."""
 
-    def fused_search(self, prefetches: Sequence[Prefetch], limit: int, flt: Filter | None = None) -> list[Hit]:
-        """Reciprocal-rank fusion of several prefetch branches (Qdrant prefetch + RRF)."""
+    def fused_search(
+        self,
+        prefetches: Sequence[Prefetch],
+        limit: int,
+        flt: Filter | None = None,
+        *,
+        exact: bool = False,
+        rrf_k: int = RRF_K,
+    ) -> list[Hit]:
+        """Reciprocal-rank fusion of several prefetch branches (Qdrant prefetch + RRF with constant rrf_k)."""
+
+    def optimize(self) -> None:
+        """Build the HNSW / payload indexes now; a no-op where the engine does it in the background."""
 
     def close(self) -> None: ...
