@@ -1,0 +1,159 @@
+"""Turn bench/results/*.json into docs/BENCHMARKS.md with a table per benchmark and plots (docs/img/*.png)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+DOCS = ROOT.parent / "docs"
+IMG = DOCS / "img"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ok(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def index_section(doc: dict, plt) -> list[str]:
+    lines = ["## Index: EdgeStore facade vs the bare qdrant-edge engine", "",
+             "Seeded clustered vectors (384-d text, 64-d cf), HNSW built; `best of 3` repeats each query and keeps "
+             "the fastest (the engine's own cost without other processes' noise). Source: `bench/bench_index.py`.", "",
+             "| points | query | bare p50 | bare p95 | facade p50 | facade p95 | p95 ratio (single) | p95 ratio (best of 3) | target (<=1.2x, <=5 ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    labels, ratios = [], []
+    for r in doc["results"]:
+        for q in ("search", "search_filtered", "fused"):
+            single, best = r["edge"][q]["single"], r["edge"][q]["best_of_3"]
+            met = best["ratio_p95"] <= 1.2 and single["facade"]["p95_ms"] <= 5.0
+            lines.append(f"| {r['points']} | {q} | {single['bare']['p50_ms']:.2f} | {single['bare']['p95_ms']:.2f} | "
+                         f"{single['facade']['p50_ms']:.2f} | {single['facade']['p95_ms']:.2f} | "
+                         f"{single['ratio_p95']:.2f} | {best['ratio_p95']:.2f} | {ok(met)} |")
+            labels.append(f"{r['points'] // 1000}k {q}")
+            ratios.append(best["ratio_p95"])
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh(labels, ratios, color="#4c72b0")
+    ax.axvline(1.2, color="red", linestyle="--", label="target 1.2x")
+    ax.set_xlabel("facade p95 / bare p95 (best of 3)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(IMG / "index_ratio.png", dpi=110)
+    plt.close(fig)
+    return lines + ["", "![index ratio](img/index_ratio.png)", ""]
+
+
+def retrieval_section(doc: dict, plt) -> list[str]:
+    lines = ["## Hybrid retrieval vs the bare engine query (Dunnhumby, real embeddings)", "",
+             "Bare: the identical fused engine request (text + cf prefetch, RRF, filter) straight to qdrant-edge. "
+             "Hybrid: `HybridRetriever.retrieve` (that request + co-occurrence partners + explained fusion + "
+             "provenance). Source: `bench/bench_retrieval.py`.", "",
+             "| products | baskets | bare p50 | bare p95 | hybrid p50 | hybrid p95 | hybrid p99 | p95 ratio | target (<=1.2x, p95 <= 5 ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["retrieval"]:
+        met = r["p95_ratio"] <= 1.2 and r["hybrid_p95_ms"] <= 5.0
+        lines.append(f"| {r['products']} | {r['baskets']} | {r['bare_p50_ms']:.2f} | {r['bare_p95_ms']:.2f} | "
+                     f"{r['hybrid_p50_ms']:.2f} | {r['hybrid_p95_ms']:.2f} | {r['hybrid_p99_ms']:.2f} | "
+                     f"{r['p95_ratio']:.2f}x | {ok(met)} |")
+    ix = doc.get("indexing")
+    if ix:
+        lines += ["", f"Indexing ({ix['texts']} fresh product texts): bare encoder {ix['bare_encoder_per_s']:.0f}/s, "
+                      f"product indexing (encode + records + upsert) {ix['indexing_per_s']:.0f}/s, ratio "
+                      f"{ix['ratio']:.2f} (target >= 0.9: {ok(ix['ratio'] >= 0.9)})."]
+    if len(doc["retrieval"]) >= 2:
+        a, b = doc["retrieval"][0], doc["retrieval"][-1]
+        growth = b["hybrid_p95_ms"] / a["hybrid_p95_ms"]
+        lines += ["", f"Cost growth {a['products']} -> {b['products']} products: hybrid p95 x{growth:.2f} for "
+                      f"x{b['products'] / a['products']:.1f} products (HNSW search grows ~logarithmically; the "
+                      "co-occurrence and fusion work is per candidate, not per catalogue item)."]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    xs = [r["products"] for r in doc["retrieval"]]
+    ax.plot(xs, [r["bare_p95_ms"] for r in doc["retrieval"]], "o-", label="bare engine p95")
+    ax.plot(xs, [r["hybrid_p95_ms"] for r in doc["retrieval"]], "o-", label="hybrid retrieval p95")
+    ax.axhline(5.0, color="red", linestyle="--", label="5 ms target")
+    ax.set_xscale("log")
+    ax.set_xlabel("products")
+    ax.set_ylabel("ms")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(IMG / "retrieval_p95.png", dpi=110)
+    plt.close(fig)
+    return lines + ["", "![retrieval p95](img/retrieval_p95.png)", ""]
+
+
+def llm_section(doc: dict) -> list[str]:
+    runs = doc["runs"]
+    lines = ["## LLM engine wrapper vs bare vLLM", "",
+             f"Model {doc['model']}, {doc['sampling']['prompts']} prompts, greedy, max {doc['sampling']['max_tokens']} "
+             "tokens. Source: `bench/bench_llm.py`.", "",
+             "| run | tokens/s | requests/s | valid JSON |", "|---|---|---|---|"]
+    for name, r in runs.items():
+        lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {r['requests_per_s']:.2f} | {r['valid_json']}/{r['requests']} |")
+    ratios = doc["engine_over_bare_tokens_per_s"]
+    lines += ["", f"Engine/bare tokens/s: free {ratios['free']:.2f}, JSON {ratios['json']:.2f}. Structured output "
+                  f"overhead (JSON/free tokens/s): bare {doc['json_over_free_tokens_per_s']['bare']:.2f}, engine "
+                  f"{doc['json_over_free_tokens_per_s']['engine']:.2f} — tokens/s is not lower with a schema; "
+                  "requests/s is, because schema-valid answers are longer.", ""]
+    return lines
+
+
+def compose_section(doc: dict) -> list[str]:
+    ratio = doc["ratio_product_over_bare"]
+    return ["## Composition through the product vs bare vLLM (same prompts, same engine)", "",
+            f"Model {doc['model']}, {doc['requests']} real retrieval contexts. Source: `bench/bench_compose.py`.", "",
+            "| path | requests/s | bundles/s | tokens/s |", "|---|---|---|---|",
+            f"| bare `LLM.chat` | {doc['bare_requests_per_s']:.2f} | | {doc['bare_tokens_per_s']:.0f} |",
+            f"| `LLMComposer.compose_many` | {doc['product_requests_per_s']:.2f} | {doc['product_bundles_per_s']:.2f} | |",
+            "", f"Ratio product/bare: {ratio:.2f} (target >= 0.8: {ok(ratio >= 0.8)}). Paths taken: "
+                f"{doc['runs']['product'][0]['paths']}. {doc['note']}.", ""]
+
+
+def load_section(doc: dict) -> list[str]:
+    lines = ["## Load and API overhead (loopback)", "", "Source: `bench/load_test.py`; see docs/ROBUSTNESS.md.", ""]
+    lines.append("```json")
+    lines.append(json.dumps({k: v for k, v in doc.items() if k in ("summary", "phases", "api_overhead", "config")},
+                            indent=1)[:4000])
+    lines.append("```")
+    return lines + [""]
+
+
+def main() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    lines = ["# Benchmarks", "",
+             "All numbers are from this repository's scripts on the 2-core CPU development machine (shared with other "
+             "work while measured: see each JSON's load average), committed under `bench/results/`. Regenerate with "
+             "`rag-rec bench` (or `make bench`). Every speed target is a ratio against a bare baseline run in the "
+             "same process, so machine load affects both sides alike.", ""]
+    for name, section in (("index", index_section), ("retrieval", retrieval_section)):
+        doc = load(name)
+        if doc:
+            lines += section(doc, plt)
+    for name, section in (("llm", llm_section), ("compose", compose_section), ("load", load_section)):
+        doc = load(name)
+        if doc:
+            lines += section(doc)
+    lines += ["## Projection to 1M+ products on a Qdrant cluster (on paper)", "",
+              "HNSW query cost grows roughly with log(N): 10k -> 92k cost x1.1-1.5 here, so 1M is expected at "
+              "~1.5-2x the 92k engine time per query per shard. Memory: 384-d float32 text + 64-d cf vectors are "
+              "~1.8 KB/product, ~1.8 GB for 1M before HNSW links (~+10%) and payload; with scalar int8 quantization "
+              "(`quantization_config` on the server collection) ~0.5 GB. A 3-node cluster with 2 shards x "
+              "replication 2 (deploy/k8s) keeps each node at ~1.2 GB for 1M products and serves reads from both "
+              "replicas. The co-occurrence graph is sparse (top partners per item) and the fusion works on the "
+              "~200-candidate pool, so neither grows with the catalogue. Embedding 1M product texts with MiniLM on "
+              "this CPU is ~1 h at ~300/s; on one GPU it is minutes, and the on-disk cache makes re-indexing "
+              "incremental.", ""]
+    (DOCS / "BENCHMARKS.md").write_text("\n".join(lines))
+    print((DOCS / "BENCHMARKS.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
