@@ -52,6 +52,8 @@ class BehaviourSettings(_Section):
     epochs: int = 20
     lr: float = 3e-3
     seed: int = 0
+    max_windows_per_epoch: int = Field(default=20_000, description="Sample this many training windows per epoch "
+                                                                    "on large data (keeps CPU training in minutes)")
 
 
 class IndexSettings(_Section):

@@ -155,7 +155,7 @@ class BehaviourModel:
             epoch_sequences = [list(rng.permutation(s)) if shuffle and self.shuffle_sessions else s
                                for s, shuffle in zip(sequences, unordered)]
             inputs, targets = self._windows(epoch_sequences)
-            order = rng.permutation(len(inputs))
+            order = rng.permutation(len(inputs))[: self.settings.max_windows_per_epoch]
             total, count = 0.0, 0
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
