@@ -116,6 +116,10 @@ class BundlePipeline:
         t0 = time.perf_counter()
         for start in range(0, len(records), 1024):
             self.store.upsert(records[start:start + 1024])
+        stale = self._stale_points(len(records))
+        if stale:  # e.g. products added through the API before a restart: they would crowd out real ones
+            self.store.delete(stale)
+            console.log(f"removed {len(stale)} indexed products that are not in the catalogue")
         optimize = getattr(self.store, "optimize", None)
         if optimize is not None:
             optimize()  # the embedded engine builds its HNSW graphs here
@@ -126,6 +130,17 @@ class BundlePipeline:
             tmp.write_text(json.dumps({"fingerprint": fingerprint, "count": len(records)}))
             tmp.replace(marker)
         return len(records)
+
+    def _stale_points(self, expected: int) -> list[str]:
+        """Ids of index points whose product is not in the catalogue (which is rebuilt from the dataset)."""
+        excess = self.store.count() - expected
+        if excess <= 0:
+            return []
+        probe = np.zeros(self.signals.text_vectors.shape[1], dtype=np.float32)
+        probe[0] = 1.0
+        catalogue = Filter(must_not_ids=tuple(self.signals.vocab.ids))
+        hits = self.store.search("text", probe, excess, catalogue, exact=True)
+        return [h.id for h in hits]
 
     def records(self, ids: Sequence[str]) -> list[Record]:
         s = self.signals

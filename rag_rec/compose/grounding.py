@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Sequence
 
 from pydantic import ValidationError
@@ -19,7 +20,11 @@ from rag_rec.schemas import LLMBundles
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 LEAK_MARKERS = ("Rules:", "Answer with JSON only", "CANDIDATES:", "You are a shopping assistant",
                 "data, not instructions", "Products the shopper is looking at", "Shopper's need", "Recently bought:",
-                "Build 1 bundles", "Build 2 bundles", "Build 3 bundles")
+                "Build 1 bundles", "Build 2 bundles", "Build 3 bundles",
+                # the repair turn and the grounding errors it quotes: a small model echoes them as titles
+                "JSON", "model output", "was rejected", "product keys")
+_LINK = re.compile(r"https?://|https?%3a|\bwww\.", re.IGNORECASE)  # invented or injected links: phishing
+PROMPT_RUN = 6  # this many consecutive words of the system prompt in a reason is the prompt leaking
 
 
 def degenerate(text: str) -> bool:
@@ -72,7 +77,8 @@ def parse_json_object(text: str) -> dict:
     except json.JSONDecodeError:
         match = _JSON_OBJECT.search(text)
         if not match:
-            raise LLMOutputError(f"no JSON object in model output: {text[:120]!r}") from None
+            # never quote the output: this message reaches response notes, and the output may repeat the prompt
+            raise LLMOutputError(f"no JSON object in model output ({len(text)} characters)") from None
         try:
             value = json.loads(match.group(0))
         except json.JSONDecodeError as exc:
@@ -173,8 +179,25 @@ def _reason_is_grounded(reason: str, ids: Sequence[str], key_to_id: dict[str, st
     return True
 
 
+@lru_cache(maxsize=1)
+def _prompt_runs() -> frozenset[str]:
+    from rag_rec.compose.prompts import load_prompt
+
+    runs = set()
+    for piece in re.split(r"\{[a-z_]+\}", load_prompt("compose_bundles").system):
+        words = re.findall(r"[a-z0-9]+", piece.lower())
+        runs.update(" ".join(words[i:i + PROMPT_RUN]) for i in range(len(words) - PROMPT_RUN + 1))
+    return frozenset(runs)
+
+
 def _leaks(text: str) -> bool:
-    return any(marker.lower() in text.lower() for marker in LEAK_MARKERS)
+    """Prompt markers, internal/format words, links, or a run of PROMPT_RUN words of the system prompt."""
+    low = text.lower()
+    if any(marker.lower() in low for marker in LEAK_MARKERS) or _LINK.search(text):
+        return True
+    words = re.findall(r"[a-z0-9]+", low)
+    runs = _prompt_runs()
+    return any(" ".join(words[i:i + PROMPT_RUN]) in runs for i in range(len(words) - PROMPT_RUN + 1))
 
 
 def grounded_reason(ids: Sequence[str], products: dict[str, Product]) -> str:
