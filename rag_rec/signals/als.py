@@ -136,13 +136,11 @@ class ALSScorer:
             self._user_index[user_id] = row_index
             self._user_items = sp.vstack(
                 [self._user_items, sp.csr_matrix((1, len(self.item_ids)), dtype=np.float32)], format="csr")
-        row = self._user_items[row_index].toarray().ravel()
-        if weight > 0:
-            np.add.at(row, known, weight)
-        new_row = sp.csr_matrix(row[None, :], dtype=np.float32)
-        lil = self._user_items.tolil()
-        lil[row_index] = new_row
-        self._user_items = lil.tocsr()
+        if weight > 0 and known:
+            delta = sp.csr_matrix((np.full(len(known), weight, dtype=np.float32),
+                                   (np.full(len(known), row_index), known)), shape=self._user_items.shape)
+            self._user_items = (self._user_items + delta).tocsr()
+        new_row = self._user_items[row_index]
         with _single_threaded_blas():
             model.partial_fit_users(np.array([row_index]), new_row)
         return len(known)
