@@ -271,6 +271,7 @@ class BundlePipeline:
             for p, v in zip(new, vectors if vectors is not None else []):
                 self.signals.text_vectors[self.signals.vocab.index[p.id]] = v
             self.store.upsert(self.records([p.id for p in new]))
+            self.retriever.invalidate()
             return UpsertResult(accepted=len(new), total=len(self.dataset.products))
 
     def _extend_vocab(self, ids: list[str]) -> None:

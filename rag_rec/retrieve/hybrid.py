@@ -120,6 +120,60 @@ class HybridRetriever:
                  settings: RetrieveSettings):
         self.store, self.signals, self.products, self.settings = store, signals, products, settings
         self.scorer = FusionScorer(signals, settings.weights)
+        self._dirty = True
+
+    def _kinds(self) -> np.ndarray:
+        """Kind code of every vocab item (products of one kind are substitutes), cached per vocabulary size."""
+        vocab = self.signals.vocab
+        if getattr(self, "_kind_codes", None) is None or len(self._kind_codes) != len(vocab):
+            codes: dict[str, int] = {}
+            self._kind_codes = np.array([codes.setdefault(self.products[i].kind, len(codes)) if i in self.products
+                                         else -1 - n for n, i in enumerate(vocab.ids)])
+        return self._kind_codes
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        vocab = self.signals.vocab
+        if getattr(self, "_stock", None) is None or len(self._stock) != len(vocab) or self._dirty:
+            products = [self.products.get(i, _NO_PRODUCT) for i in vocab.ids]
+            self._stock = np.array([p.in_stock for p in products], dtype=bool)
+            self._price = np.array([np.nan if p.price is None else p.price for p in products], dtype=float)
+            self._dirty = False
+        return self._stock, self._price
+
+    def invalidate(self) -> None:
+        """Call after product payloads change (stock, price)."""
+        self._dirty = True
+
+    def _passing(self, idx: np.ndarray, flt: Filter) -> list[int]:
+        """The vocab indices among `idx` whose product passes the filter (vectorised for stock and price)."""
+        if not len(idx):
+            return []
+        keep = np.ones(len(idx), dtype=bool)
+        stock, price = self._arrays()
+        simple = {k: v for k, v in flt.must_match.items() if k != "in_stock"}
+        if flt.must_match.get("in_stock") is True:
+            keep &= stock[idx]
+        lo, hi = flt.ranges.get("price", (None, None))
+        if "price" in flt.ranges:
+            p = price[idx]
+            keep &= ~np.isnan(p)
+            if lo is not None:
+                keep &= np.nan_to_num(p, nan=-np.inf) >= lo
+            if hi is not None:
+                keep &= np.nan_to_num(p, nan=np.inf) <= hi
+        rest = Filter(simple, flt.must_not_ids, {k: v for k, v in flt.ranges.items() if k != "price"},
+                      flt.category_prefix)
+        ids = self.signals.vocab.ids
+        needs_python = bool(rest.must_match or rest.ranges or rest.category_prefix)
+        excluded = set(flt.must_not_ids)
+        out = []
+        for j, ok in zip(idx.tolist(), keep.tolist()):
+            if not ok or ids[j] in excluded:
+                continue
+            if needs_python and not product_matches(self.products.get(ids[j], _NO_PRODUCT), rest):
+                continue
+            out.append(j)
+        return out
 
     def retrieve(self, request: RetrievalRequest) -> RetrievalResult:
         """One fused engine query (prefetch per vector signal + RRF, under the payload filter) plus the
@@ -160,9 +214,8 @@ class HybridRetriever:
         partners = np.zeros(0, dtype=int)
         if anchor_idx:
             partners, counts = s.cooc.top_partners(anchor_idx, 2 * n)
-            kept = [j for j in partners if product_matches(self.products.get(s.vocab.ids[j], _NO_PRODUCT), flt)][:n]
             paths.append("cooc")
-            for j in kept:
+            for j in self._passing(partners, flt)[:n]:
                 found.setdefault(s.vocab.ids[j], []).append("cooc")
         if not found:
             notes.append("no anchors, need or known user: most popular items")
@@ -179,10 +232,9 @@ class HybridRetriever:
         scores = self.scorer.score(feats, len(pool))
         if "popular" in paths:
             scores += s.popularity.counts[pool] / max(s.popularity.counts.max(), 1.0)
-        if cfg.substitute_discount < 1.0 and anchors:
-            anchor_kinds = {self.products[a].kind for a in anchors if a in self.products}
-            same = np.fromiter((self.products[i].kind in anchor_kinds if i in self.products else False
-                                for i in pool_ids), dtype=bool, count=len(pool_ids))
+        if cfg.substitute_discount < 1.0 and anchor_idx:
+            kinds = self._kinds()
+            same = np.isin(kinds[pool], kinds[anchor_idx])
             scores = np.where(same, scores * cfg.substitute_discount, scores)
         order = np.argsort(-scores, kind="stable")[: request.k]
         co_counts = dict(zip(partners.tolist(), counts.tolist())) if anchor_idx else {}

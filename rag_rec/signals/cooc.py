@@ -131,7 +131,10 @@ class CooccurrenceScorer:
             vals = row[cols]
         keep = ~np.isin(cols, list(anchor_idx))
         cols, vals = cols[keep], vals[keep]
-        order = np.argsort(-vals, kind="stable")[:n]
+        if len(vals) > 4 * n:
+            top = np.argpartition(-vals, n - 1)[:n]
+            cols, vals = cols[top], vals[top]
+        order = np.lexsort((cols, -vals))[:n]
         return cols[order], vals[order]
 
     def evidence(self, anchors: Sequence[str], item: str) -> int:
