@@ -41,6 +41,7 @@ class CFSettings(_Section):
     als_iterations: int = 15
     als_regularization: float = 0.05
     substitute_discount: float = 0.5
+    max_partners: int = Field(default=200, description="Co-occurrence partners kept per item (bounded query work)")
     threads: int = 1
 
 

@@ -45,6 +45,21 @@ def item_set_matrix(groups: Iterable[Sequence[str]], vocab: ItemVocab, weights: 
     return sp.csr_matrix((np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(r, len(vocab)))
 
 
+def prune_rows(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep each row's k largest entries (an item's k strongest partners): bounded work per query."""
+    matrix = matrix.tocsr()
+    lengths = np.diff(matrix.indptr)
+    if lengths.max(initial=0) <= k:
+        return matrix
+    keep = np.ones(matrix.nnz, dtype=bool)
+    for row in np.flatnonzero(lengths > k):
+        start, end = matrix.indptr[row], matrix.indptr[row + 1]
+        drop = np.argpartition(-matrix.data[start:end], k)[k:]
+        keep[start + drop] = False
+    rows = np.repeat(np.arange(matrix.shape[0]), lengths)[keep]
+    return sp.csr_matrix((matrix.data[keep], (rows, matrix.indices[keep])), shape=matrix.shape)
+
+
 class CooccurrenceScorer:
     """ItemKNN over co-membership counts.
 
@@ -54,9 +69,11 @@ class CooccurrenceScorer:
     """
 
     def __init__(self, *, alpha: float = 0.5, complement: bool = False, substitute_discount: float = 0.5,
-                 bundle_weight: float = 2.0, min_count: int = 1, name: str | None = None):
+                 bundle_weight: float = 2.0, min_count: int = 1, name: str | None = None,
+                 max_partners: int | None = None):
         self.alpha, self.complement, self.substitute_discount = alpha, complement, substitute_discount
         self.bundle_weight, self.min_count = bundle_weight, min_count
+        self.max_partners = max_partners
         self.name = name or ("cooc" if complement else "itemknn")
 
     def fit(self, dataset: Dataset) -> "CooccurrenceScorer":
@@ -82,7 +99,7 @@ class CooccurrenceScorer:
         if self.min_count > 1:
             c.data[c.data < self.min_count] = 0
             c.eliminate_zeros()
-        self.cooc = c
+        self.cooc = prune_rows(c, self.max_partners) if self.max_partners else c
         self.popularity = self.counts / self.counts.max()
         leaf = [dataset.products[i].leaf_category if i in dataset.products else "" for i in self.vocab.ids]
         codes = {c: n for n, c in enumerate(sorted(set(leaf)))}

@@ -32,7 +32,8 @@ def fit_signals(dataset: Dataset, settings: Settings, *, text: bool = True, als:
                 behaviour: bool = False, console: Console | None = None) -> Signals:
     console = console or Console(stderr=True)
     vocab = ItemVocab.of(dataset.products)
-    cooc = CooccurrenceScorer(complement=True, substitute_discount=settings.cf.substitute_discount).fit(dataset)
+    cooc = CooccurrenceScorer(complement=True, substitute_discount=settings.cf.substitute_discount,
+                              max_partners=settings.cf.max_partners).fit(dataset)
     pop = PopularityScorer().fit(dataset)
     from rag_rec.signals.category import CategoryAffinity
 

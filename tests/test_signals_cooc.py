@@ -1,0 +1,45 @@
+"""Co-occurrence signal: counts, complement discount, pruning, incremental groups."""
+
+import numpy as np
+import scipy.sparse as sp
+
+from rag_rec.data.models import Bundle, Dataset, Product, Session
+from rag_rec.signals.cooc import CooccurrenceScorer, prune_rows
+
+
+def tiny() -> Dataset:
+    cat = {"cam": ("E", "Cameras"), "bat": ("E", "Batteries"), "bat2": ("E", "Batteries"), "bag": ("E", "Bags")}
+    products = {i: Product(i, i, c) for i, c in cat.items()}
+    sessions = {"s1": Session("s1", ("cam", "bat")), "s2": Session("s2", ("cam", "bat", "bag")),
+                "s3": Session("s3", ("bat", "bat2"))}
+    return Dataset("tiny", products, sessions=sessions, bundles=[Bundle("b", ("cam", "bag"))])
+
+
+def test_counts_and_evidence():
+    c = CooccurrenceScorer().fit(tiny())
+    assert c.evidence(["cam"], "bat") == 2
+    assert c.evidence(["cam"], "bag") == 3          # one session + a bundle weighted 2
+    scores = c.score(["cam"])
+    assert "cam" not in scores and scores["bag"] > scores["bat"]
+
+
+def test_complement_discounts_same_leaf():
+    plain = CooccurrenceScorer().fit(tiny()).score(["bat"])
+    comp = CooccurrenceScorer(complement=True, substitute_discount=0.5).fit(tiny()).score(["bat"])
+    assert comp["bat2"] == plain["bat2"] * 0.5 and comp["cam"] == plain["cam"]
+
+
+def test_prune_rows_keeps_strongest_partners():
+    m = sp.random(40, 40, density=0.5, format="csr", random_state=1)
+    p = prune_rows(m, 4)
+    assert np.diff(p.indptr).max() == 4
+    for row in (0, 13, 39):
+        full, kept = m[row].toarray().ravel(), p[row].toarray().ravel()
+        assert set(np.flatnonzero(kept)) == set(np.argsort(-full)[:4])
+
+
+def test_incremental_groups_add_counts():
+    ds = tiny()
+    c = CooccurrenceScorer().fit(ds)
+    c.add_groups([("bat2", "bag")], ds)
+    assert c.evidence(["bat2"], "bag") == 1
