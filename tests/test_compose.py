@@ -158,3 +158,13 @@ def test_prompt_templates_are_versioned_package_data():
         assert t.version >= 1 and t.system and t.user
     with pytest.raises(KeyError, match="no value"):
         load_prompt("judge").render(items="x")
+
+
+def test_truncated_output_keeps_complete_bundles_only():
+    key_to_id = keyed(["cam", "bat", "bag"])
+    full = {"items": ["P1", "P2"], "title": "Power", "reason": "The camera with a spare battery."}
+    text = json.dumps({"bundles": [full]})[:-2] + ', {"items": ["P1", "P3"], "title": "Carry", "reason": "The cam'
+    bundles = ground_bundles(text, key_to_id, P, k=2, bundle_size=3)
+    assert [b.items for b in bundles] == [("cam", "bat")]
+    with pytest.raises(LLMOutputError):
+        ground_bundles('{"bundles": [{"items": ["P1", "P2"], "title": "x", "rea', key_to_id, P, k=2, bundle_size=3)

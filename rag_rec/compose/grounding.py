@@ -88,6 +88,29 @@ def parse_json_object(text: str) -> dict:
     return value
 
 
+def recover_truncated(text: str) -> dict | None:
+    """The complete bundles of a JSON answer cut off at max_tokens (the last, partial bundle is dropped)."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        import partial_json_parser
+    except ImportError:
+        return None
+    try:
+        value = partial_json_parser.loads(text[start:])
+    except Exception:
+        return None
+    bundles = value.get("bundles") if isinstance(value, dict) else None
+    if not isinstance(bundles, list):
+        return None
+    complete = [b for b in bundles[:-1] if isinstance(b, dict) and {"items", "title", "reason"} <= set(b)]
+    if bundles and isinstance(bundles[-1], dict) and text.rstrip().endswith(("}", "]")) and \
+            {"items", "title", "reason"} <= set(bundles[-1]):
+        complete.append(bundles[-1])
+    return {"bundles": complete} if complete else None
+
+
 def _signature(product: Product) -> str:
     words = re.findall(r"[A-Za-z0-9]+", product.title.lower())
     return " ".join(words[:3]) if len(words) >= 3 else ""
@@ -106,7 +129,13 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
                    report: GroundingReport | None = None) -> list[ComposedBundle]:
     """Validate and repair; raise LLMOutputError when nothing groundable is left."""
     report = report or GroundingReport()
-    doc = parse_json_object(text)
+    try:
+        doc = parse_json_object(text)
+    except LLMOutputError:
+        doc = recover_truncated(text)
+        if doc is None:
+            raise
+        report.note("recovered the complete bundles of an output cut off at the token limit")
     try:
         parsed = LLMBundles.model_validate(doc)
     except ValidationError as exc:
