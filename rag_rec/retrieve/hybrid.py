@@ -49,18 +49,20 @@ class FusionScorer:
     weights: dict[str, float]
 
     def __post_init__(self):
-        self._cf_rows: np.ndarray | None = None
-        self._cf_matrix: np.ndarray | None = None
+        self._cf: tuple[np.ndarray, np.ndarray] | None = None
 
     def _cf_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """ALS factor row for every vocab index (-1: no factors), rebuilt when the vocabulary grows."""
+        """ALS factor row for every vocab index (-1: no factors), rebuilt when the vocabulary grows.
+        Built locally and published as one tuple, so concurrent requests never see half of it."""
         s = self.signals
-        if self._cf_rows is None or len(self._cf_rows) != len(s.vocab):
+        table = self._cf
+        if table is None or len(table[0]) != len(s.vocab):
             ids, matrix = s.als.item_vectors()
             index = {i: n for n, i in enumerate(ids)}
-            self._cf_rows = np.array([index.get(i, -1) for i in s.vocab.ids])
-            self._cf_matrix = np.vstack([matrix, np.zeros((1, matrix.shape[1]), dtype=matrix.dtype)])
-        return self._cf_rows, self._cf_matrix
+            rows = np.array([index.get(i, -1) for i in s.vocab.ids])
+            table = (rows, np.vstack([matrix, np.zeros((1, matrix.shape[1]), dtype=matrix.dtype)]))
+            self._cf = table
+        return table
 
     def cf_query(self, anchor_idx: Sequence[int], user_id: str | None) -> np.ndarray | None:
         s = self.signals
@@ -125,20 +127,25 @@ class HybridRetriever:
     def _kinds(self) -> np.ndarray:
         """Kind code of every vocab item (products of one kind are substitutes), cached per vocabulary size."""
         vocab = self.signals.vocab
-        if getattr(self, "_kind_codes", None) is None or len(self._kind_codes) != len(vocab):
+        codes_now = getattr(self, "_kind_codes", None)
+        if codes_now is None or len(codes_now) != len(vocab):
             codes: dict[str, int] = {}
-            self._kind_codes = np.array([codes.setdefault(self.products[i].kind, len(codes)) if i in self.products
-                                         else -1 - n for n, i in enumerate(vocab.ids)])
-        return self._kind_codes
+            codes_now = np.array([codes.setdefault(self.products[i].kind, len(codes)) if i in self.products
+                                  else -1 - n for n, i in enumerate(vocab.ids)])
+            self._kind_codes = codes_now
+        return codes_now
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(in_stock, price) per vocab item, published as one tuple (safe under concurrent requests)."""
         vocab = self.signals.vocab
-        if getattr(self, "_stock", None) is None or len(self._stock) != len(vocab) or self._dirty:
-            products = [self.products.get(i, _NO_PRODUCT) for i in vocab.ids]
-            self._stock = np.array([p.in_stock for p in products], dtype=bool)
-            self._price = np.array([np.nan if p.price is None else p.price for p in products], dtype=float)
+        arrays = getattr(self, "_stock_price", None)
+        if arrays is None or len(arrays[0]) != len(vocab) or self._dirty:
             self._dirty = False
-        return self._stock, self._price
+            products = [self.products.get(i, _NO_PRODUCT) for i in vocab.ids]
+            arrays = (np.array([p.in_stock for p in products], dtype=bool),
+                      np.array([np.nan if p.price is None else p.price for p in products], dtype=float))
+            self._stock_price = arrays
+        return arrays
 
     def invalidate(self) -> None:
         """Call after product payloads change (stock, price)."""
