@@ -6,7 +6,6 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -277,18 +276,11 @@ class BundlePipeline:
     def _extend_vocab(self, ids: list[str]) -> None:
         s = self.signals
         s.vocab = ItemVocab.of(s.vocab.ids + ids)
-        n = len(s.vocab)
-        pad = n - s.text_vectors.shape[0]
+        pad = len(s.vocab) - s.text_vectors.shape[0]
         s.text_vectors = np.vstack([s.text_vectors, np.zeros((pad, s.text_vectors.shape[1]), dtype=np.float32)])
         s.popularity.vocab = s.vocab
         s.popularity.counts = np.concatenate([s.popularity.counts, np.zeros(pad)])
-        s.cooc.vocab = s.vocab
-        c = s.cooc.cooc.tocsr()
-        c.resize((n, n))
-        s.cooc.cooc = c
-        s.cooc.counts = np.concatenate([s.cooc.counts, np.full(n - len(s.cooc.counts), 1e-9)])
-        s.cooc.popularity = s.cooc.counts / s.cooc.counts.max()
-        s.cooc.leaf = np.concatenate([s.cooc.leaf, np.full(n - len(s.cooc.leaf), -1)])
+        s.cooc.extend_vocab(s.vocab, self.dataset)
         if s.category is not None:
             s.category.extend(self.dataset, s.vocab)
 

@@ -101,9 +101,24 @@ class CooccurrenceScorer:
             c.eliminate_zeros()
         self.cooc = prune_rows(c, self.max_partners) if self.max_partners else c
         self.popularity = self.counts / self.counts.max()
+        self.leaf = self._leaf_codes(dataset)
+
+    def _leaf_codes(self, dataset: Dataset) -> np.ndarray:
+        """Leaf-category code per vocab item (-1: none): items sharing one are likely substitutes."""
         leaf = [dataset.products[i].leaf_category if i in dataset.products else "" for i in self.vocab.ids]
         codes = {c: n for n, c in enumerate(sorted(set(leaf)))}
-        self.leaf = np.array([codes[c] if c else -1 for c in leaf])
+        return np.array([codes[c] if c else -1 for c in leaf])
+
+    def extend_vocab(self, vocab: ItemVocab, dataset: Dataset) -> None:
+        """Adopt a larger vocabulary (new items appended): new rows/columns start empty."""
+        self.vocab = vocab
+        n = len(vocab)
+        cooc = self.cooc.tocsr()
+        cooc.resize((n, n))
+        self.cooc = cooc
+        self.counts = np.concatenate([self.counts, np.full(n - len(self.counts), 1e-9)])
+        self.popularity = self.counts / self.counts.max()
+        self.leaf = self._leaf_codes(dataset)
 
     def score_vector(self, anchors: Sequence[str], user_id: str | None = None) -> np.ndarray:
         idx = self.vocab.known(anchors)
@@ -170,10 +185,7 @@ class CooccurrenceScorer:
         """Incremental update: add new sessions/baskets (new items extend the vocabulary)."""
         new_ids = [i for g in groups for i in g if i not in self.vocab.index]
         if new_ids:
-            self.vocab = ItemVocab.of(self.vocab.ids + new_ids)
-            n = len(self.vocab)
-            self.cooc.resize((n, n))
-            self.counts = np.concatenate([self.counts, np.full(n - len(self.counts), 1e-9)])
+            self.extend_vocab(ItemVocab.of(self.vocab.ids + new_ids), dataset)
         x = item_set_matrix(groups, self.vocab)
         binary = x.copy()
         binary.data[:] = 1.0
@@ -182,9 +194,6 @@ class CooccurrenceScorer:
         self.cooc = (self.cooc + delta).tocsr()
         self.counts = self.counts + np.asarray(binary.sum(axis=0)).ravel()
         self.popularity = self.counts / self.counts.max()
-        leaf = [dataset.products[i].leaf_category if i in dataset.products else "" for i in self.vocab.ids]
-        codes = {c: k for k, c in enumerate(sorted(set(leaf)))}
-        self.leaf = np.array([codes[c] if c else -1 for c in leaf])
 
 
 class PopularityScorer:
