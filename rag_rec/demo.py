@@ -49,7 +49,7 @@ def run_demo(settings: Settings, *, serve: bool = False, use_llm: bool = True, p
         show(console, heading, response)
     truth = [b for b in ds.bundles if b.session_id == session.id]
     if truth:
-        console.print(f"[dim]Crowd-labelled bundles in that session: "
+        console.print("[dim]Crowd-labelled bundles in that session: "
                       + "; ".join(f"{b.intent!r}: {len(b.items)} items" for b in truth) + "[/dim]")
     if serve:
         from rag_rec.serve.app import serve_main

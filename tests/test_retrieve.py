@@ -5,8 +5,7 @@ import pytest
 
 from rag_rec.index.base import Filter
 from rag_rec.retrieve.base import RetrievalRequest
-from rag_rec.retrieve.fusion import weighted_rrf
-from rag_rec.schemas import BundleRequest, Filters, ProductIn, ProductsIn, EventIn, EventsIn
+from rag_rec.schemas import BundleRequest, ProductIn, ProductsIn, EventIn, EventsIn
 from rag_rec.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -107,10 +106,3 @@ def test_served_bundles_only_contain_retrieved_items(pipeline):
             assert len({i.id for i in bundle.items}) == len(bundle.items) >= 2
             kinds = [pipeline.dataset.products[i.id].kind for i in bundle.items]
             assert len(set(kinds)) == len(kinds), "a bundle must not hold two products of the same kind"
-
-
-def test_weighted_rrf_is_explained():
-    fused = weighted_rrf({"a": ["x", "y"], "b": ["y", "z"]}, {"a": 1.0, "b": 2.0}, k=1)
-    assert [c.id for c in fused] == ["y", "z", "x"]
-    y = fused[0]
-    assert y.ranks == {"a": 2, "b": 1} and y.sources == {"a": 1 / 3, "b": 1.0}

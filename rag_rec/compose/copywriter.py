@@ -43,7 +43,6 @@ def write_copy(llm, settings, products: Sequence[Product], tone: str, length: st
         items="\n".join(f"- {_clean(p.title)}" for p in products), tone=tone, length=LENGTHS[length],
         language=_clean(language, 40))
     request = GenerationRequest(messages, copy_schema(length), settings.max_tokens, settings.temperature)
-    error = ""
     for attempt in range(2):
         try:
             text = llm.generate([request])[0].text
@@ -51,10 +50,9 @@ def write_copy(llm, settings, products: Sequence[Product], tone: str, length: st
             if any(m.lower() in (parsed.title + parsed.blurb).lower() for m in LEAK_MARKERS):
                 raise LLMOutputError("copy repeats the instructions")
             return parsed.title.strip(), parsed.blurb.strip(), "llm" if attempt == 0 else "llm_repaired"
-        except (LLMOutputError, ValidationError) as exc:
-            error = str(exc)[:200]
-        except Exception as exc:  # transport failure
-            error = f"LLM unavailable: {exc}"
+        except (LLMOutputError, ValidationError):
+            continue
+        except Exception:  # transport failure: no second try
             break
     title, blurb = template_copy(products)
     return title, blurb, "fallback"

@@ -8,6 +8,7 @@ Mode "partition": the LLM decides the groups. Mode "name": groups come from the 
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import numpy as np
@@ -84,8 +85,6 @@ class LLMSessionBundler:
             lines = [f"{k}: {_clean(self.train.products[i].title, 90)}" for k, i in keys.items()]
             answer = {"bundles": [{"items": [back[i] for i in b.items if i in back], "intent": b.intent or ""}
                                   for b in self.demo_truth[demo.id]]}
-            import json
-
             blocks.append("Example session products:\n" + "\n".join(lines) + "\nExample answer: " + json.dumps(answer))
         return "\n\n".join(blocks)
 

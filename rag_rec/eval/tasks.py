@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from rich.progress import track
 
-from rag_rec.data.models import Bundle, Dataset, Interactions, Session
+from rag_rec.data.models import Dataset, Interactions, Session
 from rag_rec.eval import metrics as M
 from rag_rec.eval.recommenders import PredictedBundle, Ranker, SessionBundler
 
@@ -199,7 +199,3 @@ def intent_similarity_scorer(encoder) -> callable:
         return out
 
     return score
-
-
-def bundle_of(items: Sequence[str], intent: str = "") -> Bundle:
-    return Bundle("pred", tuple(items), intent)

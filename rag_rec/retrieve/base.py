@@ -22,7 +22,6 @@ class Candidate:
     id: str
     score: float
     sources: dict[str, float] = field(default_factory=dict)      # source -> its fused contribution
-    ranks: dict[str, int] = field(default_factory=dict)          # source -> 1-based rank in that source
     evidence: dict[str, object] = field(default_factory=dict)    # e.g. {"co_purchases": 4}
     payload: dict[str, object] = field(default_factory=dict)
 

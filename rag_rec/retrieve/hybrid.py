@@ -252,7 +252,7 @@ class HybridRetriever:
             evidence = {"co_purchases": int(co_counts.get(int(pool[o]), 0))} if anchor_idx else {}
             sources = sorted({("cooc" if f == "cooc" else f) for f, v in contributions.items() if v > 0}
                              | ({"cooc"} if "cooc" in found[item] else set()))
-            candidates.append(Candidate(item, float(scores[o]), contributions, {}, evidence,
+            candidates.append(Candidate(item, float(scores[o]), contributions, evidence,
                                         {"found_by": sources or found[item]}))
         notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
         return RetrievalResult(candidates, notes, paths)

@@ -8,17 +8,6 @@ import numpy as np
 
 from rag_rec.data.models import Dataset
 from rag_rec.settings import Settings
-from rag_rec.signals.cooc import ItemVocab
-
-
-def top_ids(vocab: ItemVocab, scores: np.ndarray, n: int, min_score: float = -np.inf) -> list[str]:
-    finite = np.where(np.isfinite(scores) & (scores > min_score), scores, -np.inf)
-    n = min(n, int(np.isfinite(finite).sum()))
-    if n <= 0:
-        return []
-    part = np.argpartition(-finite, n - 1)[:n]
-    order = part[np.lexsort((part, -finite[part]))]
-    return [vocab.ids[i] for i in order]
 
 
 def mean_vector(matrix: np.ndarray, rows: Sequence[int]) -> np.ndarray | None:
