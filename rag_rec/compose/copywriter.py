@@ -20,8 +20,8 @@ MAX_CHARS = {"short": 300, "medium": 600, "long": 1200}
 
 
 def copy_schema(length: str) -> dict:
-    return {"type": "object", "properties": {"title": {"type": "string", "maxLength": 80},
-                                             "blurb": {"type": "string", "maxLength": MAX_CHARS[length]}},
+    return {"type": "object", "properties": {"title": {"type": "string", "minLength": 3, "maxLength": 80},
+                                             "blurb": {"type": "string", "minLength": 20, "maxLength": MAX_CHARS[length]}},
             "required": ["title", "blurb"], "additionalProperties": False}
 
 

@@ -55,8 +55,8 @@ def bundles_schema(keys: Sequence[str], k: int, bundle_size: int) -> dict[str, A
                     "properties": {
                         "items": {"type": "array", "items": {"type": "string", "enum": list(keys)},
                                   "minItems": 2, "maxItems": bundle_size},
-                        "title": {"type": "string", "maxLength": 80},
-                        "reason": {"type": "string", "maxLength": 300},
+                        "title": {"type": "string", "minLength": 3, "maxLength": 80},
+                        "reason": {"type": "string", "minLength": 20, "maxLength": 300},
                     },
                     "required": ["items", "title", "reason"],
                     "additionalProperties": False,

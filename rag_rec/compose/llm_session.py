@@ -33,7 +33,7 @@ def session_schema(keys: Sequence[str], max_bundles: int) -> dict:
             "type": "object",
             "properties": {"items": {"type": "array", "items": {"type": "string", "enum": list(keys)},
                                      "minItems": 2, "maxItems": len(keys)},
-                           "intent": {"type": "string", "maxLength": 60}},
+                           "intent": {"type": "string", "minLength": 3, "maxLength": 60}},
             "required": ["items", "intent"], "additionalProperties": False}}},
         "required": ["bundles"], "additionalProperties": False,
     }
@@ -41,7 +41,7 @@ def session_schema(keys: Sequence[str], max_bundles: int) -> dict:
 
 def naming_schema(n_groups: int) -> dict:
     return {"type": "object", "properties": {"intents": {
-        "type": "array", "minItems": n_groups, "maxItems": n_groups, "items": {"type": "string", "maxLength": 60}}},
+        "type": "array", "minItems": n_groups, "maxItems": n_groups, "items": {"type": "string", "minLength": 3, "maxLength": 60}}},
         "required": ["intents"], "additionalProperties": False}
 
 

@@ -29,6 +29,11 @@ def configure_cpu_env(settings: LLMSettings) -> None:
     os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
 
+# Compact JSON only. xgrammar ignores the per-request `disable_any_whitespace` and honours it engine-wide;
+# without it small models fill the token budget with the whitespace the JSON grammar allows between tokens.
+# A `vllm serve` deployment needs the same: --structured-outputs-config '<this as JSON>'.
+STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
+
 class VLLMEngine:
     """Batched chat generation on a `vllm.LLM`, with JSON-schema structured outputs and prefix caching."""
 
@@ -51,6 +56,7 @@ class VLLMEngine:
             "enable_prefix_caching": True,
             "kv_cache_memory_bytes": settings.kv_cache_gb * GiB,
             "seed": 0,
+            "structured_outputs_config": dict(STRUCTURED_OUTPUTS_CONFIG),
         }
         kwargs.update(engine_kwargs)
         try:
