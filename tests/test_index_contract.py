@@ -317,6 +317,24 @@ def test_fused_search_is_rrf_of_the_branches(shared):
                 assert "pid" not in h.payload and "category_paths" not in h.payload
 
 
+def test_id_only_fused_search_matches_and_follows_writes(filled):
+    store, records = filled
+    rng = np.random.default_rng(5)
+    prefetches = [Prefetch("text", rng.standard_normal(TEXT_DIM), 30), Prefetch("cf", rng.standard_normal(CF_DIM), 30)]
+    full = store.fused_search(prefetches, 60, FILTERS[2], exact=True)  # the whole fused pool: ties cannot cut
+    ids_only = store.fused_search(prefetches, 60, FILTERS[2], exact=True, with_payload=False)
+    assert {h.id: h.score for h in ids_only} == {h.id: h.score for h in full}
+    assert all(h.payload == {} for h in ids_only)
+    gone = ids_only[0].id
+    store.delete([gone])
+    after = store.fused_search(prefetches, 10, FILTERS[2], exact=True, with_payload=False)
+    assert gone not in {h.id for h in after}
+    store.upsert([Record("fresh-item", {"text": prefetches[0].vector, "cf": prefetches[1].vector},
+                         {"title": "fresh", "in_stock": True, "price": 1.0})])
+    top = store.fused_search(prefetches, 3, None, exact=True, with_payload=False)
+    assert top[0].id == "fresh-item"
+
+
 def test_set_payload_updates_filters_and_skips_unknown_ids(filled):
     store, records = filled
     target = records[1]

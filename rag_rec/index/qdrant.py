@@ -333,6 +333,7 @@ class QdrantStore:
         *,
         exact: bool = False,
         rrf_k: int = RRF_K,
+        with_payload: bool = True,
     ) -> list[Hit]:
         specs = self._need_collection()
         m = self._models
@@ -368,9 +369,10 @@ class QdrantStore:
             query=fusion,
             limit=limit,
             query_filter=self._filter(flt),
-            with_payload=True,
+            with_payload=True if with_payload else [PID_KEY],
         )
-        return _hits(response.points)
+        hits = _hits(response.points)
+        return hits if with_payload else [Hit(h.id, h.score) for h in hits]
 
     # ---- filters ----------------------------------------------------------------------------------------
 

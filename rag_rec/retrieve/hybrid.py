@@ -41,6 +41,17 @@ def product_matches(product: Product, flt: Filter | None) -> bool:
     return True
 
 
+def member(values: np.ndarray, of) -> np.ndarray:
+    """np.isin for a short list `of` (anchors, excluded ids): one comparison per value, no sorting."""
+    of = list(of)
+    if len(of) > 16:
+        return np.isin(values, of)
+    mask = np.zeros(len(values), dtype=bool)
+    for v in of:
+        mask |= values == v
+    return mask
+
+
 @dataclass
 class FusionScorer:
     """score(b) = sum_f w_f * feature_f(b) over a candidate pool; each feature is reported per candidate."""
@@ -151,45 +162,40 @@ class HybridRetriever:
         """Call after product payloads change (stock, price)."""
         self._dirty = True
 
-    def _passing(self, idx: np.ndarray, flt: Filter) -> list[int]:
-        """The vocab indices among `idx` whose product passes the filter (vectorised for stock and price)."""
+    def _passing(self, idx: np.ndarray, flt: Filter, excluded: Sequence[int]) -> np.ndarray:
+        """The vocab indices among `idx` whose product passes the filter (vectorised for stock, price and
+        excluded ids; other payload conditions are checked per product)."""
         if not len(idx):
-            return []
-        keep = np.ones(len(idx), dtype=bool)
+            return idx
+        keep = ~member(idx, excluded)
         stock, price = self._arrays()
-        simple = {k: v for k, v in flt.must_match.items() if k != "in_stock"}
         if flt.must_match.get("in_stock") is True:
             keep &= stock[idx]
-        lo, hi = flt.ranges.get("price", (None, None))
         if "price" in flt.ranges:
+            lo, hi = flt.ranges["price"]
             p = price[idx]
             keep &= ~np.isnan(p)
             if lo is not None:
                 keep &= np.nan_to_num(p, nan=-np.inf) >= lo
             if hi is not None:
                 keep &= np.nan_to_num(p, nan=np.inf) <= hi
-        rest = Filter(simple, flt.must_not_ids, {k: v for k, v in flt.ranges.items() if k != "price"},
-                      flt.category_prefix)
-        ids = self.signals.vocab.ids
-        needs_python = bool(rest.must_match or rest.ranges or rest.category_prefix)
-        excluded = set(flt.must_not_ids)
-        out = []
-        for j, ok in zip(idx.tolist(), keep.tolist()):
-            if not ok or ids[j] in excluded:
-                continue
-            if needs_python and not product_matches(self.products.get(ids[j], _NO_PRODUCT), rest):
-                continue
-            out.append(j)
-        return out
+        rest = Filter({k: v for k, v in flt.must_match.items() if k != "in_stock"}, (),
+                      {k: v for k, v in flt.ranges.items() if k != "price"}, flt.category_prefix)
+        idx = idx[keep]
+        if rest.must_match or rest.ranges or rest.category_prefix:
+            ids = self.signals.vocab.ids
+            idx = idx[[product_matches(self.products.get(ids[j], _NO_PRODUCT), rest) for j in idx.tolist()]]
+        return idx
 
     def retrieve(self, request: RetrievalRequest) -> RetrievalResult:
         """One fused engine query (prefetch per vector signal + RRF, under the payload filter) plus the
         co-occurrence graph's partners; the pool is scored with the explained weighted fusion."""
         t0 = time.perf_counter()
         s, cfg = self.signals, self.settings
+        vocab_index = s.vocab.index
         notes: list[str] = []
-        anchors = [a for a in request.anchors if a in s.vocab.index]
-        unknown = [a for a in request.anchors if a not in s.vocab.index]
+        anchors = [a for a in request.anchors if a in vocab_index]
+        unknown = [a for a in request.anchors if a not in vocab_index]
         if unknown:
             notes.append(f"unknown item id(s) ignored: {', '.join(unknown[:5])}")
         anchor_idx = s.vocab.known(anchors)
@@ -198,62 +204,74 @@ class HybridRetriever:
         if user is not None and not user_known:
             notes.append(f"unknown user {user!r}: content-based cold start")
         flt = request.filter or Filter()
-        flt = Filter(flt.must_match, tuple(set(flt.must_not_ids) | set(anchors)), flt.ranges, flt.category_prefix)
+        flt = Filter(flt.must_match, tuple(dict.fromkeys((*flt.must_not_ids, *anchors))), flt.ranges,
+                     flt.category_prefix)
         n = max(cfg.prefetch_k, request.k)
 
         prefetches: list[Prefetch] = []
+        paths: list[str] = []
         need_vector = None
         if request.need and s.encoder is not None:
             need_vector = s.encoder.encode([request.need])[0]
             prefetches.append(Prefetch("text", need_vector, n))
+            paths.append("need")
         if anchor_idx and s.text_vectors is not None:
             q = s.text_vectors[anchor_idx].mean(axis=0)
             prefetches.append(Prefetch("text", q / (np.linalg.norm(q) or 1.0), n))
+            paths.append("text")
         cf_query = self.scorer.cf_query(anchor_idx, user if user_known else None)
         if cf_query is not None:
             prefetches.append(Prefetch("cf", cf_query, n))
-        found: dict[str, list[str]] = {}
-        paths = []
+            paths.append("cf")
+        pool_list: list[int] = []
         if prefetches:
-            paths += [p.using if p.vector is not need_vector else "need" for p in prefetches]
-            for hit in self.store.fused_search(prefetches, n, flt):
-                found.setdefault(hit.id, []).append("engine")
-        partners = np.zeros(0, dtype=int)
+            hits = self.store.fused_search(prefetches, n, flt, with_payload=False)
+            pool_list = [vocab_index[h.id] for h in hits if h.id in vocab_index]
+        engine_found = len(pool_list)
+        partners, counts = np.zeros(0, dtype=int), np.zeros(0)
+        from_cooc: set[int] = set()
         if anchor_idx:
             partners, counts = s.cooc.top_partners(anchor_idx, 2 * n)
             paths.append("cooc")
-            for j in self._passing(partners, flt)[:n]:
-                found.setdefault(s.vocab.ids[j], []).append("cooc")
-        if not found:
+            excluded = [vocab_index[i] for i in flt.must_not_ids if i in vocab_index]
+            passing = self._passing(partners, flt, excluded)[:n].tolist()
+            from_cooc = set(passing)
+            in_pool = set(pool_list)
+            pool_list.extend(j for j in passing if j not in in_pool)
+        popular = not pool_list
+        if popular:
             notes.append("no anchors, need or known user: most popular items")
             paths.append("popular")
-            for j in np.argsort(-s.popularity.counts)[: n * 4]:
-                item = s.vocab.ids[j]
-                if product_matches(self.products.get(item, _NO_PRODUCT), flt):
-                    found.setdefault(item, []).append("popular")
-                    if len(found) >= n:
+            for j in np.argsort(-s.popularity.counts)[: n * 4].tolist():
+                if product_matches(self.products.get(s.vocab.ids[j], _NO_PRODUCT), flt):
+                    pool_list.append(j)
+                    if len(pool_list) >= n:
                         break
-        pool_ids = [i for i in found if i in s.vocab.index]
-        pool = np.fromiter((s.vocab.index[i] for i in pool_ids), dtype=int, count=len(pool_ids))
+        pool = np.asarray(pool_list, dtype=int)
         feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector, cf_query)
-        scores = self.scorer.score(feats, len(pool))
-        if "popular" in paths:
-            scores += s.popularity.counts[pool] / max(s.popularity.counts.max(), 1.0)
+        names = list(feats)
+        weights = np.array([self.scorer.weights.get(f, 0.0) for f in names])
+        weighted = weights[:, None] * np.vstack([feats[f] for f in names]) if names else np.zeros((0, len(pool)))
+        scores = weighted.sum(axis=0)
+        if popular:
+            scores = scores + s.popularity.counts[pool] / max(s.popularity.counts.max(), 1.0)
         if cfg.substitute_discount < 1.0 and anchor_idx:
             kinds = self._kinds()
-            same = np.isin(kinds[pool], kinds[anchor_idx])
-            scores = np.where(same, scores * cfg.substitute_discount, scores)
+            scores = np.where(member(kinds[pool], kinds[anchor_idx]), scores * cfg.substitute_discount, scores)
         order = np.argsort(-scores, kind="stable")[: request.k]
-        co_counts = dict(zip(partners.tolist(), counts.tolist())) if anchor_idx else {}
+        co_counts = dict(zip(partners.tolist(), counts.tolist()))
+        ids = s.vocab.ids
+        base_source = "popular" if popular else "engine"
         candidates = []
-        for o in order:
-            item = pool_ids[o]
-            contributions = {f: float(self.scorer.weights.get(f, 0.0) * v[o]) for f, v in feats.items()}
-            evidence = {"co_purchases": int(co_counts.get(int(pool[o]), 0))} if anchor_idx else {}
-            sources = sorted({("cooc" if f == "cooc" else f) for f, v in contributions.items() if v > 0}
-                             | ({"cooc"} if "cooc" in found[item] else set()))
-            candidates.append(Candidate(item, float(scores[o]), contributions, evidence,
-                                        {"found_by": sources or found[item]}))
+        for o, j, score, row in zip(order.tolist(), pool[order].tolist(), scores[order].tolist(),
+                                    weighted[:, order].T.tolist()):
+            contributions = dict(zip(names, row))
+            sources = {f for f, v in contributions.items() if v > 0}
+            if j in from_cooc:
+                sources.add("cooc")
+            evidence = {"co_purchases": int(co_counts.get(j, 0))} if anchor_idx else {}
+            found_by = sorted(sources) if sources else ([base_source] if o < engine_found or popular else ["cooc"])
+            candidates.append(Candidate(ids[j], score, contributions, evidence, {"found_by": found_by}))
         notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
         return RetrievalResult(candidates, notes, paths)
 

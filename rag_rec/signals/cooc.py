@@ -99,7 +99,7 @@ class CooccurrenceScorer:
         if self.min_count > 1:
             c.data[c.data < self.min_count] = 0
             c.eliminate_zeros()
-        self.cooc = prune_rows(c, self.max_partners) if self.max_partners else c
+        self._publish(prune_rows(c, self.max_partners) if self.max_partners else c)
         self.popularity = self.counts / self.counts.max()
         self.leaf = self._leaf_codes(dataset)
 
@@ -113,9 +113,9 @@ class CooccurrenceScorer:
         """Adopt a larger vocabulary (new items appended): new rows/columns start empty."""
         self.vocab = vocab
         n = len(vocab)
-        cooc = self.cooc.tocsr()
+        cooc = self.cooc.tocsr(copy=True)
         cooc.resize((n, n))
-        self.cooc = cooc
+        self._publish(cooc)
         self.counts = np.concatenate([self.counts, np.full(n - len(self.counts), 1e-9)])
         self.popularity = self.counts / self.counts.max()
         self.leaf = self._leaf_codes(dataset)
@@ -137,37 +137,60 @@ class CooccurrenceScorer:
         scores[idx] = -np.inf
         return scores
 
+    def _publish(self, matrix: sp.spmatrix) -> None:
+        """Adopt a new co-occurrence matrix: CSR with sorted column indices (rows are binary-searched)."""
+        matrix = matrix.tocsr()
+        matrix.sort_indices()
+        self.cooc = matrix
+
+    @staticmethod
+    def _row(matrix: sp.csr_matrix, i: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = matrix.indptr[i], matrix.indptr[i + 1]
+        return matrix.indices[start:end], matrix.data[start:end]
+
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
-        """score_vector restricted to `pool` (vocab indices), without touching the rest of the catalogue."""
+        """score_vector restricted to `pool` (vocab indices): a binary search in each anchor's row."""
+        out = np.zeros(len(pool))
         if not len(anchor_idx) or not len(pool):
-            return np.zeros(len(pool))
-        rows = self.cooc[list(anchor_idx)][:, pool].toarray()
-        norm = (self.counts[list(anchor_idx)][:, None] * self.counts[pool][None, :]) ** self.alpha
-        scores = (rows / norm).sum(axis=0)
+            return out
+        matrix, counts = self.cooc, self.counts
+        pool_norm = counts[pool] ** self.alpha
+        for i in anchor_idx:
+            cols, vals = self._row(matrix, i)
+            if not len(cols):
+                continue
+            pos = np.minimum(np.searchsorted(cols, pool), len(cols) - 1)
+            out += np.where(cols[pos] == pool, vals[pos], 0.0) / (counts[i] ** self.alpha * pool_norm)
         if self.complement:
-            leaves = {self.leaf[i] for i in anchor_idx if self.leaf[i] >= 0}
+            leaves = [self.leaf[i] for i in anchor_idx if self.leaf[i] >= 0]
             if leaves:
-                scores = np.where(np.isin(self.leaf[pool], list(leaves)), scores * self.substitute_discount, scores)
-        return scores
+                pool_leaves = self.leaf[pool]
+                same = np.zeros(len(pool), dtype=bool)
+                for leaf in set(leaves):
+                    same |= pool_leaves == leaf
+                out = np.where(same, out * self.substitute_discount, out)
+        return out
 
     def top_partners(self, anchor_idx: Sequence[int], n: int) -> tuple[np.ndarray, np.ndarray]:
         """(vocab indices, raw co-occurrence counts) of the items most often seen with the anchors."""
         if not len(anchor_idx):
             return np.zeros(0, dtype=int), np.zeros(0)
-        row = self.cooc[list(anchor_idx)].sum(axis=0).A1 if len(anchor_idx) > 1 else None
-        if row is None:
-            r = self.cooc[anchor_idx[0]]
-            cols, vals = r.indices, r.data
+        matrix = self.cooc
+        rows = [self._row(matrix, i) for i in anchor_idx]
+        if len(rows) == 1:
+            cols, vals = rows[0]
         else:
-            cols = np.flatnonzero(row)
-            vals = row[cols]
-        keep = ~np.isin(cols, list(anchor_idx))
+            cols, inverse = np.unique(np.concatenate([r[0] for r in rows]), return_inverse=True)
+            vals = np.bincount(inverse, weights=np.concatenate([r[1] for r in rows]), minlength=len(cols))
+        keep = np.ones(len(cols), dtype=bool)
+        for i in anchor_idx:
+            keep &= cols != i
         cols, vals = cols[keep], vals[keep]
         if len(vals) > 4 * n:
             top = np.argpartition(-vals, n - 1)[:n]
             cols, vals = cols[top], vals[top]
         order = np.lexsort((cols, -vals))[:n]
-        return cols[order], vals[order]
+        return cols[order].astype(int), vals[order]
 
     def evidence(self, anchors: Sequence[str], item: str) -> int:
         """Raw co-occurrence count of `item` with the anchors (for provenance)."""
@@ -191,7 +214,7 @@ class CooccurrenceScorer:
         binary.data[:] = 1.0
         delta = (x.T @ binary).tocsr()
         delta.setdiag(0)
-        self.cooc = (self.cooc + delta).tocsr()
+        self._publish(self.cooc + delta)
         self.counts = self.counts + np.asarray(binary.sum(axis=0)).ravel()
         self.popularity = self.counts / self.counts.max()
 
