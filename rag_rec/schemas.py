@@ -149,6 +149,7 @@ class LLMCopy(Strict):
 
 
 class LLMJudgement(Strict):
+    critique: str | None = Field(default=None, max_length=400)
     naturalness: int = Field(ge=1, le=3)
     coverage: int = Field(ge=1, le=3)
     motivation: int = Field(ge=1, le=2)

@@ -168,3 +168,19 @@ def test_truncated_output_keeps_complete_bundles_only():
     assert [b.items for b in bundles] == [("cam", "bat")]
     with pytest.raises(LLMOutputError):
         ground_bundles('{"bundles": [{"items": ["P1", "P2"], "title": "x", "rea', key_to_id, P, k=2, bundle_size=3)
+
+
+def test_judge_answers_follow_the_schema_and_map_hallucination_to_faithful():
+    import jsonschema
+
+    from rag_rec.eval.judge import JUDGE_SCHEMA, parse_judgement
+
+    answer = {"critique": "Names both products and a use.", "naturalness": 3, "coverage": 2, "motivation": 2,
+              "hallucination": "found"}
+    jsonschema.validate(answer, JUDGE_SCHEMA)
+    judged = parse_judgement(json.dumps(answer))
+    assert (judged.naturalness, judged.coverage, judged.motivation, judged.faithful) == (3, 2, 2, False)
+    assert parse_judgement(json.dumps({**answer, "hallucination": "none"})).faithful is True
+    with pytest.raises(Exception):
+        parse_judgement(json.dumps({**answer, "naturalness": 4}))
+    assert load_prompt("judge").version == 2 and "critique" in load_prompt("judge").system

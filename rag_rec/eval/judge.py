@@ -18,15 +18,26 @@ from rag_rec.errors import LLMOutputError
 from rag_rec.llm.base import GenerationRequest
 from rag_rec.schemas import LLMJudgement
 
+# v2: a critique first (the scores are generated after it), hallucination as a word ("none"/"found"): the
+# boolean of v1 was answered `false` for everything by the small judges.
 JUDGE_SCHEMA = {
     "type": "object",
-    "properties": {"naturalness": {"type": "integer", "enum": [1, 2, 3]},
+    "properties": {"critique": {"type": "string", "minLength": 10, "maxLength": 240},
+                   "naturalness": {"type": "integer", "enum": [1, 2, 3]},
                    "coverage": {"type": "integer", "enum": [1, 2, 3]},
                    "motivation": {"type": "integer", "enum": [1, 2]},
-                   "faithful": {"type": "boolean"}},
-    "required": ["naturalness", "coverage", "motivation", "faithful"], "additionalProperties": False,
+                   "hallucination": {"type": "string", "enum": ["none", "found"]}},
+    "required": ["critique", "naturalness", "coverage", "motivation", "hallucination"],
+    "additionalProperties": False,
 }
 DIMENSIONS = ("naturalness", "coverage", "motivation", "faithful")
+
+
+def parse_judgement(text: str) -> LLMJudgement:
+    doc = parse_json_object(text)
+    if "hallucination" in doc:
+        doc["faithful"] = doc.pop("hallucination") == "none"
+    return LLMJudgement.model_validate(doc)
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class JudgeCase:
 
 
 class LLMJudge:
-    def __init__(self, llm, *, max_tokens: int = 64):
+    def __init__(self, llm, *, max_tokens: int = 160):
         self.llm, self.max_tokens = llm, max_tokens
         self.template = load_prompt("judge")
 
@@ -47,7 +58,7 @@ class LLMJudge:
         out: list[LLMJudgement | None] = []
         for gen in self.llm.generate(requests) if requests else []:
             try:
-                out.append(LLMJudgement.model_validate(parse_json_object(gen.text)))
+                out.append(parse_judgement(gen.text))
             except (LLMOutputError, ValidationError):
                 out.append(None)
         return out
