@@ -85,6 +85,8 @@ class FusionScorer:
                 return np.asarray(v, dtype=np.float32)
         rows, matrix = self._cf_table()
         known = [rows[i] for i in anchor_idx if rows[i] >= 0]
+        if len(known) == 1:
+            return matrix[known[0]]
         return matrix[known].mean(axis=0) if known else None
 
     def features(self, pool: np.ndarray, anchors: Sequence[str], user_id: str | None,
@@ -93,7 +95,11 @@ class FusionScorer:
         idx = s.vocab.known(anchors)
         feats: dict[str, np.ndarray] = {}
         pool_vecs = s.text_vectors[pool] if s.text_vectors is not None else None
-        if pool_vecs is not None and idx:
+        if pool_vecs is not None and len(idx) == 1:
+            anchor_vec = s.text_vectors[idx[0]]
+            feats["text_max"] = pool_vecs @ anchor_vec
+            feats["text"] = feats["text_max"] / (np.linalg.norm(anchor_vec) or 1.0)
+        elif pool_vecs is not None and idx:
             anchor_vecs = s.text_vectors[idx]
             q = anchor_vecs.mean(axis=0)
             q /= np.linalg.norm(q) or 1.0
@@ -216,7 +222,7 @@ class HybridRetriever:
             prefetches.append(Prefetch("text", need_vector, n))
             paths.append("need")
         if anchor_idx and s.text_vectors is not None:
-            q = s.text_vectors[anchor_idx].mean(axis=0)
+            q = s.text_vectors[anchor_idx[0]] if len(anchor_idx) == 1 else s.text_vectors[anchor_idx].mean(axis=0)
             prefetches.append(Prefetch("text", q / (np.linalg.norm(q) or 1.0), n))
             paths.append("text")
         cf_query = self.scorer.cf_query(anchor_idx, user if user_known else None)

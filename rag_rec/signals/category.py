@@ -50,10 +50,15 @@ class CategoryAffinity:
         out = np.zeros(len(pool))
         if not codes:
             return out
-        row = np.asarray(self.pair[codes].sum(axis=0)).ravel() / (self.count[codes].sum() + 1.0)
-        row[codes] += self.same_bonus
         pool_codes = self.item_code[pool]
         valid = pool_codes >= 0
+        if len(codes) == 1 and isinstance(self.pair, np.ndarray):
+            code = codes[0]
+            hit = pool_codes[valid]
+            out[valid] = self.pair[code, hit] / (self.count[code] + 1.0) + self.same_bonus * (hit == code)
+            return out
+        row = np.asarray(self.pair[codes].sum(axis=0)).ravel() / (self.count[codes].sum() + 1.0)
+        row[codes] += self.same_bonus
         out[valid] = row[pool_codes[valid]]
         return out
 
