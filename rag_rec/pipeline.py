@@ -66,6 +66,7 @@ class BundlePipeline:
         self._llm_composer = None
         self._lock = threading.RLock()
         self._history = self._histories(dataset.interactions.frame)
+        self._event_log: list[dict] = []  # events added through add_events, appended (see `interactions`)
 
     # ---- construction ----
 
@@ -285,28 +286,39 @@ class BundlePipeline:
             s.category.extend(self.dataset, s.vocab)
 
     def add_events(self, events: EventsIn) -> UpsertResult:
+        """Record events and update co-occurrence, popularity, ALS user factors and histories in place.
+        Work is proportional to the batch, not to the event log (which is appended, not copied)."""
         with self._lock:
-            unknown = [(n, e.item_id) for n, e in enumerate(events.events) if e.item_id not in self.dataset.products]
+            products = self.dataset.products
+            unknown = [(n, e.item_id) for n, e in enumerate(events.events) if e.item_id not in products]
             if unknown:
                 rows = ", ".join(f"events[{n}].item_id={item!r}" for n, item in unknown[:5])
                 raise KeyError(f"unknown product id(s) at {rows}; nothing from this batch was stored")
             now = int(time.time())
-            frame = pd.DataFrame([{"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp or now,
-                                   "event": e.event, "session_id": e.session_id, "quantity": e.quantity}
-                                  for e in events.events])
-            self.dataset.interactions = self.dataset.interactions.concat(Interactions(frame))
-            sessions = [tuple(g["item_id"]) for _, g in frame.dropna(subset=["session_id"]).groupby("session_id")]
+            self._event_log.extend(
+                {"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp or now, "event": e.event,
+                 "session_id": e.session_id, "quantity": e.quantity} for e in events.events)
+            sessions: dict[str, list[str]] = {}
+            for e in events.events:
+                if e.session_id is not None:
+                    sessions.setdefault(e.session_id, []).append(e.item_id)
             if sessions:
-                self.signals.cooc.add_groups(sessions, self.dataset)
-            for idx in self.signals.vocab.known(frame["item_id"]):
+                self.signals.cooc.add_groups([tuple(items) for items in sessions.values()], self.dataset)
+            for idx in self.signals.vocab.known(e.item_id for e in events.events):
                 self.signals.popularity.counts[idx] += 1
             if self.signals.als is not None:
-                for user, g in frame.groupby("user_id"):
-                    for event, ge in g.groupby("event"):
-                        self.signals.als.fold_in(str(user), list(ge["item_id"]), str(event))
-            for user, g in frame.groupby("user_id"):
-                self._history.setdefault(str(user), []).extend(g["item_id"].tolist())
-            return UpsertResult(accepted=len(frame), total=len(self.dataset.interactions))
+                self.signals.als.fold_in_many([(str(e.user_id), e.item_id, str(e.event)) for e in events.events])
+            for e in events.events:
+                self._history.setdefault(str(e.user_id), []).append(e.item_id)
+            return UpsertResult(accepted=len(events.events), total=len(self.dataset.interactions) + len(self._event_log))
+
+    @property
+    def interactions(self) -> Interactions:
+        """The loaded interactions plus every event added since (built on demand, e.g. for a refit)."""
+        with self._lock:
+            if not self._event_log:
+                return self.dataset.interactions
+            return self.dataset.interactions.concat(Interactions(pd.DataFrame(self._event_log)))
 
     def health(self) -> dict[str, object]:
         return {"status": "ok", "products": len(self.dataset.products), "indexed": self.store.count(),

@@ -133,3 +133,16 @@ def test_save_load_roundtrip_and_seeded_fit(tmp_path, split, fitted):
 def test_unfitted_scorer_says_so():
     with pytest.raises(NotFittedError, match="fit"):
         ALSScorer().score(["x"])
+
+
+def test_batched_fold_in_equals_one_user_at_a_time(tmp_path, split, fitted):
+    users = list(dict.fromkeys(split[1]["user_id"]))[:3]
+    events = [(f"new-{u}", i, "purchase") for u in users for i in split[0].interactions.history(u)[:4]]
+    one_by_one = ALSScorer.load(fitted.save(tmp_path / "a.npz"))
+    for u in users:
+        one_by_one.fold_in(f"new-{u}", [i for v, i, _ in events if v == f"new-{u}"])
+    batched = ALSScorer.load(fitted.save(tmp_path / "b.npz"))
+    assert batched.fold_in_many(events + [("new-empty", "no-such-item", "purchase")]) == len(events)
+    for u in users:
+        np.testing.assert_allclose(batched.user_vector(f"new-{u}"), one_by_one.user_vector(f"new-{u}"), atol=1e-5)
+    assert batched.user_vector("new-empty") is not None

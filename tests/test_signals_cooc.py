@@ -43,3 +43,26 @@ def test_incremental_groups_add_counts():
     c = CooccurrenceScorer().fit(ds)
     c.add_groups([("bat2", "bag")], ds)
     assert c.evidence(["bat2"], "bag") == 1
+
+
+def test_incremental_groups_equal_a_refit_and_survive_compaction():
+    rng = np.random.default_rng(4)
+    ids = [f"i{n}" for n in range(60)]
+    products = {i: Product(i, i, ("E", f"c{n % 7}")) for n, i in enumerate(ids)}
+    groups = [tuple(rng.choice(ids, size=rng.integers(2, 6), replace=False)) for _ in range(300)]
+    first, later = groups[:200], groups[200:]
+    full = Dataset("full", products, sessions={f"s{n}": Session(f"s{n}", g) for n, g in enumerate(groups)})
+    base = Dataset("base", products, sessions={f"s{n}": Session(f"s{n}", g) for n, g in enumerate(first)})
+    refit = CooccurrenceScorer(complement=True).fit(full)
+    inc = CooccurrenceScorer(complement=True).fit(base)
+    for start in range(0, len(later), 7):
+        inc.add_groups(later[start:start + 7], base)
+    pool = np.arange(60)
+    for anchors in ([0], [3, 17], [59]):
+        assert np.allclose(inc.score_pool(anchors, pool), refit.score_pool(anchors, pool))
+        got_cols, got_vals = inc.top_partners(anchors, 10)
+        want_cols, want_vals = refit.top_partners(anchors, 10)
+        assert list(got_cols) == list(want_cols) and np.allclose(got_vals, want_vals)
+    assert inc._overlay                                   # rows changed since the fit live in the overlay
+    assert (inc.cooc != refit.cooc).nnz == 0 and not inc._overlay   # folding it in gives the refit matrix
+    assert np.allclose(inc.score_pool([3, 17], pool), refit.score_pool([3, 17], pool))

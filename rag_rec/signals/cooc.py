@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -137,14 +138,52 @@ class CooccurrenceScorer:
         scores[idx] = -np.inf
         return scores
 
+    # Storage: an immutable CSR (sorted column indices) plus an overlay of rows changed since (add_groups):
+    # a batch of events rewrites only its items' rows instead of copying the whole matrix. Readers take a
+    # row from the overlay if present; `cooc` folds the overlay in (for whole-matrix work).
+    OVERLAY_ROWS = 4096
+
     def _publish(self, matrix: sp.spmatrix) -> None:
         """Adopt a new co-occurrence matrix: CSR with sorted column indices (rows are binary-searched)."""
         matrix = matrix.tocsr()
         matrix.sort_indices()
-        self.cooc = matrix
+        self._matrix = matrix
+        self._overlay: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    @staticmethod
-    def _row(matrix: sp.csr_matrix, i: int) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def cooc(self) -> sp.csr_matrix:
+        """The whole matrix (the overlay folded in first)."""
+        if self._overlay:
+            with self._write_lock:
+                self._compact()
+        return self._matrix
+
+    def _compact(self) -> None:
+        overlay, base = self._overlay, self._matrix
+        if not overlay:
+            return
+        keep = np.ones(base.nnz, dtype=bool)
+        lengths = np.diff(base.indptr)
+        for i in overlay:
+            keep[base.indptr[i]:base.indptr[i + 1]] = False
+        rows = np.repeat(np.arange(base.shape[0]), lengths)[keep]
+        extra_rows = np.concatenate([np.full(len(c), i) for i, (c, _) in overlay.items()])
+        cols = np.concatenate([base.indices[keep]] + [c for c, _ in overlay.values()])
+        vals = np.concatenate([base.data[keep]] + [v for _, v in overlay.values()])
+        self._publish(sp.csr_matrix((vals, (np.concatenate([rows, extra_rows]), cols)), shape=base.shape))
+
+    @property
+    def _write_lock(self) -> threading.Lock:
+        lock = self.__dict__.get("_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_lock", threading.Lock())
+        return lock
+
+    def _row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        row = self._overlay.get(i)
+        if row is not None:
+            return row
+        matrix = self._matrix
         start, end = matrix.indptr[i], matrix.indptr[i + 1]
         return matrix.indices[start:end], matrix.data[start:end]
 
@@ -153,10 +192,10 @@ class CooccurrenceScorer:
         out = np.zeros(len(pool))
         if not len(anchor_idx) or not len(pool):
             return out
-        matrix, counts = self.cooc, self.counts
+        counts = self.counts
         pool_norm = counts[pool] ** self.alpha
         for i in anchor_idx:
-            cols, vals = self._row(matrix, i)
+            cols, vals = self._row(i)
             if not len(cols):
                 continue
             pos = np.minimum(np.searchsorted(cols, pool), len(cols) - 1)
@@ -175,8 +214,7 @@ class CooccurrenceScorer:
         """(vocab indices, raw co-occurrence counts) of the items most often seen with the anchors."""
         if not len(anchor_idx):
             return np.zeros(0, dtype=int), np.zeros(0)
-        matrix = self.cooc
-        rows = [self._row(matrix, i) for i in anchor_idx]
+        rows = [self._row(i) for i in anchor_idx]
         if len(rows) == 1:
             cols, vals = rows[0]
         else:
@@ -205,16 +243,30 @@ class CooccurrenceScorer:
         return {self.vocab.ids[i]: float(vec[i]) for i in nz}
 
     def add_groups(self, groups: Sequence[Sequence[str]], dataset: Dataset) -> None:
-        """Incremental update: add new sessions/baskets (new items extend the vocabulary)."""
+        """Incremental update: add new sessions/baskets (new items extend the vocabulary). Only the rows of
+        the groups' items are rewritten (into the overlay); strongest max_partners kept per row."""
         new_ids = [i for g in groups for i in g if i not in self.vocab.index]
         if new_ids:
             self.extend_vocab(ItemVocab.of(self.vocab.ids + new_ids), dataset)
         x = item_set_matrix(groups, self.vocab)
         binary = x.copy()
         binary.data[:] = 1.0
-        delta = (x.T @ binary).tocsr()
-        delta.setdiag(0)
-        self._publish(self.cooc + delta)
+        delta = (x.T @ binary).tocoo()
+        off_diagonal = delta.row != delta.col
+        rows, cols, vals = delta.row[off_diagonal], delta.col[off_diagonal], delta.data[off_diagonal]
+        with self._write_lock:
+            for i in np.unique(rows).tolist():
+                mine = rows == i
+                old_cols, old_vals = self._row(i)
+                merged, inverse = np.unique(np.concatenate([old_cols, cols[mine]]), return_inverse=True)
+                summed = np.bincount(inverse, weights=np.concatenate([old_vals, vals[mine]]),
+                                     minlength=len(merged)).astype(self._matrix.dtype)
+                if self.max_partners and len(merged) > self.max_partners:
+                    top = np.sort(np.argpartition(-summed, self.max_partners - 1)[: self.max_partners])
+                    merged, summed = merged[top], summed[top]
+                self._overlay[i] = (merged.astype(self._matrix.indices.dtype), summed)
+            if len(self._overlay) > self.OVERLAY_ROWS:
+                self._compact()
         self.counts = self.counts + np.asarray(binary.sum(axis=0)).ravel()
         self.popularity = self.counts / self.counts.max()
 
