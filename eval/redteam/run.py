@@ -235,18 +235,18 @@ def _add_events(case: RedTeamCase, pipeline, result: CaseResult) -> bool:
         result.notes.append(f"schema refused the events: {exc.errors()[0]['msg']}")
         result.check(case.expect == "rejected_validation", f"events refused by the schema: {exc.errors()[0]['msg']}")
         return False
-    before = len(pipeline.dataset.interactions)
+    before = len(pipeline.interactions)
     try:
         out = pipeline.add_events(payload)
     except KeyError as exc:
         result.notes.append(f"refused: {exc.args[0] if exc.args else exc}"[:200])
         result.check(case.expect == "rejected_unknown", f"events refused as unknown: {exc}")
-        result.check(len(pipeline.dataset.interactions) == before, "a refused batch still stored interactions")
+        result.check(len(pipeline.interactions) == before, "a refused batch still stored interactions")
         return False
     result.check(case.expect == "accepted", f"events accepted, expected {case.expect}")
-    result.check(out.accepted == len(payload.events) and len(pipeline.dataset.interactions) == before + out.accepted,
+    result.check(out.accepted == len(payload.events) and len(pipeline.interactions) == before + out.accepted,
                  f"accepted {out.accepted} of {len(payload.events)} events, interactions {before} -> "
-                 f"{len(pipeline.dataset.interactions)}")
+                 f"{len(pipeline.interactions)}")
     return case.request is not None
 
 
