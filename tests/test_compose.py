@@ -184,3 +184,17 @@ def test_judge_answers_follow_the_schema_and_map_hallucination_to_faithful():
     with pytest.raises(Exception):
         parse_judgement(json.dumps({**answer, "naturalness": 4}))
     assert load_prompt("judge").version == 2 and "critique" in load_prompt("judge").system
+
+
+def test_session_schema_demands_a_bundle_of_session_items():
+    import jsonschema
+
+    from rag_rec.compose.llm_session import session_schema
+
+    schema = session_schema(["I1", "I2", "I3"], 2)
+    # compact JSON (no whitespace in the grammar) made `{"bundles":[]}` the cheapest answer for Qwen: forbidden
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"bundles": []}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"bundles": [{"items": ["I1", "I9"], "intent": "camera kit"}]}, schema)
+    jsonschema.validate({"bundles": [{"items": ["I1", "I3"], "intent": "camera kit"}]}, schema)

@@ -29,7 +29,7 @@ from rag_rec.settings import Settings
 def session_schema(keys: Sequence[str], max_bundles: int) -> dict:
     return {
         "type": "object",
-        "properties": {"bundles": {"type": "array", "maxItems": max_bundles, "items": {
+        "properties": {"bundles": {"type": "array", "minItems": 1, "maxItems": max_bundles, "items": {
             "type": "object",
             "properties": {"items": {"type": "array", "items": {"type": "string", "enum": list(keys)},
                                      "minItems": 2, "maxItems": len(keys)},
@@ -85,7 +85,8 @@ class LLMSessionBundler:
             lines = [f"{k}: {_clean(self.train.products[i].title, 90)}" for k, i in keys.items()]
             answer = {"bundles": [{"items": [back[i] for i in b.items if i in back], "intent": b.intent or ""}
                                   for b in self.demo_truth[demo.id]]}
-            blocks.append("Example session products:\n" + "\n".join(lines) + "\nExample answer: " + json.dumps(answer))
+            compact = json.dumps(answer, separators=(",", ":"))  # the answers are generated compact too
+            blocks.append("Example session products:\n" + "\n".join(lines) + "\nExample answer: " + compact)
         return "\n\n".join(blocks)
 
     def bundle_sessions(self, sessions: Sequence[Session], dataset: Dataset) -> list[list[PredictedBundle]]:
