@@ -459,6 +459,10 @@ class EdgeStore:
             self._learn_pids(missing)
         return [Hit(pids[k], p.score) for k, p in zip(keys, points) if k in pids]
 
+    def warm(self) -> None:
+        """Build the point-id -> product-id map now (~0.7 s per 92k points) instead of on the first query."""
+        self._pid_map()
+
     def _pid_map(self) -> dict[int, str]:
         """Point id (as an integer) -> product id, kept in step by upsert and delete."""
         pids = self._pids
