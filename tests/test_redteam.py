@@ -100,9 +100,9 @@ def test_every_case_passes_with_the_heuristic_composer(redteam, cases, tmp_path)
 
     pipeline = BundlePipeline.from_settings(Settings(index={"path": tmp_path / "index"}, llm={"backend": "none"}))
     try:
-        before = len(pipeline.dataset.interactions)
+        before = len(pipeline.interactions)
         results = redteam.run_cases(pipeline, cases, use_llm=False)
-        stored = len(pipeline.dataset.interactions) - before
+        stored = len(pipeline.interactions) - before
     finally:
         pipeline.close()
     _assert_all_pass(results)
