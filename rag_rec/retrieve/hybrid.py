@@ -125,11 +125,16 @@ class FusionScorer:
                 feats["behaviour"] = vec / max(float(np.max(np.abs(vec))), 1e-9)
         return feats
 
+    def weighted(self, feats: dict[str, np.ndarray], n: int) -> tuple[list[str], np.ndarray]:
+        """(feature names, weight x feature matrix of shape names x n): each row is that feature's contribution."""
+        names = list(feats)
+        if not names:
+            return names, np.zeros((0, n))
+        weights = np.array([self.weights.get(f, 0.0) for f in names])
+        return names, weights[:, None] * np.vstack([feats[f] for f in names])
+
     def score(self, feats: dict[str, np.ndarray], n: int) -> np.ndarray:
-        total = np.zeros(n)
-        for name, values in feats.items():
-            total += self.weights.get(name, 0.0) * values
-        return total
+        return self.weighted(feats, n)[1].sum(axis=0)
 
 
 class HybridRetriever:
@@ -139,12 +144,14 @@ class HybridRetriever:
                  settings: RetrieveSettings):
         self.store, self.signals, self.products, self.settings = store, signals, products, settings
         self.scorer = FusionScorer(signals, settings.weights)
+        self._kind_codes: np.ndarray | None = None
+        self._stock_price: tuple[np.ndarray, np.ndarray] | None = None
         self._dirty = True
 
     def _kinds(self) -> np.ndarray:
         """Kind code of every vocab item (products of one kind are substitutes), cached per vocabulary size."""
         vocab = self.signals.vocab
-        codes_now = getattr(self, "_kind_codes", None)
+        codes_now = self._kind_codes
         if codes_now is None or len(codes_now) != len(vocab):
             codes: dict[str, int] = {}
             codes_now = np.array([codes.setdefault(self.products[i].kind, len(codes)) if i in self.products
@@ -155,7 +162,7 @@ class HybridRetriever:
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(in_stock, price) per vocab item, published as one tuple (safe under concurrent requests)."""
         vocab = self.signals.vocab
-        arrays = getattr(self, "_stock_price", None)
+        arrays = self._stock_price
         if arrays is None or len(arrays[0]) != len(vocab) or self._dirty:
             self._dirty = False
             products = [self.products.get(i, _NO_PRODUCT) for i in vocab.ids]
@@ -255,9 +262,7 @@ class HybridRetriever:
                         break
         pool = np.asarray(pool_list, dtype=int)
         feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector, cf_query)
-        names = list(feats)
-        weights = np.array([self.scorer.weights.get(f, 0.0) for f in names])
-        weighted = weights[:, None] * np.vstack([feats[f] for f in names]) if names else np.zeros((0, len(pool)))
+        names, weighted = self.scorer.weighted(feats, len(pool))
         scores = weighted.sum(axis=0)
         if popular:
             scores = scores + s.popularity.counts[pool] / max(s.popularity.counts.max(), 1.0)

@@ -61,6 +61,12 @@ def prune_rows(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
     return sp.csr_matrix((matrix.data[keep], (rows, matrix.indices[keep])), shape=matrix.shape)
 
 
+def _sum_rows(rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of sparse rows given as (sorted column indices, values): the union of columns, values added."""
+    cols, inverse = np.unique(np.concatenate([c for c, _ in rows]), return_inverse=True)
+    return cols, np.bincount(inverse, weights=np.concatenate([v for _, v in rows]), minlength=len(cols))
+
+
 class CooccurrenceScorer:
     """ItemKNN over co-membership counts.
 
@@ -76,6 +82,7 @@ class CooccurrenceScorer:
         self.bundle_weight, self.min_count = bundle_weight, min_count
         self.max_partners = max_partners
         self.name = name or ("cooc" if complement else "itemknn")
+        self._lock = threading.Lock()  # serialises overlay writes and compaction
 
     def fit(self, dataset: Dataset) -> "CooccurrenceScorer":
         self.vocab = ItemVocab.of(dataset.products)
@@ -154,7 +161,7 @@ class CooccurrenceScorer:
     def cooc(self) -> sp.csr_matrix:
         """The whole matrix (the overlay folded in first)."""
         if self._overlay:
-            with self._write_lock:
+            with self._lock:
                 self._compact()
         return self._matrix
 
@@ -171,13 +178,6 @@ class CooccurrenceScorer:
         cols = np.concatenate([base.indices[keep]] + [c for c, _ in overlay.values()])
         vals = np.concatenate([base.data[keep]] + [v for _, v in overlay.values()])
         self._publish(sp.csr_matrix((vals, (np.concatenate([rows, extra_rows]), cols)), shape=base.shape))
-
-    @property
-    def _write_lock(self) -> threading.Lock:
-        lock = self.__dict__.get("_lock")
-        if lock is None:
-            lock = self.__dict__.setdefault("_lock", threading.Lock())
-        return lock
 
     def _row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         row = self._overlay.get(i)
@@ -201,11 +201,11 @@ class CooccurrenceScorer:
             pos = np.minimum(np.searchsorted(cols, pool), len(cols) - 1)
             out += np.where(cols[pos] == pool, vals[pos], 0.0) / (counts[i] ** self.alpha * pool_norm)
         if self.complement:
-            leaves = [self.leaf[i] for i in anchor_idx if self.leaf[i] >= 0]
+            leaves = {self.leaf[i] for i in anchor_idx if self.leaf[i] >= 0}
             if leaves:
                 pool_leaves = self.leaf[pool]
                 same = np.zeros(len(pool), dtype=bool)
-                for leaf in set(leaves):
+                for leaf in leaves:
                     same |= pool_leaves == leaf
                 out = np.where(same, out * self.substitute_discount, out)
         return out
@@ -218,8 +218,7 @@ class CooccurrenceScorer:
         if len(rows) == 1:
             cols, vals = rows[0]
         else:
-            cols, inverse = np.unique(np.concatenate([r[0] for r in rows]), return_inverse=True)
-            vals = np.bincount(inverse, weights=np.concatenate([r[1] for r in rows]), minlength=len(cols))
+            cols, vals = _sum_rows(rows)
         keep = np.ones(len(cols), dtype=bool)
         for i in anchor_idx:
             keep &= cols != i
@@ -254,13 +253,11 @@ class CooccurrenceScorer:
         delta = (x.T @ binary).tocoo()
         off_diagonal = delta.row != delta.col
         rows, cols, vals = delta.row[off_diagonal], delta.col[off_diagonal], delta.data[off_diagonal]
-        with self._write_lock:
+        with self._lock:
             for i in np.unique(rows).tolist():
                 mine = rows == i
-                old_cols, old_vals = self._row(i)
-                merged, inverse = np.unique(np.concatenate([old_cols, cols[mine]]), return_inverse=True)
-                summed = np.bincount(inverse, weights=np.concatenate([old_vals, vals[mine]]),
-                                     minlength=len(merged)).astype(self._matrix.dtype)
+                merged, summed = _sum_rows([self._row(i), (cols[mine], vals[mine])])
+                summed = summed.astype(self._matrix.dtype)
                 if self.max_partners and len(merged) > self.max_partners:
                     top = np.sort(np.argpartition(-summed, self.max_partners - 1)[: self.max_partners])
                     merged, summed = merged[top], summed[top]
