@@ -451,7 +451,7 @@ class EdgeStore:
         ~0.3 ms per 100 hits); points the map does not know yet are looked up once."""
         pids = self._pid_map()
         try:
-            keys = [p.id.int for p in points]
+            keys = [p.id.int for p in points]  # the engine returns uuid.UUID ids for the points we write
         except AttributeError:
             keys = [_point_key(p.id) for p in points]
         missing = [str(p.id) for k, p in zip(keys, points) if k not in pids]
@@ -481,7 +481,7 @@ class EdgeStore:
             request = qe.ScrollRequest(offset=offset, limit=10_000, with_payload=[PID_KEY], with_vector=False)
             points, offset = self._engine(lambda: shard.scroll(request), "scroll")
             for point in points:
-                pids[_point_key(point.id)] = (point.payload or {}).get(PID_KEY) or str(point.id)
+                pids[_point_key(point.id)] = _pid_of(point)
             if offset is None:
                 return pids
 
@@ -491,7 +491,7 @@ class EdgeStore:
         with self._write_lock:
             pids = self._pid_map()
             for point in found:
-                pids[_point_key(point.id)] = (point.payload or {}).get(PID_KEY) or str(point.id)
+                pids[_point_key(point.id)] = _pid_of(point)
 
     # ---- filters ----------------------------------------------------------------------------------------
 
@@ -541,9 +541,14 @@ class EdgeStore:
 
 def _point_key(point_id) -> int:
     """A point id as an integer: the engine returns uuid.UUID objects, writes use UUID strings."""
-    if isinstance(point_id, int):
-        return point_id
-    return point_id.int if isinstance(point_id, uuid.UUID) else uuid.UUID(str(point_id)).int
+    if isinstance(point_id, uuid.UUID):
+        return point_id.int
+    return point_id if isinstance(point_id, int) else uuid.UUID(point_id).int
+
+
+def _pid_of(point) -> str:
+    """The product id a point stores in its payload (the point id itself for foreign points)."""
+    return (point.payload or {}).get(PID_KEY) or str(point.id)
 
 
 def _hits(points) -> list[Hit]:

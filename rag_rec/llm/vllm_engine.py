@@ -34,6 +34,7 @@ def configure_cpu_env(settings: LLMSettings) -> None:
 # A `vllm serve` deployment needs the same: --structured-outputs-config '<this as JSON>'.
 STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
 
+
 class VLLMEngine:
     """Batched chat generation on a `vllm.LLM`, with JSON-schema structured outputs and prefix caching."""
 
