@@ -1,7 +1,8 @@
 """Hybrid retrieval vs the bare engine, and indexing vs the bare encoder, on Dunnhumby's real catalogue.
 
 - Retrieval: for the same anchors, the bare engine query is the exact fused request the retriever sends
-  (text + cf prefetch, RRF, same filter) issued straight to qdrant-edge without payloads; the product path is
+  (text + cf prefetch, RRF, same filter) issued straight to qdrant-edge without payloads, reading the hits'
+  point ids (the least any caller does with a result; the binding builds them lazily); the product path is
   HybridRetriever.retrieve (that query + co-occurrence partners + explained fusion + provenance). Alternating
   calls, same process. Sizes: a 10k-product slice and the full 92k catalogue.
 - Indexing: texts -> vectors with the bare encoder vs the product's indexing (encode + build records +
@@ -88,7 +89,7 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng) -> dict:
             must_not = [qe.HasIdCondition({store_point(anchor)})]
             request = qe.QueryRequest(limit=n, prefetches=branches, query=qe.Fusion.Rrf(k=2),
                                       filter=store._filter(Filter(flt.must_match, (anchor,))), with_payload=False)
-            return shard.query(request)
+            return [p.id for p in shard.query(request)]
 
         from rag_rec.index.common import point_uuid as store_point
 

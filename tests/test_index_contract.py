@@ -322,17 +322,18 @@ def test_id_only_fused_search_matches_and_follows_writes(filled):
     rng = np.random.default_rng(5)
     prefetches = [Prefetch("text", rng.standard_normal(TEXT_DIM), 30), Prefetch("cf", rng.standard_normal(CF_DIM), 30)]
     full = store.fused_search(prefetches, 60, FILTERS[2], exact=True)  # the whole fused pool: ties cannot cut
-    ids_only = store.fused_search(prefetches, 60, FILTERS[2], exact=True, with_payload=False)
-    assert {h.id: h.score for h in ids_only} == {h.id: h.score for h in full}
-    assert all(h.payload == {} for h in ids_only)
-    gone = ids_only[0].id
+    ids_only = store.fused_ids(prefetches, 60, FILTERS[2], exact=True)
+    assert sorted(ids_only) == sorted(h.id for h in full)
+    scores = {h.id: h.score for h in full}
+    assert [scores[i] for i in ids_only] == sorted(scores.values(), reverse=True)
+    gone = ids_only[0]
     store.delete([gone])
-    after = store.fused_search(prefetches, 10, FILTERS[2], exact=True, with_payload=False)
-    assert gone not in {h.id for h in after}
+    after = store.fused_ids(prefetches, 10, FILTERS[2], exact=True)
+    assert gone not in after
     store.upsert([Record("fresh-item", {"text": prefetches[0].vector, "cf": prefetches[1].vector},
                          {"title": "fresh", "in_stock": True, "price": 1.0})])
-    top = store.fused_search(prefetches, 3, None, exact=True, with_payload=False)
-    assert top[0].id == "fresh-item"
+    top = store.fused_ids(prefetches, 3, None, exact=True)
+    assert top[0] == "fresh-item"
 
 
 def test_set_payload_updates_filters_and_skips_unknown_ids(filled):

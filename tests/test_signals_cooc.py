@@ -66,3 +66,21 @@ def test_incremental_groups_equal_a_refit_and_survive_compaction():
     assert inc._overlay                                   # rows changed since the fit live in the overlay
     assert (inc.cooc != refit.cooc).nnz == 0 and not inc._overlay   # folding it in gives the refit matrix
     assert np.allclose(inc.score_pool([3, 17], pool), refit.score_pool([3, 17], pool))
+
+
+def test_pool_scores_equal_whole_vocabulary_scores():
+    from rag_rec.signals.category import CategoryAffinity
+
+    ds = tiny()
+    ds.products["nocat"] = Product("nocat", "nocat", ())
+    cooc = CooccurrenceScorer(complement=True).fit(ds)
+    cat = CategoryAffinity(depth=2).fit(ds, cooc.vocab)
+    pool = np.arange(len(cooc.vocab))
+    for anchors in (["cam"], ["bat"], ["cam", "bag"]):
+        idx = cooc.vocab.known(anchors)
+        others = np.setdiff1d(pool, idx)  # the whole-vocabulary scores rule the anchors out (-inf)
+        np.testing.assert_allclose(cooc.score_pool(idx, pool)[others], cooc.score_vector(anchors)[others], atol=1e-5)
+        np.testing.assert_allclose(cat.score_pool(idx, pool)[others], cat.score_vector(anchors)[others], atol=1e-9)
+        assert cooc.counts_with(idx, pool).tolist() == [
+            sum(cooc.evidence([a], i) for a in anchors) for i in cooc.vocab.ids]
+    assert cat.score_pool(cooc.vocab.known(["cam"]), pool)[cooc.vocab.index["nocat"]] == 0.0

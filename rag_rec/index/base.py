@@ -114,10 +114,19 @@ class VectorStore(Protocol):
         *,
         exact: bool = False,
         rrf_k: int = RRF_K,
-        with_payload: bool = True,
     ) -> list[Hit]:
-        """Reciprocal-rank fusion of several prefetch branches (Qdrant prefetch + RRF with constant rrf_k).
-        with_payload=False: ids and scores only (cheaper; what retrieval needs)."""
+        """Reciprocal-rank fusion of several prefetch branches (Qdrant prefetch + RRF with constant rrf_k)."""
+
+    def fused_ids(
+        self,
+        prefetches: Sequence[Prefetch],
+        limit: int,
+        flt: Filter | None = None,
+        *,
+        exact: bool = False,
+        rrf_k: int = RRF_K,
+    ) -> list[str]:
+        """fused_search's product ids in rank order, without payloads or scores (what retrieval needs)."""
 
     def optimize(self) -> None:
         """Build the HNSW / payload indexes now; a no-op where the engine does it in the background."""

@@ -333,8 +333,23 @@ class QdrantStore:
         *,
         exact: bool = False,
         rrf_k: int = RRF_K,
-        with_payload: bool = True,
     ) -> list[Hit]:
+        return _hits(self._fused_points(prefetches, limit, flt, exact, rrf_k, with_payload=True))
+
+    def fused_ids(
+        self,
+        prefetches: Sequence[Prefetch],
+        limit: int,
+        flt: Filter | None = None,
+        *,
+        exact: bool = False,
+        rrf_k: int = RRF_K,
+    ) -> list[str]:
+        """Only the `pid` payload key travels back."""
+        return [h.id for h in _hits(self._fused_points(prefetches, limit, flt, exact, rrf_k, with_payload=False))]
+
+    def _fused_points(self, prefetches: Sequence[Prefetch], limit: int, flt: Filter | None, exact: bool,
+                      rrf_k: int, with_payload: bool) -> list:
         specs = self._need_collection()
         m = self._models
         if not prefetches:
@@ -371,8 +386,7 @@ class QdrantStore:
             query_filter=self._filter(flt),
             with_payload=True if with_payload else [PID_KEY],
         )
-        hits = _hits(response.points)
-        return hits if with_payload else [Hit(h.id, h.score) for h in hits]
+        return response.points
 
     # ---- filters ----------------------------------------------------------------------------------------
 

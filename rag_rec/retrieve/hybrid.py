@@ -238,13 +238,15 @@ class HybridRetriever:
             paths.append("cf")
         pool_list: list[int] = []
         if prefetches:
-            hits = self.store.fused_search(prefetches, n, flt, with_payload=False)
-            pool_list = [vocab_index[h.id] for h in hits if h.id in vocab_index]
+            found = self.store.fused_ids(prefetches, n, flt)
+            try:
+                pool_list = [vocab_index[i] for i in found]
+            except KeyError:
+                pool_list = [vocab_index[i] for i in found if i in vocab_index]
         engine_found = len(pool_list)
-        partners, counts = np.zeros(0, dtype=int), np.zeros(0)
         from_cooc: set[int] = set()
         if anchor_idx:
-            partners, counts = s.cooc.top_partners(anchor_idx, 2 * n)
+            partners, _ = s.cooc.top_partners(anchor_idx, 2 * n)
             paths.append("cooc")
             excluded = [vocab_index[i] for i in flt.must_not_ids if i in vocab_index]
             passing = self._passing(partners, flt, excluded)[:n].tolist()
@@ -270,19 +272,20 @@ class HybridRetriever:
             kinds = self._kinds()
             scores = np.where(member(kinds[pool], kinds[anchor_idx]), scores * cfg.substitute_discount, scores)
         order = np.argsort(-scores, kind="stable")[: request.k]
-        co_counts = dict(zip(partners.tolist(), counts.tolist()))
+        chosen = pool[order]
+        co_purchases = s.cooc.counts_with(anchor_idx, chosen).astype(int).tolist() if anchor_idx else None
         ids = s.vocab.ids
         base_source = "popular" if popular else "engine"
+        contributions = weighted[:, order].T
         candidates = []
-        for o, j, score, row in zip(order.tolist(), pool[order].tolist(), scores[order].tolist(),
-                                    weighted[:, order].T.tolist()):
-            contributions = dict(zip(names, row))
-            sources = {f for f, v in contributions.items() if v > 0}
-            if j in from_cooc:
-                sources.add("cooc")
-            evidence = {"co_purchases": int(co_counts.get(j, 0))} if anchor_idx else {}
+        for rank, (o, j, score, row, found) in enumerate(zip(order.tolist(), chosen.tolist(), scores[order].tolist(),
+                                                             contributions.tolist(), (contributions > 0).tolist())):
+            sources = [f for f, positive in zip(names, found) if positive]
+            if j in from_cooc and "cooc" not in sources:
+                sources.append("cooc")
             found_by = sorted(sources) if sources else ([base_source] if o < engine_found or popular else ["cooc"])
-            candidates.append(Candidate(ids[j], score, contributions, evidence, {"found_by": found_by}))
+            evidence = {"co_purchases": co_purchases[rank]} if co_purchases is not None else {}
+            candidates.append(Candidate(ids[j], score, dict(zip(names, row)), evidence, {"found_by": found_by}))
         notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
         return RetrievalResult(candidates, notes, paths)
 

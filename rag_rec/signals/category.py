@@ -54,8 +54,9 @@ class CategoryAffinity:
         valid = pool_codes >= 0
         if len(codes) == 1 and isinstance(self.pair, np.ndarray):
             code = codes[0]
-            hit = pool_codes[valid]
-            out[valid] = self.pair[code, hit] / (self.count[code] + 1.0) + self.same_bonus * (hit == code)
+            row = self.pair[code]  # pool items without a category (code -1) are masked below
+            out = row[pool_codes] / (self.count[code] + 1.0) + self.same_bonus * (pool_codes == code)
+            out[~valid] = 0.0
             return out
         row = np.asarray(self.pair[codes].sum(axis=0)).ravel() / (self.count[codes].sum() + 1.0)
         row[codes] += self.same_bonus

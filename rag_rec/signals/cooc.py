@@ -79,6 +79,7 @@ class CooccurrenceScorer:
                  bundle_weight: float = 2.0, min_count: int = 1, name: str | None = None,
                  max_partners: int | None = None):
         self.alpha, self.complement, self.substitute_discount = alpha, complement, substitute_discount
+        self._norm_cache: tuple[np.ndarray, np.ndarray] | None = None
         self.bundle_weight, self.min_count = bundle_weight, min_count
         self.max_partners = max_partners
         self.name = name or ("cooc" if complement else "itemknn")
@@ -187,19 +188,38 @@ class CooccurrenceScorer:
         start, end = matrix.indptr[i], matrix.indptr[i + 1]
         return matrix.indices[start:end], matrix.data[start:end]
 
+    def _lookup(self, i: int, items: np.ndarray) -> np.ndarray:
+        """Row i's raw co-occurrence counts at `items` (0 where absent): a binary search in the sorted row."""
+        cols, vals = self._row(i)
+        if not len(cols):
+            return np.zeros(len(items))
+        pos = np.minimum(np.searchsorted(cols, items), len(cols) - 1)
+        return np.where(cols[pos] == items, vals[pos], 0.0)
+
+    def _norms(self) -> np.ndarray:
+        """counts ** alpha, recomputed when the counts array is replaced (fit, new items, new events)."""
+        cached = self._norm_cache
+        if cached is None or cached[0] is not self.counts:
+            cached = (self.counts, self.counts ** self.alpha)
+            self._norm_cache = cached
+        return cached[1]
+
+    def counts_with(self, anchor_idx: Sequence[int], items: np.ndarray) -> np.ndarray:
+        """Raw co-occurrence counts of each item with the anchors, summed (the provenance evidence)."""
+        out = np.zeros(len(items))
+        for i in anchor_idx:
+            out += self._lookup(i, items)
+        return out
+
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
         """score_vector restricted to `pool` (vocab indices): a binary search in each anchor's row."""
         out = np.zeros(len(pool))
         if not len(anchor_idx) or not len(pool):
             return out
-        counts = self.counts
-        pool_norm = counts[pool] ** self.alpha
+        norms = self._norms()
+        pool_norm = norms[pool]
         for i in anchor_idx:
-            cols, vals = self._row(i)
-            if not len(cols):
-                continue
-            pos = np.minimum(np.searchsorted(cols, pool), len(cols) - 1)
-            out += np.where(cols[pos] == pool, vals[pos], 0.0) / (counts[i] ** self.alpha * pool_norm)
+            out += self._lookup(i, pool) / (norms[i] * pool_norm)
         if self.complement:
             leaves = {self.leaf[i] for i in anchor_idx if self.leaf[i] >= 0}
             if leaves:
@@ -233,8 +253,7 @@ class CooccurrenceScorer:
         """Raw co-occurrence count of `item` with the anchors (for provenance)."""
         if item not in self.vocab.index:
             return 0
-        j = self.vocab.index[item]
-        return int(sum(self.cooc[i, j] for i in self.vocab.known(anchors)))
+        return int(self.counts_with(self.vocab.known(anchors), np.array([self.vocab.index[item]]))[0])
 
     def score(self, anchors: Sequence[str], user_id: str | None = None) -> dict[str, float]:
         vec = self.score_vector(anchors, user_id)
