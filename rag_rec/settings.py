@@ -102,6 +102,9 @@ class ServeSettings(_Section):
     max_body_bytes: int = 64 * 1024
     rate_limit_per_minute: int = 600
     max_concurrency: int = 32
+    keep_alive_s: int = Field(default=75, description="Idle keep-alive of client connections; longer than clients' "
+                              "and load balancers' idle expiry (httpx: 5 s), so a reused connection is never closed "
+                              "under a request")
 
 
 class Settings(BaseSettings):

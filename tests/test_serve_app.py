@@ -311,7 +311,8 @@ def test_serve_main_runs_uvicorn_on_the_configured_port(tmp_path):
               "from test_serve_fixtures import CatalogueService;"
               "from rag_rec.settings import Settings;"
               "from rag_rec.serve.app import serve_main;"
-              "serve_main(Settings(serve={'port': int(sys.argv[2])}), CatalogueService(), log_level='warning')")
+              "serve_main(Settings(serve={'port': int(sys.argv[2]), 'keep_alive_s': 1}), CatalogueService(),"
+              " log_level='warning')")
     proc = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -325,6 +326,12 @@ def test_serve_main_runs_uvicorn_on_the_configured_port(tmp_path):
                 assert time.monotonic() < deadline, "serve_main did not start listening"
                 time.sleep(0.2)
         assert r.status_code == 200 and r.json()["service"]["products"] > 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # serve.keep_alive_s reaches uvicorn
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(3.0)
+            conn.settimeout(1.5)  # uvicorn's default (5 s) would still hold it open here
+            assert conn.recv(65536) == b"", "an idle connection is closed after keep_alive_s"
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -403,4 +403,4 @@ def serve_main(settings: Settings | ServeSettings, service: BundleService, *, lo
     app = create_app(service, serve)
     log.info("serving on http://%s:%d", serve.host, serve.port)
     uvicorn.run(app, host=serve.host, port=serve.port, log_level=log_level, proxy_headers=True,
-                timeout_graceful_shutdown=10)
+                timeout_keep_alive=serve.keep_alive_s, timeout_graceful_shutdown=10)
