@@ -49,7 +49,7 @@ def index_section(doc: dict, plt) -> list[str]:
 
 def retrieval_section(doc: dict, plt) -> list[str]:
     lines = ["## Hybrid retrieval vs the bare engine query (Dunnhumby, real embeddings)", "",
-             "Bare: the identical fused engine request (text + cf prefetch, RRF, filter) straight to qdrant-edge. "
+             "Bare: the identical fused engine request (text + cf prefetch, RRF, filter) straight to qdrant-edge, reading the hits' point ids. "
              "Hybrid: `HybridRetriever.retrieve` (that request + co-occurrence partners + explained fusion + "
              "provenance). Source: `bench/bench_retrieval.py`.", "",
              "| products | baskets | bare p50 | bare p95 | hybrid p50 | hybrid p95 | hybrid p99 | p95 ratio | target (<=1.2x, p95 <= 5 ms) |",
