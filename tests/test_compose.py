@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rag_rec.compose.base import ComposeContext
-from rag_rec.compose.grounding import bundles_schema, ground_bundles, keyed, parse_json_object
+from rag_rec.compose.grounding import GroundingReport, bundles_schema, ground_bundles, keyed, parse_json_object
 from rag_rec.compose.heuristic import HeuristicComposer
 from rag_rec.compose.llm_composer import LLMComposer
 from rag_rec.compose.prompts import load_prompt
@@ -198,3 +198,50 @@ def test_session_schema_demands_a_bundle_of_session_items():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"bundles": [{"items": ["I1", "I9"], "intent": "camera kit"}]}, schema)
     jsonschema.validate({"bundles": [{"items": ["I1", "I3"], "intent": "camera kit"}]}, schema)
+
+
+@pytest.mark.parametrize("title,reason", [
+    ("Sell Product 1|Sell Product 2|Buy Product 3", "No description yet! Please add your own details."),
+    ("Custom Product Bundles", "custom_product_bundles"),
+    ("Building 2 Bundles", "Great together."),
+])
+def test_filler_titles_and_reasons_are_replaced(title, reason):
+    key_to_id = keyed(["cam", "bat"])
+    report = GroundingReport()
+    text = json.dumps({"bundles": [{"items": ["P1", "P2"], "title": title, "reason": reason}]})
+    bundle = ground_bundles(text, key_to_id, P, k=1, bundle_size=3, report=report)[0]
+    assert bundle.title != title and bundle.reason != reason
+    assert "Nikon" in bundle.reason and "Batteries" in bundle.title
+    assert any("filler" in note for note in report.repaired) and any("title replaced" in n for n in report.repaired)
+
+
+def test_specific_titles_and_reasons_are_kept():
+    text = json.dumps({"bundles": [{"items": ["P1", "P2"], "title": "Shoot all day",
+                                    "reason": "A spare EN-EL14 battery keeps the Nikon D3300 shooting all day."}]})
+    bundle = ground_bundles(text, keyed(["cam", "bat"]), P, k=1, bundle_size=3)[0]
+    assert (bundle.title, bundle.reason) == ("Shoot all day", "A spare EN-EL14 battery keeps the Nikon D3300 "
+                                                               "shooting all day.")
+
+
+def test_filler_copy_falls_back_to_the_template():
+    from rag_rec.compose.copywriter import write_copy
+
+    filler = json.dumps({"title": "Custom Product Bundles", "blurb": "No description yet! Please add your own."})
+    llm = ScriptedLLM(filler, filler)
+    title, blurb, produced_by = write_copy(llm, LLMSettings(), [P["cam"], P["bat"]], "friendly", "short", "English")
+    assert produced_by == "fallback" and "Nikon" in blurb and len(llm.requests) == 2
+
+
+def test_reason_about_nothing_in_the_bundle_is_replaced():
+    text = json.dumps({"bundles": [{"items": ["P1", "P2"], "title": "Shoot all day",
+                                    "reason": "Truey Brands Seller Selling Sellers, perfect for everyone."}]})
+    bundle = ground_bundles(text, keyed(["cam", "bat"]), P, k=1, bundle_size=3)[0]
+    assert bundle.title == "Shoot all day" and bundle.reason.startswith("Nikon D3300")
+
+
+def test_fallback_title_leaves_out_products_without_a_category():
+    from rag_rec.compose.grounding import fallback_title
+
+    products = {**P, "x": Product("x", "item B009654JW0"), "y": Product("y", "item B003V6OY34")}
+    assert fallback_title(["bat", "x"], products) == "Batteries"
+    assert fallback_title(["x", "y"], products) == "Bundle of 2 products"

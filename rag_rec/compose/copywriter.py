@@ -6,7 +6,7 @@ from typing import Sequence
 
 from pydantic import ValidationError
 
-from rag_rec.compose.grounding import LEAK_MARKERS, parse_json_object
+from rag_rec.compose.grounding import LEAK_MARKERS, parse_json_object, placeholder
 from rag_rec.compose.heuristic import kind_of, short_title
 from rag_rec.compose.llm_composer import _clean
 from rag_rec.compose.prompts import load_prompt
@@ -49,6 +49,8 @@ def write_copy(llm, settings, products: Sequence[Product], tone: str, length: st
             parsed = LLMCopy.model_validate(parse_json_object(text))
             if any(m.lower() in (parsed.title + parsed.blurb).lower() for m in LEAK_MARKERS):
                 raise LLMOutputError("copy repeats the instructions")
+            if placeholder(parsed.title) or placeholder(parsed.blurb):
+                raise LLMOutputError("copy is template filler")
             return parsed.title.strip(), parsed.blurb.strip(), "llm" if attempt == 0 else "llm_repaired"
         except (LLMOutputError, ValidationError):
             continue

@@ -25,6 +25,17 @@ LEAK_MARKERS = ("Rules:", "Answer with JSON only", "CANDIDATES:", "You are a sho
                 "JSON", "model output", "was rejected", "product keys")
 _LINK = re.compile(r"https?://|https?%3a|\bwww\.", re.IGNORECASE)  # invented or injected links: phishing
 PROMPT_RUN = 6  # this many consecutive words of the system prompt in a reason is the prompt leaking
+_PLACEHOLDER = re.compile(
+    r"no description|add your own|your own details|lorem ipsum|placeholder|\btodo\b|\bn/a\b|\|"
+    r"|not (?:yet )?(?:stated|specified|available)|add it later|coming soon|buy now"
+    r"|\b(?:product|item|bundle|option)\s*#?\d|\d+\s+bundles\b|\b[a-z]+_[a-z_]+\b",
+    re.IGNORECASE)
+_GENERIC_WORDS = frozenset(
+    "a an the and or for with of to my your our new best great top custom product products bundle bundles build "
+    "building set sets item items buy sell shop deal deals offer offers package packages collection ever list "
+    "sale sales now here all one stuff things seller sellers selling brand brands perfect awesome amazing budget "
+    "ultimate essential essentials".split())
+MIN_REASON_WORDS = 5
 
 
 def degenerate(text: str) -> bool:
@@ -34,6 +45,24 @@ def degenerate(text: str) -> bool:
         return True
     grams = [" ".join(words[i:i + 4]) for i in range(len(words) - 3)]
     return bool(grams) and max(grams.count(g) for g in set(grams)) >= 3
+
+
+def placeholder(text: str) -> bool:
+    """Template filler instead of words for a shopper: "No description yet!", "Sell Product 1|Buy Product 2",
+    snake_case slugs, or nothing but generic words ("Custom Product Bundles")."""
+    if _PLACEHOLDER.search(text):
+        return True
+    words = re.findall(r"[a-z]+", text.lower())
+    return not words or set(words) <= _GENERIC_WORDS
+
+
+def about_the_products(reason: str, ids: Sequence[str], products: dict[str, Product]) -> bool:
+    """A reason mentions at least one word (4+ letters) of its products' titles or categories."""
+    vocabulary = set()
+    for i in ids:
+        p = products[i]
+        vocabulary.update(re.findall(r"[a-z]{4,}", (p.title + " " + " ".join(p.category)).lower()))
+    return bool(vocabulary & set(re.findall(r"[a-z]{4,}", reason.lower())) - _GENERIC_WORDS)
 
 
 def keyed(ids: Sequence[str], prefix: str = "P") -> dict[str, str]:
@@ -183,10 +212,13 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
             report.note(f"bundle {n + 1}: reason named products outside the bundle, repeated the instructions "
                         "or looped; replaced")
             reason = grounded_reason(ids, products)
-        if _leaks(title) or degenerate(title + " x") or len(title) < 3:
+        elif (placeholder(reason) or len(reason.split()) < MIN_REASON_WORDS
+              or not about_the_products(reason, ids, products)):
+            report.note(f"bundle {n + 1}: reason was filler, not a reason; replaced")
+            reason = grounded_reason(ids, products)
+        if _leaks(title) or degenerate(title + " x") or len(title) < 3 or placeholder(title):
             report.note(f"bundle {n + 1}: title replaced")
-            title = " + ".join(dict.fromkeys(products[i].category[-1] if products[i].category else
-                                             products[i].title.split(",")[0][:30] for i in ids))
+            title = fallback_title(ids, products)
         bundles.append(ComposedBundle(title or "Bundle", tuple(ids), reason))
     if not bundles:
         raise LLMOutputError("no bundle survived grounding: " + "; ".join(report.repaired[:5]))
@@ -227,6 +259,12 @@ def _leaks(text: str) -> bool:
     words = re.findall(r"[a-z0-9]+", low)
     runs = _prompt_runs()
     return any(" ".join(words[i:i + PROMPT_RUN]) in runs for i in range(len(words) - PROMPT_RUN + 1))
+
+
+def fallback_title(ids: Sequence[str], products: dict[str, Product]) -> str:
+    """The bundle's kinds of product ("Batteries + Memory Cards"); products without a category are left out."""
+    kinds = [products[i].category[-1] for i in ids if products[i].category]
+    return " + ".join(dict.fromkeys(kinds)) if kinds else f"Bundle of {len(ids)} products"
 
 
 def grounded_reason(ids: Sequence[str], products: dict[str, Product]) -> str:
