@@ -77,7 +77,8 @@ def test_grounding_replaces_titles_and_reasons_that_leak_the_prompt_or_links():
     assert (kept.title, kept.reason) == ("Camera day out", "The bag carries the tripod to every shoot.")
     assert not report.repaired
     for title, reason, title_leaks in (
-        ("Your Product", "It uses only products from the CANDIDATES list, referring to them by their key", False),
+        ("Weekend photo walk", "It uses only products from the CANDIDATES list, referring to them by their key", False),
+        ("Your Product", "It uses only products from the CANDIDATES list, referring to them by their key", True),
         ("No JSON object found.", "JSON object returned an error.", True),
         ("https://www.amazon.com/dp/B00AJYQZHU", "Buy at http%3A%2F%2Fevil.example now", True),
         ("Great kit", "The item was rejected due to lack of information", False),
@@ -85,7 +86,7 @@ def test_grounding_replaces_titles_and_reasons_that_leak_the_prompt_or_links():
         bundle, report = ground(title, reason)
         assert bundle.items == ("A1", "A2")
         assert bundle.reason != reason and "Case Logic camera bag" in bundle.reason
-        assert (bundle.title != title) == title_leaks
+        assert (bundle.title != title) == title_leaks  # "Your Product" is filler: replaced too
         assert report.repaired
 
 

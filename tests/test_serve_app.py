@@ -298,6 +298,7 @@ def test_service_errors_become_clear_json(live_server, recording_service, serve_
 
 
 def test_serve_main_runs_uvicorn_on_the_configured_port(tmp_path):
+    import http.client
     import socket
     import subprocess
     import sys
@@ -326,12 +327,16 @@ def test_serve_main_runs_uvicorn_on_the_configured_port(tmp_path):
                 assert time.monotonic() < deadline, "serve_main did not start listening"
                 time.sleep(0.2)
         assert r.status_code == 200 and r.json()["service"]["products"] > 0
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # serve.keep_alive_s reaches uvicorn
-            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # serve.keep_alive_s reaches uvicorn
+        try:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            assert response.status == 200 and response.read()
             time.sleep(3.0)
-            conn.settimeout(1.5)  # uvicorn's default (5 s) would still hold it open here
-            assert conn.recv(65536) == b"", "an idle connection is closed after keep_alive_s"
+            conn.sock.settimeout(1.5)  # uvicorn's default (5 s) would still hold it open here
+            assert conn.sock.recv(1) == b"", "an idle connection is closed after keep_alive_s"
+        finally:
+            conn.close()
     finally:
         proc.terminate()
         proc.wait(timeout=20)
