@@ -2,7 +2,8 @@
 
 - Retrieval: for the same anchors, the bare engine query is the exact fused request the retriever sends
   (text + cf prefetch, RRF, same filter) issued straight to qdrant-edge without payloads, reading the hits'
-  point ids (the least any caller does with a result; the binding builds them lazily); the product path is
+  point ids (the least any caller does with a result; the binding builds them lazily) — the query without
+  reading them is timed too (`query_only_*`, `p95_ratio_vs_query_only`); the product path is
   HybridRetriever.retrieve (that query + co-occurrence partners + explained fusion + provenance). Alternating
   calls, same process. Sizes: a 10k-product slice and the full 92k catalogue.
 - Indexing: texts -> vectors with the bare encoder vs the product's indexing (encode + build records +
@@ -78,7 +79,7 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng) -> dict:
         flt = Filter(must_match={"in_stock": True})
         n = settings.retrieve.prefetch_k
 
-        def bare(anchor: str):
+        def bare(anchor: str, read_ids: bool = True):
             idx = signals.vocab.known([anchor])
             q = signals.text_vectors[idx].mean(axis=0)
             q = q / (np.linalg.norm(q) or 1.0)
@@ -89,15 +90,19 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng) -> dict:
             must_not = [qe.HasIdCondition({store_point(anchor)})]
             request = qe.QueryRequest(limit=n, prefetches=branches, query=qe.Fusion.Rrf(k=2),
                                       filter=store._filter(Filter(flt.must_match, (anchor,))), with_payload=False)
-            return [p.id for p in shard.query(request)]
+            points = shard.query(request)
+            return [p.id for p in points] if read_ids else points
 
         from rag_rec.index.common import point_uuid as store_point
 
         for a in anchors[:20]:
             bare(a)
             retriever.retrieve(RetrievalRequest(anchors=(a,), filter=flt, k=40))
-        t_bare, t_hybrid = [], []
+        t_bare, t_query_only, t_hybrid = [], [], []
         for a in anchors:
+            t = time.perf_counter()
+            bare(a, read_ids=False)
+            t_query_only.append(time.perf_counter() - t)
             t = time.perf_counter()
             bare(a)
             t_bare.append(time.perf_counter() - t)
@@ -111,6 +116,8 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng) -> dict:
         "bare_p50_ms": pct(t_bare, 50), "bare_p95_ms": pct(t_bare, 95), "bare_p99_ms": pct(t_bare, 99),
         "hybrid_p50_ms": pct(t_hybrid, 50), "hybrid_p95_ms": pct(t_hybrid, 95), "hybrid_p99_ms": pct(t_hybrid, 99),
         "p95_ratio": pct(t_hybrid, 95) / pct(t_bare, 95), "p50_ratio": pct(t_hybrid, 50) / pct(t_bare, 50),
+        "query_only_p50_ms": pct(t_query_only, 50), "query_only_p95_ms": pct(t_query_only, 95),
+        "p95_ratio_vs_query_only": pct(t_hybrid, 95) / pct(t_query_only, 95),
     }
 
 
