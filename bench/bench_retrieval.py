@@ -87,13 +87,10 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng) -> dict:
             cfq = retriever.scorer.cf_query(idx, None)
             if cfq is not None:
                 branches.append(qe.Prefetch(limit=n, query=qe.Query.Nearest(cfq.tolist(), using="cf")))
-            must_not = [qe.HasIdCondition({store_point(anchor)})]
             request = qe.QueryRequest(limit=n, prefetches=branches, query=qe.Fusion.Rrf(k=2),
                                       filter=store._filter(Filter(flt.must_match, (anchor,))), with_payload=False)
             points = shard.query(request)
             return [p.id for p in points] if read_ids else points
-
-        from rag_rec.index.common import point_uuid as store_point
 
         for a in anchors[:20]:
             bare(a)

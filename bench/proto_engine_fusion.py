@@ -8,74 +8,112 @@ ids, no filter, alternating calls; engine time only (no explanations, which woul
 
     .venv/bin/python bench/proto_engine_fusion.py [products]   # writes bench/results/engine_fusion.json
 """
+
+from __future__ import annotations
+
 import json
+import sys
+import tempfile
+import time
 from pathlib import Path
-import sys, time, tempfile, numpy as np, qdrant_edge as qe
+
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_retrieval import slice_dataset, console
-from rag_rec.data.dunnhumby import load_dunnhumby
-from rag_rec.settings import Settings
-from rag_rec.signals.suite import fit_signals
-size = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
-settings = Settings(llm={"backend": "none"})
-full = load_dunnhumby()
-ds = full if size >= len(full.products) else slice_dataset(full, size)
-s = fit_signals(ds, settings, console=console)
-T = s.text_vectors; N = len(s.vocab)
-from rag_rec.retrieve.hybrid import FusionScorer
-sc = FusionScorer(s, settings.retrieve.weights)
-rows, matrix = sc._cf_table()
-cooc = s.cooc
-norms = cooc.counts ** cooc.alpha
-d = tempfile.mkdtemp()
-cfg = qe.EdgeConfig(vectors={"text": qe.EdgeVectorParams(size=T.shape[1], distance=qe.Distance.Cosine),
-                             "cf": qe.EdgeVectorParams(size=matrix.shape[1], distance=qe.Distance.Dot)},
-                    sparse_vectors={"cooc": qe.EdgeSparseVectorParams()})
-sh = qe.EdgeShard.create(d, cfg)
-pts = []
-for i in range(N):
-    cols, vals = cooc._row(i)
-    vec = {"text": T[i].tolist()}
-    if rows[i] >= 0: vec["cf"] = matrix[rows[i]].tolist()
-    if len(cols):
-        w = np.clip(vals / (norms[i] * norms[cols]), 0, 1)
-        vec["cooc"] = qe.SparseVector(cols.astype(int).tolist(), w.astype(float).tolist())
-    pts.append(qe.Point(i + 1, vec, {"in_stock": True}))
-    if len(pts) == 2000:
-        sh.update(qe.UpdateOperation.upsert_points(pts)); pts = []
-if pts: sh.update(qe.UpdateOperation.upsert_points(pts))
-sh.optimize()
-rng = np.random.default_rng(0)
-popular = np.argsort(-s.popularity.counts)[:2000]
-anchors = rng.choice(popular, size=300)
-W = settings.retrieve.weights
-def bare(a):
-    q = T[a] / np.linalg.norm(T[a])
-    br = [qe.Prefetch(limit=100, query=qe.Query.Nearest(q.tolist(), using="text")),
-          qe.Prefetch(limit=100, query=qe.Query.Nearest(matrix[rows[a]].tolist(), using="cf"))]
-    r = sh.query(qe.QueryRequest(limit=100, prefetches=br, query=qe.Fusion.Rrf(k=2), with_payload=False))
-    return [p.id for p in r]
-E = qe.Expression
-formula = qe.Formula(E.Sum([E.Mult([E.Constant(W["text"] + W["text_max"]), E.Variable("$score[0]")]),
-                            E.Mult([E.Constant(W["cf"]), E.Variable("$score[1]")]),
-                            E.Mult([E.Constant(W["cooc"]), E.Variable("$score[2]")])]),
-                     defaults={"$score[0]": 0.0, "$score[1]": 0.0, "$score[2]": 0.0})
-def fused(a):
-    q = T[a] / np.linalg.norm(T[a])
-    br = [qe.Prefetch(limit=100, query=qe.Query.Nearest(q.tolist(), using="text")),
-          qe.Prefetch(limit=100, query=qe.Query.Nearest(matrix[rows[a]].tolist(), using="cf")),
-          qe.Prefetch(limit=100, query=qe.Query.Nearest(qe.SparseVector([int(a)], [1.0]), using="cooc"))]
-    r = sh.query(qe.QueryRequest(limit=40, prefetches=br, query=formula, with_payload=False))
-    return [(p.id, p.score) for p in r]
-for a in anchors[:30]: bare(int(a)); fused(int(a))
-tb, tf = [], []
-for a in anchors:
-    a = int(a)
-    t = time.perf_counter(); bare(a); tb.append(time.perf_counter() - t)
-    t = time.perf_counter(); fused(a); tf.append(time.perf_counter() - t)
-p = lambda v, q: np.percentile(np.array(v) * 1000, q)
-result = {"products": N, "queries": len(anchors), "bare_p50_ms": p(tb, 50), "bare_p95_ms": p(tb, 95),
-          "formula_p50_ms": p(tf, 50), "formula_p95_ms": p(tf, 95), "p50_ratio": p(tf, 50) / p(tb, 50),
-          "p95_ratio": p(tf, 95) / p(tb, 95)}
-Path(__file__).parent.joinpath("results", "engine_fusion.json").write_text(json.dumps(result, indent=2))
-print(f"bare p50 {p(tb,50):.3f} p95 {p(tb,95):.3f} | formula p50 {p(tf,50):.3f} p95 {p(tf,95):.3f} | ratio p95 {p(tf,95)/p(tb,95):.2f}")
+from bench_retrieval import console, slice_dataset
+
+PREFETCH, TOP = 100, 40
+
+
+def build_shard(qe, signals, cf_rows, cf_matrix):
+    """text, cf and sparse co-occurrence vectors for every vocabulary item (point id = row + 1)."""
+    cooc, text = signals.cooc, signals.text_vectors
+    norms = cooc.counts ** cooc.alpha
+    config = qe.EdgeConfig(vectors={"text": qe.EdgeVectorParams(size=text.shape[1], distance=qe.Distance.Cosine),
+                                    "cf": qe.EdgeVectorParams(size=cf_matrix.shape[1], distance=qe.Distance.Dot)},
+                           sparse_vectors={"cooc": qe.EdgeSparseVectorParams()})
+    shard = qe.EdgeShard.create(tempfile.mkdtemp(), config)
+    points = []
+    for i in range(len(signals.vocab)):
+        vectors = {"text": text[i].tolist()}
+        if cf_rows[i] >= 0:
+            vectors["cf"] = cf_matrix[cf_rows[i]].tolist()
+        cols, vals = cooc._row(i)
+        if len(cols):
+            weights = np.clip(vals / (norms[i] * norms[cols]), 0.0, 1.0)
+            vectors["cooc"] = qe.SparseVector(cols.astype(int).tolist(), weights.astype(float).tolist())
+        points.append(qe.Point(i + 1, vectors, {"in_stock": True}))
+        if len(points) == 2000:
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            points = []
+    if points:
+        shard.update(qe.UpdateOperation.upsert_points(points))
+    shard.optimize()
+    return shard
+
+
+def main() -> None:
+    import qdrant_edge as qe
+
+    from rag_rec.data.dunnhumby import load_dunnhumby
+    from rag_rec.retrieve.hybrid import FusionScorer
+    from rag_rec.settings import Settings
+    from rag_rec.signals.suite import fit_signals
+
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+    settings = Settings(llm={"backend": "none"})
+    full = load_dunnhumby()
+    signals = fit_signals(full if size >= len(full.products) else slice_dataset(full, size), settings,
+                          console=console)
+    cf_rows, cf_matrix = FusionScorer(signals, settings.retrieve.weights)._cf_table()
+    shard = build_shard(qe, signals, cf_rows, cf_matrix)
+    weights = settings.retrieve.weights
+    expr = qe.Expression
+    formula = qe.Formula(
+        expr.Sum([expr.Mult([expr.Constant(weights["text"] + weights["text_max"]), expr.Variable("$score[0]")]),
+                  expr.Mult([expr.Constant(weights["cf"]), expr.Variable("$score[1]")]),
+                  expr.Mult([expr.Constant(weights["cooc"]), expr.Variable("$score[2]")])]),
+        defaults={"$score[0]": 0.0, "$score[1]": 0.0, "$score[2]": 0.0})
+
+    def dense_prefetches(anchor: int) -> list:
+        q = signals.text_vectors[anchor] / np.linalg.norm(signals.text_vectors[anchor])
+        return [qe.Prefetch(limit=PREFETCH, query=qe.Query.Nearest(q.tolist(), using="text")),
+                qe.Prefetch(limit=PREFETCH, query=qe.Query.Nearest(cf_matrix[cf_rows[anchor]].tolist(), using="cf"))]
+
+    def bare(anchor: int) -> list:
+        request = qe.QueryRequest(limit=PREFETCH, prefetches=dense_prefetches(anchor), query=qe.Fusion.Rrf(k=2),
+                                  with_payload=False)
+        return [p.id for p in shard.query(request)]
+
+    def engine_fused(anchor: int) -> list:
+        cooc = qe.Prefetch(limit=PREFETCH, query=qe.Query.Nearest(qe.SparseVector([anchor], [1.0]), using="cooc"))
+        request = qe.QueryRequest(limit=TOP, prefetches=dense_prefetches(anchor) + [cooc], query=formula,
+                                  with_payload=False)
+        return [(p.id, p.score) for p in shard.query(request)]
+
+    popular = np.argsort(-signals.popularity.counts)[:2000]
+    anchors = [int(a) for a in np.random.default_rng(0).choice(popular, size=300)]
+    for anchor in anchors[:30]:
+        bare(anchor), engine_fused(anchor)
+    t_bare, t_fused = [], []
+    for anchor in anchors:
+        t = time.perf_counter()
+        bare(anchor)
+        t_bare.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        engine_fused(anchor)
+        t_fused.append(time.perf_counter() - t)
+
+    def pct(values, q):
+        return float(np.percentile(np.asarray(values) * 1000.0, q))
+
+    result = {"products": len(signals.vocab), "queries": len(anchors),
+              "bare_p50_ms": pct(t_bare, 50), "bare_p95_ms": pct(t_bare, 95),
+              "formula_p50_ms": pct(t_fused, 50), "formula_p95_ms": pct(t_fused, 95),
+              "p50_ratio": pct(t_fused, 50) / pct(t_bare, 50), "p95_ratio": pct(t_fused, 95) / pct(t_bare, 95)}
+    Path(__file__).parent.joinpath("results", "engine_fusion.json").write_text(json.dumps(result, indent=2))
+    console.print(result)
+
+
+if __name__ == "__main__":
+    main()
