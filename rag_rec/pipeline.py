@@ -110,7 +110,7 @@ class BundlePipeline:
         if not rebuild and self.settings.index.backend == "edge" and marker.is_file():
             if json.loads(marker.read_text()).get("fingerprint") == fingerprint and \
                     self.store.count() == len(self.dataset.products):
-                self._warm_store()
+                self.store.warm()  # the embedded store's point-id map, so the first request does not build it
                 return 0
         ids = self.signals.vocab.ids
         records = self.records(ids)
@@ -130,13 +130,8 @@ class BundlePipeline:
             tmp = marker.with_suffix(".tmp")
             tmp.write_text(json.dumps({"fingerprint": fingerprint, "count": len(records)}))
             tmp.replace(marker)
-        self._warm_store()
+        self.store.warm()
         return len(records)
-
-    def _warm_store(self) -> None:
-        warm = getattr(self.store, "warm", None)
-        if warm is not None:
-            warm()  # the embedded store's point-id map, so the first request does not build it
 
     def _stale_points(self, expected: int) -> list[str]:
         """Ids of index points whose product is not in the catalogue (which is rebuilt from the dataset)."""

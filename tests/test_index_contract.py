@@ -322,6 +322,7 @@ def test_id_only_fused_search_matches_and_follows_writes(filled):
     rng = np.random.default_rng(5)
     prefetches = [Prefetch("text", rng.standard_normal(TEXT_DIM), 30), Prefetch("cf", rng.standard_normal(CF_DIM), 30)]
     full = store.fused_search(prefetches, 60, FILTERS[2], exact=True)  # the whole fused pool: ties cannot cut
+    store.warm()  # every backend: builds its lookups (edge: the point-id map) or does nothing
     ids_only = store.fused_ids(prefetches, 60, FILTERS[2], exact=True)
     assert sorted(ids_only) == sorted(h.id for h in full)
     scores = {h.id: h.score for h in full}

@@ -131,4 +131,7 @@ class VectorStore(Protocol):
     def optimize(self) -> None:
         """Build the HNSW / payload indexes now; a no-op where the engine does it in the background."""
 
+    def warm(self) -> None:
+        """Build in-memory lookups now instead of on the first query; a no-op where there are none."""
+
     def close(self) -> None: ...

@@ -268,6 +268,9 @@ class QdrantStore:
         """A server indexes in the background and local mode scans exactly: nothing to do."""
         self._need_collection()
 
+    def warm(self) -> None:
+        """Nothing to build: id-only queries ask the server for the `pid` payload key."""
+
     # ---- reads ------------------------------------------------------------------------------------------
 
     def count(self) -> int:
