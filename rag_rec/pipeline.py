@@ -272,6 +272,8 @@ class BundlePipeline:
                 self._extend_vocab(added)
             for p, v in zip(new, vectors if vectors is not None else []):
                 self.signals.text_vectors[self.signals.vocab.index[p.id]] = v
+            if self.signals.lexical is not None:
+                self.signals.lexical.update(self.dataset, self.signals.vocab, [p.id for p in new])
             self.store.upsert(self.records([p.id for p in new]))
             self.retriever.invalidate()
             return UpsertResult(accepted=len(new), total=len(self.dataset.products))

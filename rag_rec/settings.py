@@ -73,7 +73,8 @@ class RetrieveSettings(_Section):
     fusion: Literal["rrf", "weighted"] = "rrf"
     rrf_k: int = 60
     weights: dict[str, float] = Field(default_factory=lambda: {
-        "text": 0.5, "text_max": 0.5, "category": 0.3, "cooc": 0.5, "cf": 0.3, "behaviour": 0.3, "need": 1.0})
+        "text": 0.5, "text_max": 0.5, "lex": 0.75, "category": 0.3, "cooc": 0.5, "cf": 0.3, "behaviour": 0.3,
+        "need": 1.0})
     substitute_discount: float = Field(default=0.5, description="Online retrieval: multiplier for candidates of "
                                        "the same kind as an anchor (likely substitutes); 1 disables")
 

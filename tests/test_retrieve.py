@@ -86,6 +86,20 @@ def test_new_product_is_found_by_text_only(pipeline):
     assert pipeline.store.count() == len(pipeline.dataset.products)
 
 
+def test_lexical_feature_scores_shared_words_and_follows_upserts(pipeline):
+    anchor = anchors_of(pipeline, 3)[2]
+    title = pipeline.dataset.products[anchor].title
+    pipeline.add_products(ProductsIn(products=[ProductIn(id="LEX-TWIN", title=f"{title} carry case",
+                                                         category=["Electronics", "Accessories"])]))
+    lex = pipeline.signals.lexical
+    assert lex.matrix.shape[0] == len(pipeline.signals.vocab)
+    found = {c.id: c for c in pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=40)).candidates}
+    assert "LEX-TWIN" in found and found["LEX-TWIN"].sources["lex"] > 0.5 * pipeline.settings.retrieve.weights["lex"]
+    pipeline.add_products(ProductsIn(products=[ProductIn(id="LEX-TWIN", title="zzz unrelated words")]))
+    twin = pipeline.signals.vocab.index["LEX-TWIN"]
+    assert lex.score_pool(pipeline.signals.vocab.known([anchor]), np.array([twin]))[0] == 0.0
+
+
 def test_events_update_cooccurrence_incrementally(pipeline):
     a, b = "NEW-TRIPOD-1", anchors_of(pipeline, 1)[0]
     before = pipeline.signals.cooc.evidence([a], b)

@@ -82,6 +82,12 @@ def _text(settings: Settings) -> Ranker:
     return TextRanker(settings)
 
 
+def _lexical(settings: Settings) -> Ranker:
+    from rag_rec.retrieve.rankers import LexicalRanker
+
+    return LexicalRanker(settings)
+
+
 def _hybrid(settings: Settings) -> Ranker:
     from rag_rec.retrieve.rankers import HybridRanker
 
@@ -94,6 +100,7 @@ RANKERS: dict[str, Callable[[Settings], Ranker]] = {
     "cooc": lambda s: CooccurrenceScorer(complement=True, substitute_discount=s.cf.substitute_discount),
     "als": _als,
     "text": _text,
+    "lexical": _lexical,
     "behaviour": _behaviour,
     "hybrid": _hybrid,
 }

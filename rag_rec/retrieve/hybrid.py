@@ -15,7 +15,7 @@ from rag_rec.retrieve.base import Candidate, RetrievalRequest, RetrievalResult
 from rag_rec.settings import RetrieveSettings
 from rag_rec.signals.suite import Signals
 
-FEATURES = ("text", "text_max", "category", "cooc", "cf", "behaviour", "need")
+FEATURES = ("text", "text_max", "lex", "category", "cooc", "cf", "behaviour", "need")
 
 
 def product_matches(product: Product, flt: Filter | None) -> bool:
@@ -105,6 +105,8 @@ class FusionScorer:
             q /= np.linalg.norm(q) or 1.0
             feats["text"] = pool_vecs @ q
             feats["text_max"] = (pool_vecs @ anchor_vecs.T).max(axis=1)
+        if s.lexical is not None and idx:
+            feats["lex"] = s.lexical.score_pool(idx, pool)
         if need_vector is not None and pool_vecs is not None:
             feats["need"] = pool_vecs @ need_vector
         if s.category is not None and idx:

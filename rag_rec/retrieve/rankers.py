@@ -43,6 +43,29 @@ class TextRanker:
         return scores
 
 
+class LexicalRanker:
+    """TF-IDF cosine between the anchors' titles/brands and every product's (the lexical signal alone)."""
+
+    name = "lexical"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def fit(self, train: Dataset) -> "LexicalRanker":
+        from rag_rec.signals.cooc import ItemVocab, PopularityScorer
+        from rag_rec.signals.lexical import LexicalSimilarity
+
+        self.vocab = ItemVocab.of(train.products)
+        self.lexical = LexicalSimilarity().fit(train, self.vocab)
+        self._pop = PopularityScorer().fit(train).counts
+        return self
+
+    def score_vector(self, anchors: Sequence[str], user_id: str | None = None) -> np.ndarray:
+        scores = self.lexical.score_vector(anchors) + 1e-6 * self._pop / max(self._pop.max(), 1.0)
+        scores[self.vocab.known(anchors)] = -np.inf
+        return scores
+
+
 class HybridRanker:
     """The online retriever's explained weighted fusion, scored over the whole catalogue."""
 

@@ -1,4 +1,5 @@
-"""Fits every signal once for a dataset and keeps them together (text vectors, co-occurrence, ALS, behaviour)."""
+"""Fits every signal once for a dataset and keeps them together (text vectors, lexical, co-occurrence, ALS,
+behaviour)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class Signals:
     category: object | None = None
     als: object | None = None
     behaviour: object | None = None
+    lexical: object | None = None
 
     def text_matrix_row(self, item_id: str) -> np.ndarray | None:
         j = self.vocab.index.get(item_id)
@@ -38,6 +40,9 @@ def fit_signals(dataset: Dataset, settings: Settings, *, text: bool = True, als:
     from rag_rec.signals.category import CategoryAffinity
 
     category = CategoryAffinity().fit(dataset, vocab)
+    from rag_rec.signals.lexical import LexicalSimilarity
+
+    lexical = LexicalSimilarity().fit(dataset, vocab)
     encoder, vectors = None, None
     if text:
         from rag_rec.signals.text import EmbeddingCache, SentenceTransformerEncoder, encode_products
@@ -63,4 +68,4 @@ def fit_signals(dataset: Dataset, settings: Settings, *, text: bool = True, als:
         from rag_rec.signals.behaviour import BehaviourModel
 
         behaviour_model = BehaviourModel(settings.behaviour).fit(dataset)
-    return Signals(vocab, vectors, encoder, cooc, pop, category, als_model, behaviour_model)
+    return Signals(vocab, vectors, encoder, cooc, pop, category, als_model, behaviour_model, lexical)

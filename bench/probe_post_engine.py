@@ -1,0 +1,115 @@
+"""Why the work after an engine query costs more than the same work in a loop: a probe.
+
+The hybrid retriever's Python work after the engine call is several times dearer in a request than in a
+tight loop. This probe times one fixed, tiny piece of that work — mapping the 40 product ids a query
+returns to vocabulary rows (40 dict lookups) — in three states, alternating, same process, 10k products:
+
+- warm: straight after the same lookups ran;
+- after a fused engine query (the exact request the retriever sends, ids read);
+- after summing a 32 MB array (a plain memory sweep, no engine).
+
+If "after the engine" is as slow as or slower than "after a sweep", the engine call evicts the caller's working
+set and every Python step after it pays memory latency. Writes bench/results/post_engine_probe.json.
+
+    .venv/bin/python bench/probe_post_engine.py [--queries 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_retrieval import pct, slice_dataset  # noqa: E402
+
+from rag_rec.data.dunnhumby import load_dunnhumby  # noqa: E402
+from rag_rec.index import Filter  # noqa: E402
+from rag_rec.index.base import Prefetch  # noqa: E402
+from rag_rec.index.edge import EdgeStore  # noqa: E402
+from rag_rec.settings import Settings  # noqa: E402
+
+console = Console(width=120)
+
+
+def caches() -> dict[str, str]:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)
+            if "cache" in k.lower() or k.strip() in ("Model name", "CPU(s)")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=10000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "post_engine_probe.json"))
+    args = parser.parse_args()
+    from rag_rec.pipeline import BundlePipeline
+    from rag_rec.signals.suite import fit_signals
+
+    settings = Settings(llm={"backend": "none"})
+    ds = slice_dataset(load_dunnhumby(), args.size)
+    signals = fit_signals(ds, settings, console=console)
+    vocab_index = signals.vocab.index
+    sweep = np.ones(32 * 2**20 // 8)
+    rng = np.random.default_rng(0)
+    popular = np.argsort(-signals.popularity.counts)[:2000]
+    anchors = [signals.vocab.ids[i] for i in rng.choice(popular, size=args.queries)]
+    flt = Filter(must_match={"in_stock": True})
+    n = settings.retrieve.prefetch_k
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EdgeStore(Path(tmp) / "idx", collection="products")
+        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
+            update={"path": Path(tmp)})}), ds, signals, store)
+        pipe.sync_index(rebuild=True, console=console)
+        scorer = pipe.retriever.scorer
+
+        def engine_query(anchor: str) -> list[str]:
+            idx = signals.vocab.known([anchor])
+            q = signals.text_vectors[idx[0]]
+            prefetches = [Prefetch("text", q / (np.linalg.norm(q) or 1.0), n)]
+            cf = scorer.cf_query(idx, None)
+            if cf is not None:
+                prefetches.append(Prefetch("cf", cf, n))
+            return store.fused_ids(prefetches, n, Filter(flt.must_match, (anchor,)))
+
+        def lookups(found: list[str]) -> float:
+            t = time.perf_counter()
+            [vocab_index[i] for i in found]
+            return time.perf_counter() - t
+
+        times: dict[str, list[float]] = {"warm": [], "after_engine_query": [], "after_32mb_sweep": []}
+        for anchor in anchors[:20]:
+            lookups(engine_query(anchor))
+        for anchor in anchors:
+            found = engine_query(anchor)
+            times["after_engine_query"].append(lookups(found))
+            times["warm"].append(lookups(found))
+            sweep.sum()
+            times["after_32mb_sweep"].append(lookups(found))
+        store.close()
+    result = {
+        "machine": f"{platform.machine()} {platform.release()}", "cpu": caches(), "products": args.size,
+        "queries": args.queries, "work": f"{n} vocabulary dict lookups (the retriever's id -> row map)",
+        **{f"{k}_p50_us": pct(v, 50) * 1000 for k, v in times.items()},
+        **{f"{k}_p95_us": pct(v, 95) * 1000 for k, v in times.items()},
+    }
+    result["after_engine_vs_warm_p50"] = result["after_engine_query_p50_us"] / result["warm_p50_us"]
+    result["after_sweep_vs_warm_p50"] = result["after_32mb_sweep_p50_us"] / result["warm_p50_us"]
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    console.print_json(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Lexical similarity: TF-IDF cosine over product titles and brands.
+
+A small sentence encoder blurs exact tokens — brands, model numbers, sizes, series names — that bundle
+partners often share ("Canon EOS" body and lens, "Disney Frozen" dress and shoes). Rows are sublinear-tf x
+smoothed-idf, L2-normalised; similarity to several anchors is the mean of the cosines (one dot product with
+the anchors' mean row).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from rag_rec.data.models import Dataset, Product
+from rag_rec.signals.cooc import ItemVocab
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def lexical_text(product: Product | None) -> str:
+    if product is None:
+        return ""
+    brand = product.brand or ""
+    return product.title if brand.lower() in product.title.lower() else f"{product.title} {brand}"
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+class LexicalSimilarity:
+    name = "lexical"
+
+    def fit(self, dataset: Dataset, vocab: ItemVocab | None = None) -> "LexicalSimilarity":
+        self.vocab = vocab or ItemVocab.of(dataset.products)
+        docs = [tokens(lexical_text(dataset.products.get(i))) for i in self.vocab.ids]
+        self.terms: dict[str, int] = {}
+        for doc in docs:
+            for t in doc:
+                self.terms.setdefault(t, len(self.terms))
+        df = np.zeros(len(self.terms))
+        for doc in docs:
+            df[[self.terms[t] for t in set(doc)]] += 1
+        self.idf = np.log((1.0 + len(docs)) / (1.0 + df)) + 1.0
+        self.matrix = self._rows(docs)
+        return self
+
+    def update(self, dataset: Dataset, vocab: ItemVocab, ids: Sequence[str]) -> None:
+        """Rows for new items (appended to the vocabulary) and for changed `ids`, from the fitted terms and idf
+        (words the fit never saw are dropped; refit to learn them)."""
+        old = self.matrix.tocoo()
+        changed = np.array(sorted({vocab.index[i] for i in ids if i in vocab.index}
+                                  | set(range(old.shape[0], len(vocab)))), dtype=np.int64)
+        rows = self._rows(tokens(lexical_text(dataset.products.get(vocab.ids[j]))) for j in changed.tolist()).tocoo()
+        keep = ~np.isin(old.row, changed)
+        self.matrix = sp.csr_matrix(
+            (np.concatenate([old.data[keep], rows.data]),
+             (np.concatenate([old.row[keep], changed[rows.row]]), np.concatenate([old.col[keep], rows.col]))),
+            shape=(len(vocab), len(self.terms)))
+        self.vocab = vocab
+
+    def _rows(self, docs: Iterable[list[str]]) -> sp.csr_matrix:
+        indptr, indices, data = [0], [], []
+        for doc in docs:
+            counts: dict[int, int] = {}
+            for t in doc:
+                j = self.terms.get(t)
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+            cols = np.fromiter(sorted(counts), dtype=np.int64, count=len(counts))
+            weights = (1.0 + np.log([counts[c] for c in cols.tolist()])) * self.idf[cols] if len(cols) else np.zeros(0)
+            norm = np.linalg.norm(weights)
+            indices.extend(cols.tolist())
+            data.extend((weights / norm if norm else weights).tolist())
+            indptr.append(len(indices))
+        return sp.csr_matrix((np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int32),
+                              np.asarray(indptr, dtype=np.int64)), shape=(len(indptr) - 1, len(self.terms)))
+
+    @staticmethod
+    def _query(m: sp.csr_matrix, anchor_idx: Sequence[int]) -> np.ndarray | None:
+        """The anchors' mean row as a dense term vector (None: no anchor has a known word)."""
+        anchor_idx = [i for i in anchor_idx if i < m.shape[0]]
+        if not anchor_idx:
+            return None
+        q = np.zeros(m.shape[1])
+        for i in anchor_idx:
+            start, end = m.indptr[i], m.indptr[i + 1]
+            q[m.indices[start:end]] += m.data[start:end]
+        return q / len(anchor_idx) if q.any() else None
+
+    def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
+        """Mean cosine of each pool item with the anchors (0 for items without words)."""
+        m = self.matrix
+        q = self._query(m, anchor_idx)
+        if q is None or not len(pool):
+            return np.zeros(len(pool))
+        pool = np.asarray(pool)
+        inside = pool < m.shape[0]
+        rows = np.where(inside, pool, 0)
+        starts, lengths = m.indptr[rows], np.where(inside, m.indptr[rows + 1] - m.indptr[rows], 0)
+        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        values = q[m.indices[positions]] * m.data[positions]
+        return np.bincount(np.repeat(np.arange(len(pool)), lengths), weights=values, minlength=len(pool))
+
+    def score_vector(self, anchors: Sequence[str]) -> np.ndarray:
+        m = self.matrix
+        q = self._query(m, self.vocab.known(anchors))
+        out = np.zeros(len(self.vocab))
+        if q is not None:
+            out[: m.shape[0]] = m @ q
+        return out
