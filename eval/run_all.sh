@@ -8,10 +8,10 @@ for d in electronic clothing; do
     --recommender whole-session --recommender category --recommender embedding --recommender cf-embedding \
     --out "eval/results/session_bundling-$d"
   $RR eval bundle_completion --data "data/amazon-bundles/$d" \
-    --recommender pop --recommender itemknn --recommender als --recommender text --recommender behaviour \
-    --recommender hybrid --out "eval/results/bundle_completion-$d"
+    --recommender pop --recommender itemknn --recommender als --recommender text --recommender lexical \
+    --recommender behaviour --recommender hybrid --out "eval/results/bundle_completion-$d"
 done
 $RR eval basket_completion --data dunnhumby --limit 1000 \
-  --recommender pop --recommender itemknn --recommender als --recommender text --recommender behaviour \
-  --recommender hybrid --out eval/results/basket_completion-dunnhumby
+  --recommender pop --recommender itemknn --recommender als --recommender text --recommender lexical \
+  --recommender behaviour --recommender hybrid --out eval/results/basket_completion-dunnhumby
 .venv/bin/python eval/summarize.py

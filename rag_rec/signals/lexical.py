@@ -81,15 +81,15 @@ class LexicalSimilarity:
 
     @staticmethod
     def _query(m: sp.csr_matrix, anchor_idx: Sequence[int]) -> np.ndarray | None:
-        """The anchors' mean row as a dense term vector (None: no anchor has a known word)."""
-        anchor_idx = [i for i in anchor_idx if i < m.shape[0]]
-        if not anchor_idx:
+        """The anchors' mean row as a dense term vector (None: no anchor has a known word); only the anchors'
+        terms are written, so the cost follows their length, not the number of terms."""
+        rows = [(m.indptr[i], m.indptr[i + 1]) for i in anchor_idx if i < m.shape[0]]
+        if not any(end > start for start, end in rows):
             return None
         q = np.zeros(m.shape[1])
-        for i in anchor_idx:
-            start, end = m.indptr[i], m.indptr[i + 1]
-            q[m.indices[start:end]] += m.data[start:end]
-        return q / len(anchor_idx) if q.any() else None
+        for start, end in rows:
+            q[m.indices[start:end]] += m.data[start:end] / len(rows)
+        return q
 
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
         """Mean cosine of each pool item with the anchors (0 for items without words)."""
