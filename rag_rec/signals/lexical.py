@@ -80,35 +80,43 @@ class LexicalSimilarity:
                               np.asarray(indptr, dtype=np.int64)), shape=(len(indptr) - 1, len(self.terms)))
 
     @staticmethod
-    def _query(m: sp.csr_matrix, anchor_idx: Sequence[int]) -> np.ndarray | None:
-        """The anchors' mean row as a dense term vector (None: no anchor has a known word); only the anchors'
-        terms are written, so the cost follows their length, not the number of terms."""
+    def _query(m: sp.csr_matrix, anchor_idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The anchors' mean row as (sorted term ids, weights); None when no anchor has a known word. Sparse, so
+        a request costs the anchors' and the pool's words, not the number of terms."""
         rows = [(m.indptr[i], m.indptr[i + 1]) for i in anchor_idx if i < m.shape[0]]
         if not any(end > start for start, end in rows):
             return None
-        q = np.zeros(m.shape[1])
-        for start, end in rows:
-            q[m.indices[start:end]] += m.data[start:end] / len(rows)
-        return q
+        if len(rows) == 1:
+            start, end = rows[0]
+            order = np.argsort(m.indices[start:end])
+            return m.indices[start:end][order], m.data[start:end][order].astype(np.float64)
+        terms, inverse = np.unique(np.concatenate([m.indices[s:e] for s, e in rows]), return_inverse=True)
+        weights = np.bincount(inverse, weights=np.concatenate([m.data[s:e] for s, e in rows]), minlength=len(terms))
+        return terms, weights / len(rows)
 
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
         """Mean cosine of each pool item with the anchors (0 for items without words)."""
         m = self.matrix
-        q = self._query(m, anchor_idx)
-        if q is None or not len(pool):
+        query = self._query(m, anchor_idx)
+        if query is None or not len(pool):
             return np.zeros(len(pool))
+        terms, weights = query
         pool = np.asarray(pool)
         inside = pool < m.shape[0]
         rows = np.where(inside, pool, 0)
         starts, lengths = m.indptr[rows], np.where(inside, m.indptr[rows + 1] - m.indptr[rows], 0)
         positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-        values = q[m.indices[positions]] * m.data[positions]
+        words = m.indices[positions]
+        at = np.minimum(np.searchsorted(terms, words), len(terms) - 1)
+        values = np.where(terms[at] == words, weights[at] * m.data[positions], 0.0)
         return np.bincount(np.repeat(np.arange(len(pool)), lengths), weights=values, minlength=len(pool))
 
     def score_vector(self, anchors: Sequence[str]) -> np.ndarray:
         m = self.matrix
-        q = self._query(m, self.vocab.known(anchors))
+        query = self._query(m, self.vocab.known(anchors))
         out = np.zeros(len(self.vocab))
-        if q is not None:
+        if query is not None:
+            q = np.zeros(m.shape[1])
+            q[query[0]] = query[1]
             out[: m.shape[0]] = m @ q
         return out
