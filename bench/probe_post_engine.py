@@ -1,8 +1,8 @@
 """Why the work after an engine query costs more than the same work in a loop: a probe.
 
 The hybrid retriever's Python work after the engine call is several times dearer in a request than in a
-tight loop. This probe times one fixed, tiny piece of that work — mapping the 40 product ids a query
-returns to vocabulary rows (40 dict lookups) — in three states, alternating, same process, 10k products:
+tight loop. This probe times one fixed, tiny piece of that work — mapping the product ids a query returns
+(prefetch_k: 100) to vocabulary rows (dict lookups) — in three states, alternating, same process, 10k products:
 
 - warm: straight after the same lookups ran;
 - after a fused engine query (the exact request the retriever sends, ids read);
@@ -29,13 +29,13 @@ import numpy as np
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_retrieval import pct, slice_dataset  # noqa: E402
+from bench_retrieval import pct, slice_dataset
 
-from rag_rec.data.dunnhumby import load_dunnhumby  # noqa: E402
-from rag_rec.index import Filter  # noqa: E402
-from rag_rec.index.base import Prefetch  # noqa: E402
-from rag_rec.index.edge import EdgeStore  # noqa: E402
-from rag_rec.settings import Settings  # noqa: E402
+from rag_rec.data.dunnhumby import load_dunnhumby
+from rag_rec.index import Filter
+from rag_rec.index.base import Prefetch
+from rag_rec.index.edge import EdgeStore
+from rag_rec.settings import Settings
 
 console = Console(width=120)
 

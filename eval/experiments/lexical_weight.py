@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fusion_weights import case_features, recall_at  # noqa: E402
+from fusion_weights import case_features, recall_at
 
-from rag_rec.data.registry import load_dataset  # noqa: E402
-from rag_rec.eval.tasks import bundle_completion_split  # noqa: E402
-from rag_rec.retrieve.rankers import HybridRanker  # noqa: E402
-from rag_rec.settings import Settings  # noqa: E402
+from rag_rec.data.registry import load_dataset
+from rag_rec.eval.tasks import bundle_completion_split
+from rag_rec.retrieve.rankers import HybridRanker
+from rag_rec.settings import Settings
 
 GRID = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 FEATURES = ["text", "text_max", "category", "cooc", "cf", "lex"]

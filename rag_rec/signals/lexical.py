@@ -9,7 +9,7 @@ the anchors' mean row).
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,7 +34,7 @@ def tokens(text: str) -> list[str]:
 class LexicalSimilarity:
     name = "lexical"
 
-    def fit(self, dataset: Dataset, vocab: ItemVocab | None = None) -> "LexicalSimilarity":
+    def fit(self, dataset: Dataset, vocab: ItemVocab | None = None) -> LexicalSimilarity:
         self.vocab = vocab or ItemVocab.of(dataset.products)
         docs = [tokens(lexical_text(dataset.products.get(i))) for i in self.vocab.ids]
         self.terms: dict[str, int] = {}
