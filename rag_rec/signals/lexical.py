@@ -32,6 +32,8 @@ def tokens(text: str) -> list[str]:
 
 
 class LexicalSimilarity:
+    """Item x term TF-IDF rows in vocabulary order; scores are cosines with the anchors' mean row."""
+
     name = "lexical"
 
     def fit(self, dataset: Dataset, vocab: ItemVocab | None = None) -> LexicalSimilarity:
@@ -50,7 +52,8 @@ class LexicalSimilarity:
 
     def update(self, dataset: Dataset, vocab: ItemVocab, ids: Sequence[str]) -> None:
         """Rows for new items (appended to the vocabulary) and for changed `ids`, from the fitted terms and idf
-        (words the fit never saw are dropped; refit to learn them)."""
+        (words the fit never saw are dropped; refit to learn them). One pass over the stored rows; the new
+        matrix is published in one assignment, so concurrent readers see the old rows or the new ones."""
         old = self.matrix.tocoo()
         changed = np.array(sorted({vocab.index[i] for i in ids if i in vocab.index}
                                   | set(range(old.shape[0], len(vocab)))), dtype=np.int64)
@@ -118,5 +121,7 @@ class LexicalSimilarity:
         if query is not None:
             q = np.zeros(m.shape[1])
             q[query[0]] = query[1]
-            out[: m.shape[0]] = m @ q
+            scores = m @ q
+            n = min(len(out), len(scores))  # a concurrent update may have grown one of them
+            out[:n] = scores[:n]
         return out
