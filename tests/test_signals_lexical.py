@@ -76,3 +76,13 @@ def test_update_appends_new_items_and_rewrites_changed_ones():
         assert after[i] == pytest.approx(before[lex.vocab.index[i]])
     fresh = LexicalSimilarity().fit(ds, vocab)
     assert "travel" not in lex.terms and "travel" in fresh.terms
+
+
+def test_a_catalogue_without_words_scores_zero_everywhere():
+    ds = Dataset("blank", {i: Product(i, "", ("E",)) for i in ("a", "b")})
+    lex = LexicalSimilarity().fit(ds)
+    assert lex.matrix.shape == (2, 0)
+    assert not lex.score_vector(["a"]).any() and not lex.score_pool([0], np.array([0, 1])).any()
+    ds.products["c"] = Product("c", "brand new words", ("E",))
+    lex.update(ds, ItemVocab.of(["a", "b", "c"]), ["c"])
+    assert lex.matrix.shape == (3, 0) and not lex.score_vector(["c"]).any()
