@@ -68,6 +68,13 @@ def retrieval_section(doc: dict, plt) -> list[str]:
         lines += ["", "The hybrid without its lexical (TF-IDF title) feature, same run: p95 " + ", ".join(
             f"{r['hybrid_without_lexical_p95_ms']:.2f} ms at {r['products']} ({r['p95_ratio_without_lexical']:.2f}x)"
             for r in doc["retrieval"]) + " — the feature's cost for its +14-16% bundle-completion recall."]
+    probe = RESULTS / "post_engine_probe.json"
+    if probe.is_file():
+        p = json.loads(probe.read_text())
+        lines += ["", f"Why the Python after the engine call is dear here (`bench/probe_post_engine.py`): {p['work']} "
+                      f"take {p['warm_p50_us']:.0f} us warm, {p['after_engine_query_p50_us']:.0f} us right after the "
+                      f"engine query and {p['after_32mb_sweep_p50_us']:.0f} us after a 32 MB memory sweep (p50, "
+                      f"{p['products']} products): the engine call leaves the caller's memory cold."]
     ix = doc.get("indexing")
     if ix:
         lines += ["", f"Indexing ({ix['texts']} fresh product texts): bare encoder {ix['bare_encoder_per_s']:.0f}/s, "
