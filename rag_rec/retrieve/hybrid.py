@@ -238,6 +238,11 @@ class HybridRetriever:
         if cf_query is not None:
             prefetches.append(Prefetch("cf", cf_query, n))
             paths.append("cf")
+        passing: list[int] = []
+        if anchor_idx:  # anchor-only work goes before the engine call, which leaves the caller's memory cold
+            partners, _ = s.cooc.top_partners(anchor_idx, 2 * n)
+            excluded = [vocab_index[i] for i in flt.must_not_ids if i in vocab_index]
+            passing = self._passing(partners, flt, excluded)[:n].tolist()
         pool_list: list[int] = []
         if prefetches:
             found = self.store.fused_ids(prefetches, n, flt)
@@ -248,10 +253,7 @@ class HybridRetriever:
         engine_found = len(pool_list)
         from_cooc: set[int] = set()
         if anchor_idx:
-            partners, _ = s.cooc.top_partners(anchor_idx, 2 * n)
             paths.append("cooc")
-            excluded = [vocab_index[i] for i in flt.must_not_ids if i in vocab_index]
-            passing = self._passing(partners, flt, excluded)[:n].tolist()
             from_cooc = set(passing)
             in_pool = set(pool_list)
             pool_list.extend(j for j in passing if j not in in_pool)
