@@ -29,9 +29,7 @@ def anchors_of(pipeline, n=20):
 def test_online_retriever_matches_offline_ranker_top_k(pipeline):
     from rag_rec.retrieve.rankers import HybridRanker
 
-    ranker = HybridRanker(pipeline.settings)
-    ranker.signals, ranker.vocab = pipeline.signals, pipeline.signals.vocab
-    ranker.scorer, ranker._pool = pipeline.retriever.scorer, np.arange(len(pipeline.signals.vocab))
+    ranker = HybridRanker(pipeline.settings).using(pipeline.signals, pipeline.retriever.scorer)
     agree = 0
     for anchor in anchors_of(pipeline):
         online = [c.id for c in pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=5)).candidates]

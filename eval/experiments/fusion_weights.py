@@ -26,7 +26,7 @@ FEATURES = ["text", "text_max", "category", "cooc", "cf"]
 LEVELS = [0, 0.25, 0.5, 1, 2]
 
 
-def case_features(ranker: HybridRanker, cases) -> list:
+def case_features(ranker: HybridRanker, cases, features: list[str] = FEATURES) -> list:
     pop = ranker.signals.popularity.counts
     tie = 1e-6 * pop / max(pop.max(), 1.0)
     out = []
@@ -35,7 +35,7 @@ def case_features(ranker: HybridRanker, cases) -> list:
             out.append(None)
             continue
         feats = ranker.scorer.features(ranker._pool, list(case.anchors), case.user_id, None)
-        matrix = np.vstack([feats.get(f, np.zeros(len(ranker._pool))) for f in FEATURES])
+        matrix = np.vstack([feats.get(f, np.zeros(len(ranker._pool))) for f in features])
         out.append((matrix, ranker.vocab.index[case.target], ranker.vocab.known(list(case.anchors)), tie))
     return out
 

@@ -34,9 +34,6 @@ def weight_rows(settings: Settings) -> np.ndarray:
 
 
 def main(domains: list[str]) -> dict:
-    import fusion_weights
-
-    fusion_weights.FEATURES = FEATURES
     settings = Settings(llm={"backend": "none"})
     rows = weight_rows(settings)
     single = {"text": np.eye(len(FEATURES))[[0]], "lex": np.eye(len(FEATURES))[[FEATURES.index("lex")]]}
@@ -44,8 +41,8 @@ def main(domains: list[str]) -> dict:
     for domain in domains:
         train, test_cases = bundle_completion_split(load_dataset(f"data/amazon-bundles/{domain}"))
         inner_train, valid_cases = bundle_completion_split(train, seed=1)
-        valid = case_features(HybridRanker(settings).fit(inner_train), valid_cases)
-        test = case_features(HybridRanker(settings).fit(train), test_cases)
+        valid = case_features(HybridRanker(settings).fit(inner_train), valid_cases, FEATURES)
+        test = case_features(HybridRanker(settings).fit(train), test_cases, FEATURES)
         result["domains"][domain] = {
             "validation_cases": len(valid_cases), "test_cases": len(test_cases),
             "validation_recall@10": recall_at(valid, rows).tolist(), "test_recall@10": recall_at(test, rows).tolist(),

@@ -38,9 +38,7 @@ def recall(domain: str) -> dict:
         pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(update={"path": Path(tmp)})}),
                               train, signals, store)
         pipe.sync_index(rebuild=True)
-        ranker = HybridRanker(settings)
-        ranker.signals, ranker.vocab, ranker.scorer = signals, signals.vocab, pipe.retriever.scorer
-        ranker._pool = np.arange(len(signals.vocab))
+        ranker = HybridRanker(settings).using(signals, pipe.retriever.scorer)
         for name, lex in (("with_lexical", lexical), ("without_lexical", None)):
             signals.lexical = lex
             online = offline = 0

@@ -75,12 +75,16 @@ class HybridRanker:
         self.settings, self.use_behaviour = settings, behaviour
 
     def fit(self, train: Dataset) -> "HybridRanker":
-        from rag_rec.retrieve.hybrid import FusionScorer
         from rag_rec.signals.suite import fit_signals
 
-        self.signals = fit_signals(train, self.settings, behaviour=self.use_behaviour)
-        self.vocab = self.signals.vocab
-        self.scorer = FusionScorer(self.signals, self.settings.retrieve.weights)
+        return self.using(fit_signals(train, self.settings, behaviour=self.use_behaviour))
+
+    def using(self, signals, scorer=None) -> "HybridRanker":
+        """Rank with signals fitted elsewhere (a running pipeline's), sharing its FusionScorer when given."""
+        from rag_rec.retrieve.hybrid import FusionScorer
+
+        self.signals, self.vocab = signals, signals.vocab
+        self.scorer = scorer or FusionScorer(signals, self.settings.retrieve.weights)
         self._pool = np.arange(len(self.vocab))
         return self
 
