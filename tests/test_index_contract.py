@@ -337,6 +337,26 @@ def test_id_only_fused_search_matches_and_follows_writes(filled):
     assert top[0] == "fresh-item"
 
 
+def test_fused_keys_are_the_point_keys_of_fused_ids_and_stay_stable(filled):
+    store, records = filled
+    rng = np.random.default_rng(6)
+    prefetches = [Prefetch("text", rng.standard_normal(TEXT_DIM), 30), Prefetch("cf", rng.standard_normal(CF_DIM), 30)]
+    ids = store.fused_ids(prefetches, 60, FILTERS[2], exact=True)  # the whole fused pool: ties cannot cut
+    keys = store.fused_keys(prefetches, 60, FILTERS[2], exact=True)
+    assert keys.dtype == np.int64 and len(keys) == len(ids)
+    assert sorted(keys.tolist()) == sorted(store.point_keys(ids).tolist())
+    every = store.point_keys([r.id for r in records])
+    assert len(set(every.tolist())) == len(records) and every.min() >= 0
+    assert every.max() < 4 * len(records)  # dense: arrays indexed by key stay small
+    store.upsert(records[:3])  # re-upserting keeps the keys
+    assert store.point_keys([r.id for r in records]).tolist() == every.tolist()
+    store.upsert([Record("fresh-key", {"text": prefetches[0].vector, "cf": prefetches[1].vector},
+                         {"title": "fresh", "in_stock": True, "price": 1.0})])
+    fresh = int(store.point_keys(["fresh-key"])[0])
+    assert fresh not in set(every.tolist())
+    assert int(store.fused_keys(prefetches, 1, None, exact=True)[0]) == fresh
+
+
 def test_set_payload_updates_filters_and_skips_unknown_ids(filled):
     store, records = filled
     target = records[1]

@@ -15,6 +15,7 @@ import pytest
 
 from rag_rec.errors import IndexStoreError
 from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, Record, VectorSpec
+from rag_rec.index.base import Prefetch
 from rag_rec.index.edge import LAYOUT_FILE, EdgeStore
 
 SPECS = [VectorSpec("text", 16), VectorSpec("cf", 4, "dot")]
@@ -253,3 +254,85 @@ def test_payload_aware_hnsw_links_only_on_keyword_filters(tmp_path):
     assert links == {
         "category": True, "brand": True, "price": False, "in_stock": False, "category_paths": False,
     }
+
+
+def _as_format_1(root) -> None:
+    """Rewrite the index under root/products as an index written by a format-1 rag_rec (UUID5 point ids)."""
+    import shutil
+
+    import qdrant_edge as qe
+
+    from rag_rec.index.common import point_uuid
+
+    shard_dir = root / "products"
+    layout = json.loads((shard_dir / LAYOUT_FILE).read_text())
+    source = qe.EdgeShard.load(str(shard_dir))
+    points, _ = source.scroll(qe.ScrollRequest(limit=10_000, with_payload=True, with_vector=True))
+    source.close()
+    old_dir = root / "v1"
+    config = qe.EdgeConfig(vectors={
+        "text": qe.EdgeVectorParams(size=16, distance=qe.Distance.Cosine),
+        "cf": qe.EdgeVectorParams(size=4, distance=qe.Distance.Dot),
+    })
+    shard = qe.EdgeShard.create(str(old_dir), config)
+    shard.update(qe.UpdateOperation.upsert_points(
+        [qe.Point(point_uuid(p.payload["pid"]), dict(p.vector), p.payload) for p in points]))
+    shard.flush()
+    shard.close()
+    (old_dir / LAYOUT_FILE).write_text(json.dumps({**layout, "format": 1}))
+    shutil.rmtree(shard_dir)
+    old_dir.rename(shard_dir)
+
+
+def test_a_format_1_index_is_migrated_to_integer_point_ids_on_open(tmp_path):
+    root = tmp_path / "idx"
+    records = _records(40)
+    with EdgeStore(root) as store:
+        store.ensure_collection(SPECS, PRODUCT_PAYLOAD_INDEXES)
+        store.upsert(records)
+        before = store.search("text", records[3].vectors["text"], 10, exact=True)
+    _as_format_1(root)
+    with EdgeStore(root) as store:
+        assert json.loads((root / "products" / LAYOUT_FILE).read_text())["format"] == 2
+        assert store.count() == 40
+        assert [h.id for h in store.search("text", records[3].vectors["text"], 10, exact=True)] == \
+            [h.id for h in before]
+        got = store.retrieve(["E7", "E0", "missing"], with_vectors=True)
+        assert [r.id for r in got] == ["E7", "E0"]
+        assert got[0].payload["price"] == 7.0
+        np.testing.assert_allclose(got[1].vectors["cf"], records[0].vectors["cf"], rtol=1e-6)
+        store.upsert(_records(45)[40:])
+        store.delete(["E1"])
+        assert store.count() == 44
+    assert sorted(p.name for p in root.iterdir()) == ["products", "products.lock"]
+
+
+def test_a_migration_killed_between_its_renames_is_rolled_back_and_redone(tmp_path):
+    root = tmp_path / "idx"
+    _filled_store(tmp_path, 30)
+    _as_format_1(root)
+    (root / "products").rename(root / ".products.replaced-0000abcd")
+    (root / ".products.creating-0000abcd").mkdir()
+    with EdgeStore(root) as store:
+        assert store.count() == 30
+        assert {r.id for r in store.retrieve([f"E{i}" for i in range(30)])} == {f"E{i}" for i in range(30)}
+    assert sorted(p.name for p in root.iterdir()) == ["products", "products.lock"]
+
+
+def test_point_ids_are_integers_kept_across_reopen_and_never_reused_while_open(tmp_path):
+    root = tmp_path / "idx"
+    with EdgeStore(root) as store:
+        store.ensure_collection(SPECS, PRODUCT_PAYLOAD_INDEXES)
+        store.upsert(_records(5))
+        store.upsert(_records(5))  # idempotent: same ids, same points
+        store.delete(["E4"])
+        store.upsert([Record("N1", _records(1)[0].vectors, {"in_stock": True})])
+        points, _ = store.engine.scroll(store._qe.ScrollRequest(limit=100, with_payload=True))
+        assert {p.id: p.payload["pid"] for p in points} == {0: "E0", 1: "E1", 2: "E2", 3: "E3", 5: "N1"}
+        query = _records(1)[0].vectors["text"]
+        assert set(store.fused_ids([Prefetch("text", query, 10)], 10)) == {"E0", "E1", "E2", "E3", "N1"}
+    with EdgeStore(root) as store:
+        store.upsert(_records(3))
+        assert store.count() == 5
+        hits = store.fused_ids([Prefetch("text", query, 10)], 10, Filter(must_not_ids=("E0", "unknown")))
+        assert set(hits) == {"E1", "E2", "E3", "N1"}

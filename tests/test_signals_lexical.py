@@ -86,3 +86,19 @@ def test_a_catalogue_without_words_scores_zero_everywhere():
     ds.products["c"] = Product("c", "brand new words", ("E",))
     lex.update(ds, ItemVocab.of(["a", "b", "c"]), ["c"])
     assert lex.matrix.shape == (3, 0) and not lex.score_vector(["c"]).any()
+
+
+def test_a_title_with_more_words_than_a_table_row_keeps_its_heaviest_words():
+    from rag_rec.signals import lexical as lx
+
+    words = [f"w{i}" for i in range(lx.MAX_TERMS_PER_ROW + 30)]
+    products = {"long": Product(id="long", title=" ".join(words), brand="Acme"),
+                "short": Product(id="short", title="w1 w2 w3", brand="Acme")}
+    products.update({f"f{i}": Product(id=f"f{i}", title=f"w{i} filler", brand="Other") for i in range(40)})
+    lex = LexicalSimilarity().fit(Dataset(name="t", products=products))
+    table = lex._table()
+    assert table.terms.shape[1] == lx.MAX_TERMS_PER_ROW
+    assert table.lengths[lex.vocab.index["long"]] == lx.MAX_TERMS_PER_ROW
+    short = lex.vocab.index["short"]
+    pool = np.arange(len(lex.vocab))
+    np.testing.assert_allclose(lex.score_pool([short], pool)[short], 1.0, rtol=1e-6)

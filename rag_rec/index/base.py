@@ -128,6 +128,21 @@ class VectorStore(Protocol):
     ) -> list[str]:
         """fused_search's product ids in rank order, without payloads or scores (what retrieval needs)."""
 
+    def fused_keys(
+        self,
+        prefetches: Sequence[Prefetch],
+        limit: int,
+        flt: Filter | None = None,
+        *,
+        exact: bool = False,
+        rrf_k: int = RRF_K,
+    ) -> np.ndarray:
+        """fused_ids as this store's integer keys (int64, rank order), for callers that keep arrays by key."""
+
+    def point_keys(self, ids: Sequence[str]) -> np.ndarray:
+        """The integer key of each product id (int64): stable for this store's lifetime, distinct per id,
+        small and dense (arrays indexed by key stay small); -1 or a key no hit carries for an unknown id."""
+
     def optimize(self) -> None:
         """Build the HNSW / payload indexes now; a no-op where the engine does it in the background."""
 

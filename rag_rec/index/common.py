@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -168,3 +169,20 @@ def check_limit(limit: int) -> int:
     if limit < 0:
         raise IndexStoreError(f"limit must be >= 0, got {limit}")
     return limit
+
+
+class KeyHandles:
+    """Dense integer handles for product ids, handed out on first sight (for backends whose point ids are not
+    small integers). Appends only, so concurrent readers see a handle or its absence, never a wrong one."""
+
+    def __init__(self) -> None:
+        self._key: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def of(self, ids: Iterable[str]) -> np.ndarray:
+        key = self._key
+        out = [key.get(i, -1) for i in ids]
+        if -1 in out:
+            with self._lock:
+                out = [key.get(i) if i in key else key.setdefault(i, len(key)) for i in ids]
+        return np.asarray(out, dtype=np.int64)

@@ -32,14 +32,14 @@ from rag_rec.index.common import (
     check_specs,
     last_per_id,
     payload_links,
-    point_uuid,
     stored_payload,
     vector_values,
 )
 
 LAYOUT_FILE = "rag_rec_layout.json"
-LAYOUT_FORMAT = 1
+LAYOUT_FORMAT = 2  # 1: UUID5 point ids (migrated on open); 2: sequential integer point ids
 _CREATING = ".creating-"
+_REPLACED = ".replaced-"
 
 
 def _is_fatal(exc: BaseException) -> bool:
@@ -135,7 +135,7 @@ class EdgeStore:
         self._specs: dict[str, VectorSpec] = {}
         self._payload_indexes: dict[str, str] = {}
         self._closed = False
-        self._pids: dict[int, str] | None = None  # point uuid -> product id, built on the first id-only query
+        self._ids: _PointIds | None = None  # product id <-> point id, scanned from the engine on first use
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -152,8 +152,13 @@ class EdgeStore:
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     def _remove_interrupted_creations(self) -> None:
-        for leftover in self.root.glob(f".{self.collection}{_CREATING}*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        replaced = sorted(self.root.glob(f".{self.collection}{_REPLACED}*"))
+        if replaced and not self.shard_dir.exists():  # a migration died between its two renames
+            os.rename(replaced[-1], self.shard_dir)
+            _fsync_dir(self.root)
+        for leftover in [*self.root.glob(f".{self.collection}{_CREATING}*"), *replaced]:
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def _open_existing(self) -> None:
         if not self.shard_dir.is_dir():
@@ -164,7 +169,7 @@ class EdgeStore:
         layout_path = self.shard_dir / LAYOUT_FILE
         try:
             layout = json.loads(layout_path.read_text(encoding="utf-8"))
-            if layout.get("format") != LAYOUT_FORMAT:
+            if layout.get("format") not in (1, LAYOUT_FORMAT):
                 raise ValueError(f"unsupported layout format {layout.get('format')!r}")
             specs = check_specs(
                 [VectorSpec(v["name"], int(v["dim"]), v["distance"]) for v in layout["vectors"]]
@@ -175,8 +180,46 @@ class EdgeStore:
                 f"index at {self.shard_dir} is corrupt or not a rag_rec index ({LAYOUT_FILE}: {exc}); "
                 "move it away and rebuild the index"
             ) from exc
-        self._shard = self._engine(lambda: self._qe.EdgeShard.load(str(self.shard_dir)), "open")
         self._specs, self._payload_indexes = specs, payload_indexes
+        if layout["format"] == 1:
+            self._migrate_uuid_points()
+        self._shard = self._engine(lambda: self._qe.EdgeShard.load(str(self.shard_dir)), "open")
+
+    def _migrate_uuid_points(self) -> None:
+        """Rewrite a format-1 index (UUID5 point ids) with integer point ids: copied into a scratch shard, then
+        swapped in by two renames; a crash leaves the old index (restored on the next open) or the new one."""
+        qe = self._qe
+        old = self._engine(lambda: qe.EdgeShard.load(str(self.shard_dir)), "open")
+        scratch = self.root / f".{self.collection}{_CREATING}{uuid.uuid4().hex[:8]}"
+        try:
+            new = self._build_empty(scratch, self._specs, self._payload_indexes)
+            try:
+                offset, key = None, 0
+                while True:
+                    request = qe.ScrollRequest(offset=offset, limit=1_000, with_payload=True, with_vector=True)
+                    points, offset = self._engine(lambda request=request: old.scroll(request), "scroll")
+                    moved = []
+                    for point in points:
+                        moved.append(qe.Point(key, dict(point.vector or {}), point.payload or {}))
+                        key += 1
+                    if moved:
+                        self._engine(lambda moved=moved: new.update(qe.UpdateOperation.upsert_points(moved)), "migrate")
+                    if offset is None:
+                        break
+                self._engine(new.optimize, "optimize")
+                self._engine(new.flush, "flush")
+            finally:
+                new.close()
+        except BaseException:
+            old.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        old.close()
+        replaced = self.root / f".{self.collection}{_REPLACED}{uuid.uuid4().hex[:8]}"
+        os.rename(self.shard_dir, replaced)
+        os.rename(scratch, self.shard_dir)
+        _fsync_dir(self.root)
+        shutil.rmtree(replaced, ignore_errors=True)
 
     def _engine(self, call, action: str):
         try:
@@ -274,6 +317,21 @@ class EdgeStore:
 
     def _create(self, specs: dict[str, VectorSpec], indexes: dict[str, str]) -> None:
         """Build the empty shard in a scratch directory, then rename it into place (whole or not at all)."""
+        scratch = self.root / f".{self.collection}{_CREATING}{uuid.uuid4().hex[:8]}"
+        try:
+            self._build_empty(scratch, specs, indexes).close()
+            self._specs, self._payload_indexes = specs, indexes
+            self._ids = None
+            os.rename(scratch, self.shard_dir)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            self._specs, self._payload_indexes = {}, {}
+            raise
+        self._shard = self._engine(lambda: self._qe.EdgeShard.load(str(self.shard_dir)), "open")
+
+    def _build_empty(self, scratch: Path, specs: dict[str, VectorSpec], indexes: dict[str, str]):
+        """An empty shard with this store's vectors, HNSW settings, payload indexes and layout file, open."""
         qe = self._qe
         m, ef_construct, full_scan_threshold_kb = self._hnsw
         optimizers = (
@@ -292,26 +350,19 @@ class EdgeStore:
             optimizers=optimizers,
             max_search_threads=self._max_search_threads,
         )
-        scratch = self.root / f".{self.collection}{_CREATING}{uuid.uuid4().hex[:8]}"
+        shard = self._engine(lambda: qe.EdgeShard.create(str(scratch), config), "create")
         try:
-            shard = self._engine(lambda: qe.EdgeShard.create(str(scratch), config), "create")
-            try:
-                for field_name, kind in indexes.items():
-                    op = qe.UpdateOperation.create_field_index(field_name, self._schema(field_name, kind))
-                    self._engine(lambda op=op: shard.update(op), f"create payload index '{field_name}'")
-                self._engine(shard.flush, "flush")
-            finally:
-                shard.close()
-            self._specs, self._payload_indexes = specs, indexes
-            self._pids = None
-            _write_json_atomic(scratch / LAYOUT_FILE, self._layout())
-            os.rename(scratch, self.shard_dir)
-            _fsync_dir(self.root)
+            for field_name, kind in indexes.items():
+                op = qe.UpdateOperation.create_field_index(field_name, self._schema(field_name, kind))
+                self._engine(lambda op=op: shard.update(op), f"create payload index '{field_name}'")
+            self._engine(shard.flush, "flush")
+            layout = {**self._layout(), "vectors": [{"name": s.name, "dim": s.dim, "distance": s.distance}
+                                                    for s in specs.values()], "payload_indexes": indexes}
+            _write_json_atomic(scratch / LAYOUT_FILE, layout)
         except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            self._specs, self._payload_indexes = {}, {}
+            shard.close()
             raise
-        self._shard = self._engine(lambda: qe.EdgeShard.load(str(self.shard_dir)), "open")
+        return shard
 
     # ---- writes -----------------------------------------------------------------------------------------
 
@@ -324,35 +375,36 @@ class EdgeStore:
     def upsert(self, records: Sequence[Record]) -> None:
         self._open_shard()
         shard_specs, qe = self._specs, self._qe
-        points, pids = [], {}
-        for record in last_per_id(records):
-            uid = point_uuid(record.id)
-            pids[_point_key(uid)] = record.id
-            vectors = {
-                name: vector_values(shard_specs, name, v, what=f"record '{record.id}'")
-                for name, v in record.vectors.items()
-            }
-            points.append(qe.Point(uid, vectors, stored_payload(record.id, record.payload)))
-        if points:
+        latest = last_per_id(records)
+        prepared = [
+            (record.id, {name: vector_values(shard_specs, name, v, what=f"record '{record.id}'")
+                         for name, v in record.vectors.items()}, stored_payload(record.id, record.payload))
+            for record in latest
+        ]
+        if not prepared:
+            return
+        with self._write_lock:
+            keys = self._point_ids().assign([pid for pid, _, _ in prepared])
+            points = [qe.Point(key, vectors, payload) for key, (_, vectors, payload) in zip(keys, prepared)]
             self._apply(qe.UpdateOperation.upsert_points(points), f"upsert of {len(points)} records")
-            if self._pids is not None:
-                self._pids.update(pids)
 
     def delete(self, ids: Sequence[str]) -> None:
-        uids = list(dict.fromkeys(point_uuid(i) for i in ids))
-        if uids:
-            self._apply(self._qe.UpdateOperation.delete_points(uids), f"delete of {len(uids)} records")
-            if self._pids is not None:
-                for uid in uids:
-                    self._pids.pop(_point_key(uid), None)
+        with self._write_lock:
+            self._open_shard()
+            point_ids = self._point_ids()
+            keys = point_ids.known(dict.fromkeys(ids))
+            if keys:
+                self._apply(self._qe.UpdateOperation.delete_points(keys), f"delete of {len(keys)} records")
+                point_ids.forget(keys)
 
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
         values = stored_payload("", payload, partial=True)
-        uids = {point_uuid(i) for i in ids}
-        if not uids or not values:
+        self._open_shard()
+        keys = set(self._point_ids().known(ids))
+        if not keys or not values:
             return
         qe = self._qe
-        only_ids = qe.Filter(must=[qe.HasIdCondition(uids)])
+        only_ids = qe.Filter(must=[qe.HasIdCondition(keys)])
         self._apply(qe.UpdateOperation.set_payload_by_filter(only_ids, values), "set_payload")
 
     def optimize(self) -> None:
@@ -372,9 +424,11 @@ class EdgeStore:
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return []
-        uids = [point_uuid(i) for i in wanted]
+        keys = self._point_ids().known(wanted)
+        if not keys:
+            return []
         found = self._engine(
-            lambda: shard.retrieve(uids, with_payload=True, with_vector=with_vectors), "retrieve"
+            lambda: shard.retrieve(keys, with_payload=True, with_vector=with_vectors), "retrieve"
         )
         by_id: dict[str, Record] = {}
         for point in found:
@@ -427,18 +481,31 @@ class EdgeStore:
         exact: bool = False,
         rrf_k: int = RRF_K,
     ) -> list[str]:
-        """Product ids come from the in-memory point-id map (reading `pid` payloads costs ~0.3 ms per 100
-        hits); points the map does not know yet are looked up once."""
+        """Product ids come from the in-memory point-id map (reading `pid` payloads costs ~0.3 ms per 100 hits;
+        integer point ids make the map a list)."""
         points = self._fused_points(prefetches, limit, flt, exact, rrf_k, with_payload=False)
-        pids = self._pid_map()
+        names = self._point_ids().name
         try:
-            return [pids[p.id.int] for p in points]  # the engine returns uuid.UUID ids for the points we write
-        except (KeyError, AttributeError):
-            keys = [_point_key(p.id) for p in points]
-            missing = [str(p.id) for k, p in zip(keys, points) if k not in pids]
-            if missing:
-                self._learn_pids(missing)
-            return [pids[k] for k in keys if k in pids]
+            return [names[p.id] for p in points]
+        except (IndexError, TypeError):  # not a point this store wrote
+            return [names[p.id] if isinstance(p.id, int) and p.id < len(names) else str(p.id) for p in points]
+
+    def fused_keys(
+        self,
+        prefetches: Sequence[Prefetch],
+        limit: int,
+        flt: Filter | None = None,
+        *,
+        exact: bool = False,
+        rrf_k: int = RRF_K,
+    ) -> np.ndarray:
+        """The hits' point ids themselves (integers this store hands out in order)."""
+        points = self._fused_points(prefetches, limit, flt, exact, rrf_k, with_payload=False)
+        return np.fromiter((p.id for p in points), dtype=np.int64, count=len(points))
+
+    def point_keys(self, ids: Sequence[str]) -> np.ndarray:
+        key = self._point_ids().key
+        return np.fromiter((key.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
 
     def _fused_points(self, prefetches: Sequence[Prefetch], limit: int, flt: Filter | None, exact: bool,
                       rrf_k: int, with_payload: bool) -> list:
@@ -468,41 +535,37 @@ class EdgeStore:
         )
         return self._engine(lambda: shard.query(request), "fused_search")
 
-    # ---- id-only results: the uuid -> product id map ------------------------------------------------------
+    # ---- point ids --------------------------------------------------------------------------------------
 
     def warm(self) -> None:
-        """Build the point-id -> product-id map now (~0.7 s per 92k points) instead of on the first query."""
-        self._pid_map()
+        """Build the point-id map now (~0.7 s per 92k points) instead of on the first query or write."""
+        self._point_ids()
 
-    def _pid_map(self) -> dict[int, str]:
-        """Point id (as an integer) -> product id, kept in step by upsert and delete."""
-        pids = self._pids
-        if pids is None:
+    def _point_ids(self) -> _PointIds:
+        ids = self._ids
+        if ids is None:
             with self._write_lock:
-                if self._pids is None:
-                    self._pids = self._scan_pids()
-                pids = self._pids
-        return pids
+                if self._ids is None:
+                    self._ids = self._scan_point_ids()
+                ids = self._ids
+        return ids
 
-    def _scan_pids(self) -> dict[int, str]:
+    def _scan_point_ids(self) -> _PointIds:
         shard, qe = self._open_shard(), self._qe
-        pids: dict[int, str] = {}
+        names: dict[int, str] = {}
         offset = None
         while True:
             request = qe.ScrollRequest(offset=offset, limit=10_000, with_payload=[PID_KEY], with_vector=False)
-            points, offset = self._engine(lambda: shard.scroll(request), "scroll")
+            points, offset = self._engine(lambda request=request: shard.scroll(request), "scroll")
             for point in points:
-                pids[_point_key(point.id)] = _pid_of(point)
+                if not isinstance(point.id, int):
+                    raise IndexStoreError(
+                        f"index at {self.shard_dir} holds a point with a non-integer id ({point.id}); "
+                        "it was not written by this rag_rec version: rebuild the index"
+                    )
+                names[point.id] = _pid_of(point)
             if offset is None:
-                return pids
-
-    def _learn_pids(self, uids: list[str]) -> None:
-        shard = self._open_shard()
-        found = self._engine(lambda: shard.retrieve(uids, with_payload=[PID_KEY], with_vector=False), "retrieve")
-        with self._write_lock:
-            pids = self._pid_map()
-            for point in found:
-                pids[_point_key(point.id)] = _pid_of(point)
+                return _PointIds(names)
 
     # ---- filters ----------------------------------------------------------------------------------------
 
@@ -524,7 +587,8 @@ class EdgeStore:
         if flt.category_prefix:
             path = CATEGORY_SEPARATOR.join(flt.category_prefix)
             must.append(qe.FieldCondition(CATEGORY_PATHS_KEY, match=qe.MatchValue(path)))
-        must_not = [qe.HasIdCondition({point_uuid(i) for i in flt.must_not_ids})] if flt.must_not_ids else []
+        excluded = set(self._point_ids().known(flt.must_not_ids)) if flt.must_not_ids else set()
+        must_not = [qe.HasIdCondition(excluded)] if excluded else []
         if not must and not must_not:
             return None
         return qe.Filter(must=must or None, must_not=must_not or None)
@@ -550,11 +614,38 @@ class EdgeStore:
         raise IndexStoreError(f"cannot filter '{key}' on a value of type {type(value).__name__}")
 
 
-def _point_key(point_id) -> int:
-    """A point id as an integer: the engine returns uuid.UUID objects, writes use UUID strings."""
-    if isinstance(point_id, uuid.UUID):
-        return point_id.int
-    return point_id if isinstance(point_id, int) else uuid.UUID(point_id).int
+class _PointIds:
+    """Product id <-> integer point id. Ids are handed out in order by the one process holding the store's lock;
+    the engine's `pid` payloads are the truth, so the map is rebuilt by a scroll when a store opens."""
+
+    def __init__(self, names: dict[int, str]):
+        self.name: list[str | None] = [None] * (max(names, default=-1) + 1)
+        for key, pid in names.items():
+            self.name[key] = pid
+        self.key: dict[str, int] = {pid: key for key, pid in names.items()}
+
+    def known(self, pids) -> list[int]:
+        key = self.key
+        return [key[p] for p in pids if p in key]
+
+    def assign(self, pids: Sequence[str]) -> list[int]:
+        """The point id of each product, new ones appended (call under the store's write lock)."""
+        out = []
+        for pid in pids:
+            key = self.key.get(pid)
+            if key is None:
+                key = len(self.name)
+                self.name.append(pid)
+                self.key[pid] = key
+            out.append(key)
+        return out
+
+    def forget(self, keys: Sequence[int]) -> None:
+        for key in keys:
+            pid = self.name[key]
+            self.name[key] = None
+            if pid is not None and self.key.get(pid) == key:
+                del self.key[pid]
 
 
 def _pid_of(point) -> str:

@@ -22,6 +22,7 @@ from rag_rec.index.base import (
     VectorSpec,
 )
 from rag_rec.index.common import (
+    KeyHandles,
     check_compatible,
     check_limit,
     check_payload_indexes,
@@ -67,6 +68,7 @@ class QdrantStore:
         self._local = url is None or url == ":memory:"
         self._hnsw = (hnsw_m, hnsw_ef_construct)
         self._specs: dict[str, VectorSpec] = {}
+        self._keys = KeyHandles()
         self._closed = False
         try:
             if url == ":memory:":
@@ -350,6 +352,21 @@ class QdrantStore:
     ) -> list[str]:
         """Only the `pid` payload key travels back."""
         return [h.id for h in _hits(self._fused_points(prefetches, limit, flt, exact, rrf_k, with_payload=False))]
+
+    def fused_keys(
+        self,
+        prefetches: Sequence[Prefetch],
+        limit: int,
+        flt: Filter | None = None,
+        *,
+        exact: bool = False,
+        rrf_k: int = RRF_K,
+    ) -> np.ndarray:
+        """Keys are handed out by this client on first sight (the server's point ids are UUIDs)."""
+        return self._keys.of(self.fused_ids(prefetches, limit, flt, exact=exact, rrf_k=rrf_k))
+
+    def point_keys(self, ids: Sequence[str]) -> np.ndarray:
+        return self._keys.of(ids)
 
     def _fused_points(self, prefetches: Sequence[Prefetch], limit: int, flt: Filter | None, exact: bool,
                       rrf_k: int, with_payload: bool) -> list:

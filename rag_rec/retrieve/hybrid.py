@@ -148,6 +148,7 @@ class HybridRetriever:
         self.scorer = FusionScorer(signals, settings.weights)
         self._kind_codes: np.ndarray | None = None
         self._stock_price: tuple[np.ndarray, np.ndarray] | None = None
+        self._key_rows: tuple[int, np.ndarray] | None = None
         self._dirty = True
 
     def _kinds(self) -> np.ndarray:
@@ -172,6 +173,23 @@ class HybridRetriever:
                       np.array([np.nan if p.price is None else p.price for p in products], dtype=float))
             self._stock_price = arrays
         return arrays
+
+    def _rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Vocabulary rows of store keys, through one array indexed by key (rebuilt when the vocabulary grows or a
+        key is new to it); keys of points outside the vocabulary are dropped."""
+        vocab = self.signals.vocab
+        table = self._key_rows
+        top = int(keys.max()) if len(keys) else -1
+        if table is None or table[0] != len(vocab) or top >= len(table[1]):
+            ids = list(vocab.ids)
+            of_vocab = self.store.point_keys(ids)
+            rows = np.full(max(int(of_vocab.max(initial=-1)), top) + 1, -1, dtype=np.int64)
+            known = of_vocab >= 0
+            rows[of_vocab[known]] = np.flatnonzero(known)
+            table = (len(ids), rows)
+            self._key_rows = table
+        rows = table[1][keys]
+        return rows if rows.min(initial=0) >= 0 else rows[rows >= 0]
 
     def invalidate(self) -> None:
         """Call after product payloads change (stock, price)."""
@@ -245,11 +263,7 @@ class HybridRetriever:
             passing = self._passing(partners, flt, excluded)[:n].tolist()
         pool_list: list[int] = []
         if prefetches:
-            found = self.store.fused_ids(prefetches, n, flt)
-            try:
-                pool_list = [vocab_index[i] for i in found]
-            except KeyError:
-                pool_list = [vocab_index[i] for i in found if i in vocab_index]
+            pool_list = self._rows_of_keys(self.store.fused_keys(prefetches, n, flt)).tolist()
         engine_found = len(pool_list)
         from_cooc: set[int] = set()
         if anchor_idx:

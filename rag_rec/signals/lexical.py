@@ -82,41 +82,47 @@ class LexicalSimilarity:
         return sp.csr_matrix((np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int32),
                               np.asarray(indptr, dtype=np.int64)), shape=(len(indptr) - 1, len(self.terms)))
 
-    @staticmethod
-    def _query(m: sp.csr_matrix, anchor_idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    def _table(self) -> _TermTable:
+        """The matrix as fixed-width rows (built once per matrix): a pool's words are one row gather."""
+        table = getattr(self, "_term_table", None)
+        if table is None or table.matrix is not self.matrix:
+            table = _TermTable.of(self.matrix)
+            self._term_table = table
+        return table
+
+    def _query(self, table: _TermTable, anchor_idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
         """The anchors' mean row as (sorted term ids, weights); None when no anchor has a known word. Sparse, so
         a request costs the anchors' and the pool's words, not the number of terms."""
-        rows = [(m.indptr[i], m.indptr[i + 1]) for i in anchor_idx if i < m.shape[0]]
-        if not any(end > start for start, end in rows):
+        rows = [i for i in anchor_idx if i < table.rows and table.lengths[i]]
+        if not rows:
             return None
         if len(rows) == 1:
-            start, end = rows[0]
-            order = np.argsort(m.indices[start:end])
-            return m.indices[start:end][order], m.data[start:end][order].astype(np.float64)
-        terms, inverse = np.unique(np.concatenate([m.indices[s:e] for s, e in rows]), return_inverse=True)
-        weights = np.bincount(inverse, weights=np.concatenate([m.data[s:e] for s, e in rows]), minlength=len(terms))
+            i = rows[0]
+            n = table.lengths[i]
+            return table.terms[i, :n], table.weights[i, :n].astype(np.float64)
+        terms, inverse = np.unique(np.concatenate([table.terms[i, :table.lengths[i]] for i in rows]),
+                                   return_inverse=True)
+        weights = np.bincount(inverse, weights=np.concatenate([table.weights[i, :table.lengths[i]] for i in rows]),
+                              minlength=len(terms))
         return terms, weights / len(rows)
 
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
         """Mean cosine of each pool item with the anchors (0 for items without words)."""
-        m = self.matrix
-        query = self._query(m, anchor_idx)
+        table = self._table()
+        query = self._query(table, anchor_idx)
         if query is None or not len(pool):
             return np.zeros(len(pool))
         terms, weights = query
         pool = np.asarray(pool)
-        inside = pool < m.shape[0]
-        rows = np.where(inside, pool, 0)
-        starts, lengths = m.indptr[rows], np.where(inside, m.indptr[rows + 1] - m.indptr[rows], 0)
-        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-        words = m.indices[positions]
-        at = np.minimum(np.searchsorted(terms, words), len(terms) - 1)
-        values = np.where(terms[at] == words, weights[at] * m.data[positions], 0.0)
-        return np.bincount(np.repeat(np.arange(len(pool)), lengths), weights=values, minlength=len(pool))
+        rows = np.where(pool < table.rows, pool, table.rows)  # the last table row is empty
+        words = table.terms[rows]
+        at = np.searchsorted(terms, words)
+        np.minimum(at, len(terms) - 1, out=at)
+        return (np.where(terms[at] == words, weights[at], 0.0) * table.weights[rows]).sum(axis=1)
 
     def score_vector(self, anchors: Sequence[str]) -> np.ndarray:
         m = self.matrix
-        query = self._query(m, self.vocab.known(anchors))
+        query = self._query(self._table(), self.vocab.known(anchors))
         out = np.zeros(len(self.vocab))
         if query is not None:
             q = np.zeros(m.shape[1])
@@ -125,3 +131,40 @@ class LexicalSimilarity:
             n = min(len(out), len(scores))  # a concurrent update may have grown one of them
             out[:n] = scores[:n]
         return out
+
+
+MAX_TERMS_PER_ROW = 64
+
+
+class _TermTable:
+    """A CSR matrix as fixed-width rows: term ids sorted per row (padded with a term id no row has), weights
+    (padded with 0), row lengths, and one extra empty row at the end. A row with more than MAX_TERMS_PER_ROW
+    words (a description pasted into a title) keeps its heaviest ones, so one such row cannot blow up the table."""
+
+    def __init__(self, matrix: sp.csr_matrix, terms: np.ndarray, weights: np.ndarray, lengths: np.ndarray):
+        self.matrix, self.terms, self.weights, self.lengths = matrix, terms, weights, lengths
+        self.rows = matrix.shape[0]
+
+    @classmethod
+    def of(cls, matrix: sp.csr_matrix) -> _TermTable:
+        m = matrix.tocsr(copy=True)
+        m.sort_indices()
+        long_rows = np.flatnonzero(np.diff(m.indptr) > MAX_TERMS_PER_ROW)
+        if len(long_rows):
+            m = m.tolil()
+            for i in long_rows.tolist():
+                cols, vals = np.asarray(m.rows[i]), np.asarray(m.data[i])
+                keep = np.sort(np.argsort(-vals, kind="stable")[:MAX_TERMS_PER_ROW])
+                m.rows[i], m.data[i] = cols[keep].tolist(), vals[keep].tolist()
+            m = m.tocsr()
+            m.sort_indices()
+        lengths = np.diff(m.indptr)
+        width = max(int(lengths.max()) if len(lengths) else 0, 1)
+        pad = np.iinfo(np.int32).max
+        terms = np.full((m.shape[0] + 1, width), pad, dtype=np.int32)
+        weights = np.zeros((m.shape[0] + 1, width), dtype=np.float32)
+        row = np.repeat(np.arange(m.shape[0]), lengths)
+        slot = np.arange(len(m.indices)) - m.indptr[row]
+        terms[row, slot] = m.indices
+        weights[row, slot] = m.data
+        return cls(matrix, terms, weights, lengths)
