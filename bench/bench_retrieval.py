@@ -2,7 +2,7 @@
 
 - Retrieval: for the same anchors, the bare engine query is the exact fused request the retriever sends
   (text + cf prefetch, RRF, same filter) issued straight to qdrant-edge without payloads, reading the hits'
-  point ids (the least any caller does with a result; the binding builds them lazily) — the query without
+  point ids (the least any caller does with a result; integers since index format 2) — the query without
   reading them is timed too (`query_only_*`, `p95_ratio_vs_query_only`); the product path is
   HybridRetriever.retrieve (that query + co-occurrence partners + explained fusion + provenance), also timed
   without its lexical feature (`hybrid_without_lexical_*`). The four

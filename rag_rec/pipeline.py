@@ -111,6 +111,7 @@ class BundlePipeline:
             if json.loads(marker.read_text()).get("fingerprint") == fingerprint and \
                     self.store.count() == len(self.dataset.products):
                 self.store.warm()  # the embedded store's point-id map, so the first request does not build it
+                self.retriever.warm()
                 return 0
         ids = self.signals.vocab.ids
         records = self.records(ids)
@@ -131,6 +132,7 @@ class BundlePipeline:
             tmp.write_text(json.dumps({"fingerprint": fingerprint, "count": len(records)}))
             tmp.replace(marker)
         self.store.warm()
+        self.retriever.warm()
         return len(records)
 
     def _stale_points(self, expected: int) -> list[str]:

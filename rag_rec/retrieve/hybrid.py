@@ -191,6 +191,17 @@ class HybridRetriever:
         rows = table[1][keys]
         return rows if rows.min(initial=0) >= 0 else rows[rows >= 0]
 
+    def warm(self) -> None:
+        """Build the per-vocabulary lookups (key rows, kinds, stock and price, CF rows, lexical table) now, so the
+        first request does not pay for them."""
+        self._rows_of_keys(np.zeros(0, dtype=np.int64))
+        self._kinds()
+        self._arrays()
+        if self.signals.als is not None:
+            self.scorer._cf_table()
+        if self.signals.lexical is not None:
+            self.signals.lexical._table()
+
     def invalidate(self) -> None:
         """Call after product payloads change (stock, price)."""
         self._dirty = True
