@@ -1,10 +1,11 @@
 """Why the work after an engine query costs more than the same work in a loop: a probe.
 
 The hybrid retriever's Python work after the engine call is several times dearer in a request than in a
-tight loop. This probe times one fixed, tiny piece of that work — mapping the product ids a query returns
-(prefetch_k: 100) to vocabulary rows (dict lookups) — in three states, alternating, same process, 10k products:
+tight loop. This probe times one fixed, small piece of that work — the text feature of the hits a query returns
+(prefetch_k: 100): their vocabulary rows through the key table, a gather of their text vectors and one dot
+product — in three states, alternating, same process, 10k products:
 
-- warm: straight after the same lookups ran;
+- warm: straight after the same work ran;
 - after a fused engine query (the exact request the retriever sends, ids read);
 - after summing a 32 MB array (a plain memory sweep, no engine).
 
@@ -61,7 +62,6 @@ def main() -> None:
     settings = Settings(llm={"backend": "none"})
     ds = slice_dataset(load_dunnhumby(), args.size)
     signals = fit_signals(ds, settings, console=console)
-    vocab_index = signals.vocab.index
     sweep = np.ones(32 * 2**20 // 8)
     rng = np.random.default_rng(0)
     popular = np.argsort(-signals.popularity.counts)[:2000]
@@ -75,33 +75,37 @@ def main() -> None:
         pipe.sync_index(rebuild=True, console=console)
         scorer = pipe.retriever.scorer
 
-        def engine_query(anchor: str) -> list[str]:
+        retriever = pipe.retriever
+        retriever.warm()
+
+        def engine_query(anchor: str) -> tuple[np.ndarray, np.ndarray]:
             idx = signals.vocab.known([anchor])
             q = signals.text_vectors[idx[0]]
             prefetches = [Prefetch("text", q / (np.linalg.norm(q) or 1.0), n)]
             cf = scorer.cf_query(idx, None)
             if cf is not None:
                 prefetches.append(Prefetch("cf", cf, n))
-            return store.fused_ids(prefetches, n, Filter(flt.must_match, (anchor,)))
+            return store.fused_keys(prefetches, n, Filter(flt.must_match, (anchor,))), prefetches[0].vector
 
-        def lookups(found: list[str]) -> float:
+        def text_feature(found: tuple[np.ndarray, np.ndarray]) -> float:
+            keys, q = found
             t = time.perf_counter()
-            [vocab_index[i] for i in found]
+            signals.text_vectors[retriever._rows_of_keys(keys)] @ q
             return time.perf_counter() - t
 
         times: dict[str, list[float]] = {"warm": [], "after_engine_query": [], "after_32mb_sweep": []}
         for anchor in anchors[:20]:
-            lookups(engine_query(anchor))
+            text_feature(engine_query(anchor))
         for anchor in anchors:
             found = engine_query(anchor)
-            times["after_engine_query"].append(lookups(found))
-            times["warm"].append(lookups(found))
+            times["after_engine_query"].append(text_feature(found))
+            times["warm"].append(text_feature(found))
             sweep.sum()
-            times["after_32mb_sweep"].append(lookups(found))
+            times["after_32mb_sweep"].append(text_feature(found))
         store.close()
     result = {
         "machine": f"{platform.machine()} {platform.release()}", "cpu": caches(), "products": args.size,
-        "queries": args.queries, "work": f"{n} vocabulary dict lookups (the retriever's id -> row map)",
+        "queries": args.queries, "work": f"text feature of {n} hits: key -> row table, vector gather, dot product",
         **{f"{k}_p50_us": pct(v, 50) * 1000 for k, v in times.items()},
         **{f"{k}_p95_us": pct(v, 95) * 1000 for k, v in times.items()},
     }

@@ -71,8 +71,8 @@ def retrieval_section(doc: dict, plt) -> list[str]:
     probe = RESULTS / "post_engine_probe.json"
     if probe.is_file():
         p = json.loads(probe.read_text())
-        lines += ["", f"Why the Python after the engine call is dear here (`bench/probe_post_engine.py`): {p['work']} "
-                      f"take {p['warm_p50_us']:.0f} us warm, {p['after_engine_query_p50_us']:.0f} us right after the "
+        lines += ["", f"Why the Python after the engine call is dear here (`bench/probe_post_engine.py`): one fixed "
+                      f"piece of it ({p['work']}) takes {p['warm_p50_us']:.0f} us warm, {p['after_engine_query_p50_us']:.0f} us right after the "
                       f"engine query and {p['after_32mb_sweep_p50_us']:.0f} us after a 32 MB memory sweep (p50, "
                       f"{p['products']} products): the engine call leaves the caller's memory cold."]
     ix = doc.get("indexing")
