@@ -48,21 +48,25 @@ class LexicalSimilarity:
             df[[self.terms[t] for t in set(doc)]] += 1
         self.idf = np.log((1.0 + len(docs)) / (1.0 + df)) + 1.0
         self.matrix = self._rows(docs)
+        self._term_table = _TermTable.of(self.matrix)
         return self
 
     def update(self, dataset: Dataset, vocab: ItemVocab, ids: Sequence[str]) -> None:
         """Rows for new items (appended to the vocabulary) and for changed `ids`, from the fitted terms and idf
-        (words the fit never saw are dropped; refit to learn them). One pass over the stored rows; the new
-        matrix is published in one assignment, so concurrent readers see the old rows or the new ones."""
+        (words the fit never saw are dropped; refit to learn them). One pass over the stored rows and one rebuild
+        of the term table; the new matrix is published in one assignment, so concurrent readers see the old rows
+        or the new ones (a reader that sees a table of other rows rebuilds it)."""
         old = self.matrix.tocoo()
         changed = np.array(sorted({vocab.index[i] for i in ids if i in vocab.index}
                                   | set(range(old.shape[0], len(vocab)))), dtype=np.int64)
         rows = self._rows(tokens(lexical_text(dataset.products.get(vocab.ids[j]))) for j in changed.tolist()).tocoo()
         keep = ~np.isin(old.row, changed)
-        self.matrix = sp.csr_matrix(
+        matrix = sp.csr_matrix(
             (np.concatenate([old.data[keep], rows.data]),
              (np.concatenate([old.row[keep], changed[rows.row]]), np.concatenate([old.col[keep], rows.col]))),
             shape=(len(vocab), len(self.terms)))
+        self._term_table = _TermTable.of(matrix)  # here, not in the next request (~50 ms at 92k products)
+        self.matrix = matrix
         self.vocab = vocab
 
     def _rows(self, docs: Iterable[list[str]]) -> sp.csr_matrix:
@@ -83,7 +87,7 @@ class LexicalSimilarity:
                               np.asarray(indptr, dtype=np.int64)), shape=(len(indptr) - 1, len(self.terms)))
 
     def _table(self) -> _TermTable:
-        """The matrix as fixed-width rows (built once per matrix): a pool's words are one row gather."""
+        """The matrix as fixed-width rows (built by fit and update): a pool's words are one row gather."""
         table = getattr(self, "_term_table", None)
         if table is None or table.matrix is not self.matrix:
             table = _TermTable.of(self.matrix)
