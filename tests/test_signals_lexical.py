@@ -76,8 +76,7 @@ def test_update_appends_new_items_and_rewrites_changed_ones():
         assert after[i] == pytest.approx(before[lex.vocab.index[i]])
     fresh = LexicalSimilarity().fit(ds, vocab)
     assert "travel" not in lex.terms and "travel" in fresh.terms
-    table = lex._table()
-    assert table.matrix is lex.matrix  # update rebuilt the pool scorer's term table with the rows
+    assert lex._term_table.matrix is lex.matrix  # update rebuilt the pool scorer's term table with the rows
     pool = np.arange(len(vocab))
     assert np.allclose(lex.score_pool(vocab.known(["lens"]), pool), [after[i] for i in vocab.ids])
 
