@@ -45,7 +45,7 @@ def browser():
 
 
 def test_chat_page_shows_bundle_cards_with_reasons(browser, recording_service, serve_settings):
-    with running_server(create_app(recording_service, serve_settings)) as base:
+    with running_server(create_app(recording_service, serve_settings), serve_settings) as base:
         page = browser.new_page(viewport={"width": 1200, "height": 1100})
         console_errors: list[str] = []
         page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)

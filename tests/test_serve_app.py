@@ -341,3 +341,13 @@ def test_serve_main_runs_uvicorn_on_the_configured_port(tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
     assert proc.returncode in (0, -15), "SIGTERM shuts uvicorn down (it re-raises the signal after a clean exit)"
+
+
+def test_every_server_of_the_app_takes_keep_alive_from_settings():
+    """Test servers and `rag-rec serve` share one uvicorn configuration: a test server with uvicorn's 5 s default
+    closed pooled connections just as the load test reused them (ReadError under 30 clients)."""
+    from rag_rec.serve.app import uvicorn_config
+
+    config = uvicorn_config(object(), ServeSettings(keep_alive_s=33), log_level="warning")
+    assert config.timeout_keep_alive == 33 and config.proxy_headers and config.log_level == "warning"
+    assert uvicorn_config(object(), ServeSettings()).timeout_keep_alive == ServeSettings().keep_alive_s > 5

@@ -198,15 +198,19 @@ def serve_settings() -> ServeSettings:
 
 
 @contextmanager
-def running_server(app) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
+def running_server(app, settings: ServeSettings) -> Iterator[str]:
+    """Serve `app` with the product's uvicorn configuration (keep-alive included) on a free loopback port in a
+    thread; yields the base URL."""
     import uvicorn
+
+    from rag_rec.serve.app import uvicorn_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -230,7 +234,7 @@ def live_server() -> Iterator[Callable]:
     stack: list = []
 
     def start(service, settings: ServeSettings) -> str:
-        ctx = running_server(create_app(service, settings))
+        ctx = running_server(create_app(service, settings), settings)
         stack.append(ctx)
         return ctx.__enter__()
 

@@ -394,6 +394,17 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
     return app
 
 
+def uvicorn_config(app, serve: ServeSettings, **overrides):
+    """The uvicorn configuration of the API (keep-alive from settings, proxy headers, graceful shutdown); every
+    server of the app — `rag-rec serve` and the test servers — is built from it."""
+    from rag_rec.errors import require
+
+    uvicorn = require("uvicorn", "serve")
+    options = {"host": serve.host, "port": serve.port, "proxy_headers": True,
+               "timeout_keep_alive": serve.keep_alive_s, "timeout_graceful_shutdown": 10, **overrides}
+    return uvicorn.Config(app, **options)
+
+
 def serve_main(settings: Settings | ServeSettings, service: BundleService, *, log_level: str = "info") -> None:
     """Run the API with uvicorn on settings.serve.host:port until interrupted."""
     from rag_rec.errors import require
@@ -402,5 +413,4 @@ def serve_main(settings: Settings | ServeSettings, service: BundleService, *, lo
     serve = settings.serve if isinstance(settings, Settings) else settings
     app = create_app(service, serve)
     log.info("serving on http://%s:%d", serve.host, serve.port)
-    uvicorn.run(app, host=serve.host, port=serve.port, log_level=log_level, proxy_headers=True,
-                timeout_keep_alive=serve.keep_alive_s, timeout_graceful_shutdown=10)
+    uvicorn.Server(uvicorn_config(app, serve, log_level=log_level)).run()
