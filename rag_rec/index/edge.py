@@ -288,12 +288,12 @@ class EdgeStore:
         }
         return params[kind]()
 
-    def _layout(self) -> dict:
+    def _layout(self, specs: dict[str, VectorSpec], indexes: dict[str, str]) -> dict:
         return {
             "format": LAYOUT_FORMAT,
             "collection": self.collection,
-            "vectors": [{"name": s.name, "dim": s.dim, "distance": s.distance} for s in self._specs.values()],
-            "payload_indexes": self._payload_indexes,
+            "vectors": [{"name": s.name, "dim": s.dim, "distance": s.distance} for s in specs.values()],
+            "payload_indexes": indexes,
         }
 
     def ensure_collection(self, vectors: Sequence[VectorSpec], payload_indexes: dict[str, str]) -> None:
@@ -313,7 +313,7 @@ class EdgeStore:
             if changed:
                 self._engine(self._shard.flush, "flush")
                 self._payload_indexes = {**self._payload_indexes, **changed}
-                _write_json_atomic(self.shard_dir / LAYOUT_FILE, self._layout())
+                _write_json_atomic(self.shard_dir / LAYOUT_FILE, self._layout(self._specs, self._payload_indexes))
 
     def _create(self, specs: dict[str, VectorSpec], indexes: dict[str, str]) -> None:
         """Build the empty shard in a scratch directory, then rename it into place (whole or not at all)."""
@@ -356,9 +356,7 @@ class EdgeStore:
                 op = qe.UpdateOperation.create_field_index(field_name, self._schema(field_name, kind))
                 self._engine(lambda op=op: shard.update(op), f"create payload index '{field_name}'")
             self._engine(shard.flush, "flush")
-            layout = {**self._layout(), "vectors": [{"name": s.name, "dim": s.dim, "distance": s.distance}
-                                                    for s in specs.values()], "payload_indexes": indexes}
-            _write_json_atomic(scratch / LAYOUT_FILE, layout)
+            _write_json_atomic(scratch / LAYOUT_FILE, self._layout(specs, indexes))
         except BaseException:
             shard.close()
             raise
@@ -484,11 +482,8 @@ class EdgeStore:
         """Product ids come from the in-memory point-id map (reading `pid` payloads costs ~0.3 ms per 100 hits;
         integer point ids make the map a list)."""
         points = self._fused_points(prefetches, limit, flt, exact, rrf_k, with_payload=False)
-        names = self._point_ids().name
-        try:
-            return [names[p.id] for p in points]
-        except (IndexError, TypeError):  # not a point this store wrote
-            return [names[p.id] if isinstance(p.id, int) and p.id < len(names) else str(p.id) for p in points]
+        names = self._point_ids().name  # the scan that builds it refuses points this store did not write
+        return [names[p.id] for p in points]
 
     def fused_keys(
         self,
