@@ -138,3 +138,59 @@ def test_the_retriever_serves_the_same_candidates_from_either_backend(pipeline):
         same += edge == local
     other.close()
     assert same >= 9  # HNSW (edge) vs brute force (local mode) may differ on a rare near-tie
+
+
+def per_signal_features(pipeline, anchors, pool):
+    """The fusion's features computed straight from each signal's own arrays (what the item table must equal)."""
+    s, scorer = pipeline.signals, pipeline.retriever.scorer
+    idx = s.vocab.known(anchors)
+    vecs = s.text_vectors[pool]
+    if len(idx) == 1:
+        a = s.text_vectors[idx[0]]
+        text_max = vecs @ a
+        text = text_max / np.linalg.norm(a)
+    else:
+        q = s.text_vectors[idx].mean(axis=0)
+        text, text_max = vecs @ (q / np.linalg.norm(q)), (vecs @ s.text_vectors[idx].T).max(axis=1)
+    out = {"text": text, "text_max": text_max, "lex": s.lexical.score_pool(idx, pool),
+           "category": s.category.score_pool(idx, pool), "cooc": np.clip(s.cooc.score_pool(idx, pool), 0.0, 1.0)}
+    rows, matrix = scorer._cf_table()
+    q = scorer.cf_query(idx, None)
+    if q is not None:
+        cf = matrix[rows[pool]] @ q
+        out["cf"] = cf / np.abs(cf).max()
+    return out
+
+
+def test_item_table_features_equal_each_signals_own_arrays(pipeline):
+    rng = np.random.default_rng(3)
+    n = len(pipeline.signals.vocab)
+    bundles = [b.items for b in pipeline.dataset.bundles if len(b.items) >= 3][:5]
+    for anchors in [(a,) for a in anchors_of(pipeline, 5)] + [tuple(b[:2]) for b in bundles]:
+        pool = rng.choice(n, size=200, replace=False)
+        got = pipeline.retriever.scorer.features(pool, list(anchors), None, None)
+        want = per_signal_features(pipeline, list(anchors), pool)
+        assert set(want) <= set(got)
+        for name, values in want.items():
+            np.testing.assert_allclose(got[name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+    whole = np.arange(n)
+    table = pipeline.retriever.scorer.table()
+    assert table.block(whole) is table.rows and table.block(whole[::-1]) is not table.rows
+
+
+def test_item_table_follows_product_upserts(pipeline):
+    anchor = anchors_of(pipeline, 4)[3]
+    before = pipeline.retriever.scorer.table()
+    pipeline.add_products(ProductsIn(products=[ProductIn(id="TABLE-NEW", title="Spare battery grip for the camera",
+                                                         category=["Electronics", "Camera & Photo"])]))
+    pipeline.add_products(ProductsIn(products=[ProductIn(id=anchor, title="Renamed: weatherproof camera strap",
+                                                         category=list(pipeline.dataset.products[anchor].category))]))
+    after = pipeline.retriever.scorer.table()
+    assert after is not before and len(after.rows) == len(pipeline.signals.vocab)
+    s = pipeline.signals
+    pool = np.array([s.vocab.index["TABLE-NEW"], s.vocab.index[anchor], 0, 1, 2])
+    got = pipeline.retriever.scorer.features(pool, ["TABLE-NEW"], None, None)
+    want = per_signal_features(pipeline, ["TABLE-NEW"], pool)
+    for name in ("text", "lex", "category"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert pipeline.retriever.scorer.table() is after  # no rebuild without a change

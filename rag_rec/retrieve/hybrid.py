@@ -12,6 +12,7 @@ import numpy as np
 from rag_rec.data.models import Product
 from rag_rec.index.base import Filter, Prefetch, VectorStore
 from rag_rec.retrieve.base import Candidate, RetrievalRequest, RetrievalResult
+from rag_rec.retrieve.item_table import ItemTable, build_item_table
 from rag_rec.settings import RetrieveSettings
 from rag_rec.signals.suite import Signals
 
@@ -61,6 +62,8 @@ class FusionScorer:
 
     def __post_init__(self):
         self._cf: tuple[np.ndarray, np.ndarray] | None = None
+        self._table: tuple[tuple, ItemTable] | None = None
+        self._version = 0
 
     def _cf_table(self) -> tuple[np.ndarray, np.ndarray]:
         """ALS factor row for every vocab index (-1: no factors), rebuilt when the vocabulary grows.
@@ -89,16 +92,43 @@ class FusionScorer:
             return matrix[known[0]]
         return matrix[known].mean(axis=0) if known else None
 
+    def invalidate(self) -> None:
+        """Call after product rows change in place (text vectors, lexical rows): the item table is rebuilt."""
+        self._version += 1
+
+    def table(self) -> ItemTable:
+        """The item table (item_table.py), rebuilt when the vocabulary, a signal's arrays or the version change;
+        published as one tuple, so concurrent requests see a whole table."""
+        s = self.signals
+        cf = self._cf_table() if s.als is not None else None
+        lexical_table = s.lexical._table() if s.lexical is not None else None
+        category_codes = s.category.item_code if s.category is not None else None
+        built = self._table
+        key = lexical_table
+        if key is None and built is not None:  # features skip the lexical columns then: any table will do
+            key = built[0][3]
+        inputs = ((len(s.vocab), self._version), s.text_vectors, cf, key, category_codes, s.cooc.leaf)
+        if built is None or built[0][0] != inputs[0] or any(a is not b for a, b in zip(built[0][1:], inputs[1:])):
+            n = len(s.vocab)
+            lexical_rows = s.lexical.table_rows(n) if lexical_table is not None else None
+            built = ((*inputs[:3], lexical_table, *inputs[4:]),
+                     build_item_table(n, s.text_vectors, cf, lexical_rows, category_codes, s.cooc.leaf))
+            self._table = built
+        return built[1]
+
     def features(self, pool: np.ndarray, anchors: Sequence[str], user_id: str | None,
                  need_vector: np.ndarray | None, cf_query: np.ndarray | None = None) -> dict[str, np.ndarray]:
         s = self.signals
         idx = s.vocab.known(anchors)
+        table = self.table()
+        block = table.block(pool)
         feats: dict[str, np.ndarray] = {}
-        pool_vecs = s.text_vectors[pool] if s.text_vectors is not None else None
+        pool_vecs = block[:, table.text] if s.text_vectors is not None else None
         if pool_vecs is not None and len(idx) == 1:
             anchor_vec = s.text_vectors[idx[0]]
             feats["text_max"] = pool_vecs @ anchor_vec
-            feats["text"] = feats["text_max"] / (np.linalg.norm(anchor_vec) or 1.0)
+            norm = float(np.sqrt(anchor_vec @ anchor_vec))
+            feats["text"] = feats["text_max"] / norm if norm else feats["text_max"]
         elif pool_vecs is not None and idx:
             anchor_vecs = s.text_vectors[idx]
             q = anchor_vecs.mean(axis=0)
@@ -106,19 +136,18 @@ class FusionScorer:
             feats["text"] = pool_vecs @ q
             feats["text_max"] = (pool_vecs @ anchor_vecs.T).max(axis=1)
         if s.lexical is not None and idx:
-            feats["lex"] = s.lexical.score_pool(idx, pool)
+            feats["lex"] = s.lexical.score_rows(idx, table.ints(block, table.terms), block[:, table.weights])
         if need_vector is not None and pool_vecs is not None:
             feats["need"] = pool_vecs @ need_vector
         if s.category is not None and idx:
-            feats["category"] = s.category.score_pool(idx, pool)
+            feats["category"] = s.category.score_codes(idx, table.ints(block, table.code))
         if idx:
-            feats["cooc"] = np.clip(s.cooc.score_pool(idx, pool), 0.0, 1.0)
+            feats["cooc"] = np.clip(s.cooc.score_pool(idx, pool, table.ints(block, table.leaf)), 0.0, 1.0)
         if s.als is not None:
             q = cf_query if cf_query is not None else self.cf_query(idx, user_id)
             if q is not None:
-                rows, matrix = self._cf_table()
-                values = matrix[rows[pool]] @ q
-                top = max(float(np.max(np.abs(values))) if len(values) else 0.0, 1e-9)
+                values = block[:, table.cf] @ q
+                top = max(float(np.abs(values).max()) if len(values) else 0.0, 1e-9)
                 feats["cf"] = values / top
         if s.behaviour is not None:
             scores = s.behaviour.score(anchors, user_id)
@@ -192,19 +221,19 @@ class HybridRetriever:
         return rows if rows.min(initial=0) >= 0 else rows[rows >= 0]
 
     def warm(self) -> None:
-        """Build the per-vocabulary lookups (key rows, kinds, stock and price, CF rows, lexical table) now, so the
+        """Build the per-vocabulary lookups (key rows, kinds, stock and price, the item table) now, so the
         first request does not pay for them."""
         self._rows_of_keys(np.zeros(0, dtype=np.int64))
         self._kinds()
         self._arrays()
         if self.signals.als is not None:
             self.scorer._cf_table()
-        if self.signals.lexical is not None:
-            self.signals.lexical._table()
+        self.scorer.table()
 
     def invalidate(self) -> None:
-        """Call after product payloads change (stock, price)."""
+        """Call after products change (stock, price, text)."""
         self._dirty = True
+        self.scorer.invalidate()
 
     def _passing(self, idx: np.ndarray, flt: Filter, excluded: Sequence[int]) -> np.ndarray:
         """The vocab indices among `idx` whose product passes the filter (vectorised for stock, price and
@@ -261,37 +290,41 @@ class HybridRetriever:
             paths.append("need")
         if anchor_idx and s.text_vectors is not None:
             q = s.text_vectors[anchor_idx[0]] if len(anchor_idx) == 1 else s.text_vectors[anchor_idx].mean(axis=0)
-            prefetches.append(Prefetch("text", q / (np.linalg.norm(q) or 1.0), n))
+            norm = float(np.sqrt(q @ q))
+            prefetches.append(Prefetch("text", q / norm if norm else q, n))
             paths.append("text")
         cf_query = self.scorer.cf_query(anchor_idx, user if user_known else None)
         if cf_query is not None:
             prefetches.append(Prefetch("cf", cf_query, n))
             paths.append("cf")
-        passing: list[int] = []
+        passing = np.zeros(0, dtype=np.int64)
+        from_cooc: set[int] = set()
         if anchor_idx:  # anchor-only work goes before the engine call, which leaves the caller's memory cold
             partners, _ = s.cooc.top_partners(anchor_idx, 2 * n)
             excluded = [vocab_index[i] for i in flt.must_not_ids if i in vocab_index]
-            passing = self._passing(partners, flt, excluded)[:n].tolist()
-        pool_list: list[int] = []
-        if prefetches:
-            pool_list = self._rows_of_keys(self.store.fused_keys(prefetches, n, flt)).tolist()
-        engine_found = len(pool_list)
-        from_cooc: set[int] = set()
+            passing = self._passing(partners, flt, excluded)[:n]
+            passing_list = passing.tolist()
+            from_cooc = set(passing_list)
+        found = self._rows_of_keys(self.store.fused_keys(prefetches, n, flt)) if prefetches else passing[:0]
+        engine_found = len(found)
         if anchor_idx:
             paths.append("cooc")
-            from_cooc = set(passing)
-            in_pool = set(pool_list)
-            pool_list.extend(j for j in passing if j not in in_pool)
-        popular = not pool_list
+            if len(passing):  # sets: np.isin costs ~0.1 ms here, where every numpy call is cold
+                in_pool = set(found.tolist())
+                extra = [j for j in passing_list if j not in in_pool]
+                found = np.concatenate([found, np.array(extra, dtype=np.int64)]) if extra else found
+        pool = found
+        popular = not len(pool)
         if popular:
             notes.append("no anchors, need or known user: most popular items")
             paths.append("popular")
+            pool_list: list[int] = []
             for j in np.argsort(-s.popularity.counts)[: n * 4].tolist():
                 if product_matches(self.products.get(s.vocab.ids[j], _NO_PRODUCT), flt):
                     pool_list.append(j)
                     if len(pool_list) >= n:
                         break
-        pool = np.asarray(pool_list, dtype=int)
+            pool = np.asarray(pool_list, dtype=np.int64)
         feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector, cf_query)
         names, weighted = self.scorer.weighted(feats, len(pool))
         scores = weighted.sum(axis=0)

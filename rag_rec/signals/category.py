@@ -46,11 +46,14 @@ class CategoryAffinity:
         self.item_code = np.array([self.codes.get(k, -1) if k else -1 for k in keys])
 
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
+        return self.score_codes(anchor_idx, self.item_code[pool])
+
+    def score_codes(self, anchor_idx: Sequence[int], pool_codes: np.ndarray) -> np.ndarray:
+        """score_pool for candidates given by their category codes (-1: no category)."""
         codes = [self.item_code[j] for j in anchor_idx if self.item_code[j] >= 0]
-        out = np.zeros(len(pool))
+        out = np.zeros(len(pool_codes))
         if not codes:
             return out
-        pool_codes = self.item_code[pool]
         valid = pool_codes >= 0
         if len(codes) == 1 and isinstance(self.pair, np.ndarray):
             code = codes[0]

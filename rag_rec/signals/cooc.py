@@ -211,8 +211,10 @@ class CooccurrenceScorer:
             out += self._lookup(i, items)
         return out
 
-    def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
-        """score_vector restricted to `pool` (vocab indices): a binary search in each anchor's row."""
+    def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray,
+                   pool_leaves: np.ndarray | None = None) -> np.ndarray:
+        """score_vector restricted to `pool` (vocab indices): a binary search in each anchor's row. `pool_leaves`
+        (the pool's leaf codes) saves a gather when the caller already has them."""
         out = np.zeros(len(pool))
         if not len(anchor_idx) or not len(pool):
             return out
@@ -223,7 +225,8 @@ class CooccurrenceScorer:
         if self.complement:
             leaves = {self.leaf[i] for i in anchor_idx if self.leaf[i] >= 0}
             if leaves:
-                pool_leaves = self.leaf[pool]
+                if pool_leaves is None:
+                    pool_leaves = self.leaf[pool]
                 same = np.zeros(len(pool), dtype=bool)
                 for leaf in leaves:
                     same |= pool_leaves == leaf

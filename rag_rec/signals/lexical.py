@@ -113,16 +113,26 @@ class LexicalSimilarity:
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
         """Mean cosine of each pool item with the anchors (0 for items without words)."""
         table = self._table()
-        query = self._query(table, anchor_idx)
-        if query is None or not len(pool):
-            return np.zeros(len(pool))
-        terms, weights = query
         pool = np.asarray(pool)
         rows = np.where(pool < table.rows, pool, table.rows)  # the last table row is empty
-        words = table.terms[rows]
+        return self.score_rows(anchor_idx, table.terms[rows], table.weights[rows])
+
+    def score_rows(self, anchor_idx: Sequence[int], words: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """score_pool for candidates given as term-table rows (term ids and weights, padded as `table_rows`)."""
+        query = self._query(self._table(), anchor_idx)
+        if query is None or not len(words):
+            return np.zeros(len(words))
+        terms, term_weights = query
         at = np.searchsorted(terms, words)
         np.minimum(at, len(terms) - 1, out=at)
-        return (np.where(terms[at] == words, weights[at], 0.0) * table.weights[rows]).sum(axis=1)
+        return (np.where(terms[at] == words, term_weights[at], 0.0) * weights).sum(axis=1)
+
+    def table_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(term ids, weights) of vocabulary rows 0..n-1 in the fixed-width layout score_rows reads; rows the
+        table does not have yet are empty."""
+        table = self._table()
+        rows = np.minimum(np.arange(n), table.rows)
+        return table.terms[rows], table.weights[rows]
 
     def score_vector(self, anchors: Sequence[str]) -> np.ndarray:
         m = self.matrix
