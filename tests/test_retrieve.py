@@ -194,3 +194,35 @@ def test_item_table_follows_product_upserts(pipeline):
     for name in ("text", "lex", "category"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert pipeline.retriever.scorer.table() is after  # no rebuild without a change
+
+
+def test_compiled_fusion_serves_what_the_numpy_reference_serves(pipeline):
+    from rag_rec.retrieve import fusion_kernel
+    from rag_rec.retrieve.hybrid import HybridRetriever
+
+    assert fusion_kernel.available(), "numba comes with the fast extra, which the README's set-up installs"
+    retrievers = {}
+    for backend, discount in (("numba", 0.5), ("numpy", 0.5), ("numba", 1.0), ("numpy", 1.0)):
+        settings = pipeline.settings.retrieve.model_copy(update={"fusion_backend": backend,
+                                                                 "substitute_discount": discount})
+        retrievers[backend, discount] = HybridRetriever(pipeline.store, pipeline.signals, pipeline.dataset.products,
+                                                        settings)
+    assert retrievers["numba", 1.0].compiled and not retrievers["numpy", 1.0].compiled
+    bundles = [b.items for b in pipeline.dataset.bundles if len(b.items) >= 3][:6]
+    requests = [RetrievalRequest(anchors=(a,), k=30) for a in anchors_of(pipeline, 8)]
+    requests += [RetrievalRequest(anchors=tuple(b[:2]), k=30) for b in bundles]
+    requests += [RetrievalRequest(anchors=(bundles[0][0],), need="a bag to carry it", k=30),
+                 RetrievalRequest(need="wireless noise cancelling headphones", k=30),
+                 RetrievalRequest(anchors=(bundles[1][0], "no-such-item"), filter=Filter(must_match={"in_stock": True}),
+                                  k=30)]
+    for discount in (0.5, 1.0):
+        for request in requests:
+            fast = retrievers["numba", discount].retrieve(request).candidates
+            slow = retrievers["numpy", discount].retrieve(request).candidates
+            assert [c.id for c in fast[:10]] == [c.id for c in slow[:10]], request
+            np.testing.assert_allclose([c.score for c in fast], [c.score for c in slow], rtol=1e-5, atol=1e-6)
+            for f, r in zip(fast, slow):
+                if f.id == r.id:
+                    assert list(f.sources) == list(r.sources) and f.payload == r.payload and f.evidence == r.evidence
+                    np.testing.assert_allclose(list(f.sources.values()), list(r.sources.values()),
+                                               rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ import numpy as np
 from rag_rec.data.models import Product
 from rag_rec.index.base import Filter, Prefetch, VectorStore
 from rag_rec.retrieve.base import Candidate, RetrievalRequest, RetrievalResult
+from rag_rec.retrieve import fusion_kernel
 from rag_rec.retrieve.item_table import ItemTable, build_item_table
 from rag_rec.settings import RetrieveSettings
 from rag_rec.signals.suite import Signals
@@ -179,6 +180,8 @@ class HybridRetriever:
         self._stock_price: tuple[np.ndarray, np.ndarray] | None = None
         self._key_rows: tuple[int, np.ndarray] | None = None
         self._dirty = True
+        self.compiled = settings.fusion_backend != "numpy" and (
+            fusion_kernel.available() if settings.fusion_backend == "auto" else bool(fusion_kernel.compiled()))
 
     def _kinds(self) -> np.ndarray:
         """Kind code of every vocab item (products of one kind are substitutes), cached per vocabulary size."""
@@ -221,14 +224,18 @@ class HybridRetriever:
         return rows if rows.min(initial=0) >= 0 else rows[rows >= 0]
 
     def warm(self) -> None:
-        """Build the per-vocabulary lookups (key rows, kinds, stock and price, the item table) now, so the
-        first request does not pay for them."""
+        """Build the per-vocabulary lookups (key rows, kinds, stock and price, the item table) and the compiled
+        fusion now, so the first request does not pay for them."""
         self._rows_of_keys(np.zeros(0, dtype=np.int64))
         self._kinds()
         self._arrays()
         if self.signals.als is not None:
             self.scorer._cf_table()
-        self.scorer.table()
+        table = self.scorer.table()
+        if self.compiled and len(self.signals.vocab):  # compiles (or loads from numba's disk cache) the kernel
+            kinds = self._kinds()
+            fusion_kernel.fuse(table, np.zeros(1, dtype=np.int64), fusion_kernel.anchor_query(
+                self.scorer, [0], None, None, kinds, self.settings.substitute_discount))
 
     def invalidate(self) -> None:
         """Call after products change (stock, price, text)."""
@@ -305,6 +312,12 @@ class HybridRetriever:
             passing = self._passing(partners, flt, excluded)[:n]
             passing_list = passing.tolist()
             from_cooc = set(passing_list)
+        anchor_query = None
+        if self.compiled and s.behaviour is None and (anchor_idx or need_vector is not None or cf_query is not None):
+            table = self.scorer.table()
+            kinds = self._kinds() if cfg.substitute_discount < 1.0 and anchor_idx else None
+            anchor_query = fusion_kernel.anchor_query(self.scorer, anchor_idx, need_vector, cf_query, kinds,
+                                                      cfg.substitute_discount)
         found = self._rows_of_keys(self.store.fused_keys(prefetches, n, flt)) if prefetches else passing[:0]
         engine_found = len(found)
         if anchor_idx:
@@ -325,17 +338,24 @@ class HybridRetriever:
                     if len(pool_list) >= n:
                         break
             pool = np.asarray(pool_list, dtype=np.int64)
-        feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector, cf_query)
-        names, weighted = self.scorer.weighted(feats, len(pool))
-        scores = weighted.sum(axis=0)
-        if popular:
-            scores = scores + s.popularity.counts[pool] / max(s.popularity.counts.max(), 1.0)
-        if cfg.substitute_discount < 1.0 and anchor_idx:
-            kinds = self._kinds()
-            scores = np.where(member(kinds[pool], kinds[anchor_idx]), scores * cfg.substitute_discount, scores)
+        co_purchase_counts = None
+        if anchor_query is not None and not popular:
+            names, weighted, scores, co_purchase_counts = fusion_kernel.fuse(table, pool, anchor_query)
+        else:
+            feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector, cf_query)
+            names, weighted = self.scorer.weighted(feats, len(pool))
+            scores = weighted.sum(axis=0)
+            if popular:
+                scores = scores + s.popularity.counts[pool] / max(s.popularity.counts.max(), 1.0)
+            if cfg.substitute_discount < 1.0 and anchor_idx:
+                kinds = self._kinds()
+                scores = np.where(member(kinds[pool], kinds[anchor_idx]), scores * cfg.substitute_discount, scores)
         order = np.argsort(-scores, kind="stable")[: request.k]
         chosen = pool[order]
-        co_purchases = s.cooc.counts_with(anchor_idx, chosen).astype(int).tolist() if anchor_idx else None
+        co_purchases = None
+        if anchor_idx:
+            counts = co_purchase_counts[order] if co_purchase_counts is not None else s.cooc.counts_with(anchor_idx, chosen)
+            co_purchases = counts.astype(int).tolist()
         ids = s.vocab.ids
         base_source = "popular" if popular else "engine"
         contributions = weighted[:, order].T

@@ -50,21 +50,25 @@ class CategoryAffinity:
 
     def score_codes(self, anchor_idx: Sequence[int], pool_codes: np.ndarray) -> np.ndarray:
         """score_pool for candidates given by their category codes (-1: no category)."""
-        codes = [self.item_code[j] for j in anchor_idx if self.item_code[j] >= 0]
         out = np.zeros(len(pool_codes))
-        if not codes:
+        row = self.anchor_row(anchor_idx)
+        if row is None:
             return out
         valid = pool_codes >= 0
-        if len(codes) == 1 and isinstance(self.pair, np.ndarray):
-            code = codes[0]
-            row = self.pair[code]  # pool items without a category (code -1) are masked below
-            out = row[pool_codes] / (self.count[code] + 1.0) + self.same_bonus * (pool_codes == code)
-            out[~valid] = 0.0
-            return out
-        row = np.asarray(self.pair[codes].sum(axis=0)).ravel() / (self.count[codes].sum() + 1.0)
-        row[codes] += self.same_bonus
         out[valid] = row[pool_codes[valid]]
         return out
+
+    def anchor_row(self, anchor_idx: Sequence[int]) -> np.ndarray | None:
+        """Affinity of every category code to the anchors' categories (None: no anchor has one)."""
+        codes = [self.item_code[j] for j in anchor_idx if self.item_code[j] >= 0]
+        if not codes:
+            return None
+        if len(codes) == 1 and isinstance(self.pair, np.ndarray):
+            row = self.pair[codes[0]] / (self.count[codes[0]] + 1.0)
+        else:
+            row = np.asarray(self.pair[codes].sum(axis=0)).ravel() / (self.count[codes].sum() + 1.0)
+        row[codes] += self.same_bonus
+        return row
 
     def score_vector(self, anchors: Sequence[str]) -> np.ndarray:
         codes = [self.item_code[j] for j in self.vocab.known(anchors) if self.item_code[j] >= 0]
