@@ -5,7 +5,8 @@
   point ids (the least any caller does with a result; integers since index format 2) — the query without
   reading them is timed too (`query_only_*`, `p95_ratio_vs_query_only`); the product path is
   HybridRetriever.retrieve (that query + co-occurrence partners + explained fusion + provenance), also timed
-  without its lexical feature (`hybrid_without_lexical_*`). The four
+  without its lexical feature (`hybrid_without_lexical_*`) and with the numpy reference fusion instead of the
+  compiled one (`hybrid_numpy_fusion_*`). The five
   calls alternate per anchor in rotating order (whichever runs second on an anchor finds the engine's memory
   warm), same process. The queries are measured in several rounds (default 5) on the same index; the JSON holds
   the round with the median p95 ratio and every round's ratio (this shared machine drifts by +-0.2x between
@@ -36,6 +37,7 @@ from rag_rec.data.models import Interactions
 from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, VectorSpec
 from rag_rec.index.edge import EdgeStore
 from rag_rec.retrieve.base import RetrievalRequest
+from rag_rec.retrieve.hybrid import HybridRetriever
 from rag_rec.settings import Settings
 
 console = Console(width=120)
@@ -77,6 +79,9 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) 
         pipe.sync_index(rebuild=True, console=console)
         index_s = time.perf_counter() - t0
         retriever = pipe.retriever
+        reference = HybridRetriever(store, signals, ds.products,
+                                    settings.retrieve.model_copy(update={"fusion_backend": "numpy"}))
+        reference.warm()
         shard, qe = store._open_shard(), store._qe
         popular = np.argsort(-signals.popularity.counts)[:2000]
         anchors = [signals.vocab.ids[i] for i in rng.choice(popular, size=queries)]
@@ -115,15 +120,17 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) 
 
         measured = []
         for _ in range(rounds):
-            t_bare, t_query_only, t_hybrid, t_no_lexical = [], [], [], []
+            t_bare, t_query_only, t_hybrid, t_no_lexical, t_numpy = [], [], [], [], []
             for n_query, a in enumerate(anchors):
                 calls = [(lambda a=a: bare(a, read_ids=False), t_query_only), (lambda a=a: bare(a), t_bare),
                          (lambda a=a: retriever.retrieve(RetrievalRequest(anchors=(a,), filter=flt, k=40)), t_hybrid),
-                         (lambda a=a: without_lexical(a), t_no_lexical)]
+                         (lambda a=a: without_lexical(a), t_no_lexical),
+                         (lambda a=a: reference.retrieve(RetrievalRequest(anchors=(a,), filter=flt, k=40)), t_numpy)]
                 # a later call on an anchor finds the engine's memory warm: rotate who goes first
-                for call, into in calls[n_query % 4:] + calls[:n_query % 4]:
+                turn = n_query % len(calls)
+                for call, into in calls[turn:] + calls[:turn]:
                     timed(call, into)
-            measured.append(round_stats(t_bare, t_query_only, t_hybrid, t_no_lexical))
+            measured.append(round_stats(t_bare, t_query_only, t_hybrid, t_no_lexical, t_numpy))
         store.close()
     ratios = [m["p95_ratio"] for m in measured]
     median = measured[int(np.argsort(ratios)[len(ratios) // 2])]
@@ -134,7 +141,7 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) 
     }
 
 
-def round_stats(t_bare, t_query_only, t_hybrid, t_no_lexical) -> dict:
+def round_stats(t_bare, t_query_only, t_hybrid, t_no_lexical, t_numpy) -> dict:
     return {
         "bare_p50_ms": pct(t_bare, 50), "bare_p95_ms": pct(t_bare, 95), "bare_p99_ms": pct(t_bare, 99),
         "hybrid_p50_ms": pct(t_hybrid, 50), "hybrid_p95_ms": pct(t_hybrid, 95), "hybrid_p99_ms": pct(t_hybrid, 99),
@@ -143,6 +150,8 @@ def round_stats(t_bare, t_query_only, t_hybrid, t_no_lexical) -> dict:
         "p95_ratio_vs_query_only": pct(t_hybrid, 95) / pct(t_query_only, 95),
         "hybrid_without_lexical_p50_ms": pct(t_no_lexical, 50), "hybrid_without_lexical_p95_ms": pct(t_no_lexical, 95),
         "p95_ratio_without_lexical": pct(t_no_lexical, 95) / pct(t_bare, 95),
+        "hybrid_numpy_fusion_p50_ms": pct(t_numpy, 50), "hybrid_numpy_fusion_p95_ms": pct(t_numpy, 95),
+        "p95_ratio_numpy_fusion": pct(t_numpy, 95) / pct(t_bare, 95),
     }
 
 

@@ -17,7 +17,7 @@ class RetrievalRequest:
     k: int = 20
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     id: str
     score: float
