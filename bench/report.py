@@ -71,6 +71,11 @@ def retrieval_section(doc: dict, plt) -> list[str]:
         lines += ["", "The hybrid without its lexical (TF-IDF title) feature, same run: p95 " + ", ".join(
             f"{r['hybrid_without_lexical_p95_ms']:.2f} ms at {r['products']} ({r['p95_ratio_without_lexical']:.2f}x)"
             for r in doc["retrieval"]) + " — the feature's cost for its +14-16% bundle-completion recall."]
+    if all("hybrid_numpy_fusion_p95_ms" in r for r in doc["retrieval"]):
+        lines += ["", "The hybrid with the numpy reference fusion instead of the compiled one (`retrieve.fusion_backend: "
+                      "numpy`), same run: p95 " + ", ".join(
+            f"{r['hybrid_numpy_fusion_p95_ms']:.2f} ms at {r['products']} ({r['p95_ratio_numpy_fusion']:.2f}x)"
+            for r in doc["retrieval"]) + "."]
     probe = RESULTS / "post_engine_probe.json"
     if probe.is_file():
         p = json.loads(probe.read_text())
