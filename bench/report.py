@@ -83,6 +83,13 @@ def retrieval_section(doc: dict, plt) -> list[str]:
                       f"piece of it ({p['work']}) takes {p['warm_p50_us']:.0f} us warm, {p['after_engine_query_p50_us']:.0f} us right after the "
                       f"engine query and {p['after_32mb_sweep_p50_us']:.0f} us after a 32 MB memory sweep (p50, "
                       f"{p['products']} products): the engine call leaves the caller's memory cold."]
+    table_probe = RESULTS / "item_table_probe.json"
+    if table_probe.is_file():
+        t = json.loads(table_probe.read_text())
+        lines += ["", f"Why the fusion reads one item table (`bench/probe_item_table.py`): gathering {t['pool']} candidates' "
+                      f"fusion inputs {t['state']} ({t['items']} items) takes {t['arrays_p50_us']:.0f} us p50 / "
+                      f"{t['arrays_p95_us']:.0f} us p95 from one array per signal and {t['table_p50_us']:.0f} / "
+                      f"{t['table_p95_us']:.0f} us from one row per item."]
     ix = doc.get("indexing")
     if ix:
         lines += ["", f"Indexing ({ix['texts']} fresh product texts): bare encoder {ix['bare_encoder_per_s']:.0f}/s, "

@@ -272,3 +272,33 @@ def test_compiled_fusion_equals_the_reference_on_any_pool(pipeline):
             if idx:
                 assert co_purchases.tolist() == s.cooc.counts_with(idx, pool).tolist()
                 assert (co_purchases > 0).any() or not len(s.cooc.top_partners(idx, 1)[0])
+
+
+def test_a_pool_beyond_the_tables_taken_before_the_engine_call_is_scored_by_the_reference(pipeline, monkeypatch):
+    """A product upsert can land while the engine runs: the kernel must never read rows its snapshot lacks."""
+    from rag_rec.retrieve import fusion_kernel
+
+    scorer = pipeline.retriever.scorer
+    stale, real_table = scorer.table(), scorer.table
+    pipeline.add_products(ProductsIn(products=[ProductIn(
+        id="RACE-NEW", title="Waterproof hard case for a mirrorless camera and two lenses",
+        category=["Electronics", "Camera & Photo", "Bags & Cases"])]))
+    calls = {"table": 0, "fuse": 0}
+
+    def first_call_stale():
+        calls["table"] += 1
+        return stale if calls["table"] == 1 else real_table()
+
+    fuse = fusion_kernel.fuse
+
+    def counted_fuse(*args):
+        calls["fuse"] += 1
+        return fuse(*args)
+
+    monkeypatch.setattr(scorer, "table", first_call_stale)
+    monkeypatch.setattr(fusion_kernel, "fuse", counted_fuse)
+    result = pipeline.retriever.retrieve(RetrievalRequest(need="hard case for a mirrorless camera", k=20))
+    assert "RACE-NEW" in [c.id for c in result.candidates]
+    assert calls["fuse"] == 0 and calls["table"] >= 2
+    monkeypatch.undo()
+    assert pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchors_of(pipeline, 1)[0],), k=5)).candidates

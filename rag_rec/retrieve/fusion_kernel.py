@@ -53,6 +53,11 @@ class AnchorQuery:
     anchor_kinds: np.ndarray
     kind_discount: float
 
+    @property
+    def rows(self) -> int:
+        """Vocabulary rows the per-item arrays here cover (the kernel reads them unchecked)."""
+        return min(len(self.norms), len(self.kinds)) if len(self.anchor_kinds) else len(self.norms)
+
 
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
 _EMPTY_F64 = np.zeros(0, dtype=np.float64)
@@ -133,7 +138,7 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
 
 def fuse(table: ItemTable, pool: np.ndarray, q: AnchorQuery) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """(feature names, weight x feature matrix names x pool, scores with the substitute discount applied, raw
-    co-purchase counts with the anchors)."""
+    co-purchase counts with the anchors). Every pool row must be below `covered(table, q)`."""
     kernel = compiled()
     n = len(pool)
     out = np.empty((len(NAMES) + 1, n))
@@ -145,6 +150,12 @@ def fuse(table: ItemTable, pool: np.ndarray, q: AnchorQuery) -> tuple[list[str],
            q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_norms, q.norms, q.anchor_leaves, q.leaf_discount,
            q.cf_q, q.need_q, q.kinds, q.anchor_kinds, q.kind_discount, out, scores)
     return q.names, out[[NAMES.index(f) for f in q.names]], scores, out[CO_PURCHASES]
+
+
+def covered(table: ItemTable, q: AnchorQuery) -> int:
+    """Vocabulary rows both the table and the query's arrays cover (a product upsert during the engine call can
+    add rows the snapshot taken before it lacks)."""
+    return min(len(table.rows), q.rows)
 
 
 def available() -> bool:

@@ -339,6 +339,8 @@ class HybridRetriever:
                         break
             pool = np.asarray(pool_list, dtype=np.int64)
         co_purchase_counts = None
+        if anchor_query is not None and not popular and int(pool.max()) >= fusion_kernel.covered(table, anchor_query):
+            anchor_query = None  # the vocabulary grew during the engine call: the reference path reads fresh arrays
         if anchor_query is not None and not popular:
             names, weighted, scores, co_purchase_counts = fusion_kernel.fuse(table, pool, anchor_query)
         else:
