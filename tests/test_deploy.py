@@ -226,7 +226,7 @@ def test_dockerfile_runs_the_api_as_non_root_with_a_healthcheck():
     assert re.search(r"^USER 10001$", text, re.MULTILINE) and "/healthz" in text
     port = re.search(r"RAG_REC_SERVE__PORT=(\d+)", text).group(1)
     assert re.search(rf"^EXPOSE {port}$", text, re.MULTILINE)
-    assert "[text,serve]" in text
+    assert "[text,serve,fast]" in text and "NUMBA_CACHE_DIR" in text  # the compiled fusion, cache writable
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     for line in ignore:
         if line.startswith("!") and not line.endswith(".md"):
