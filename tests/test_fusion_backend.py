@@ -37,3 +37,16 @@ def test_without_numba_auto_falls_back_and_numba_names_the_extra(without_numba):
 def test_unknown_backend_is_rejected_by_the_settings():
     with pytest.raises(ValueError, match="fusion_backend"):
         RetrieveSettings(fusion_backend="cuda")
+
+
+def test_served_ids_come_from_a_string_array_that_follows_the_vocabulary():
+    from types import SimpleNamespace
+
+    from rag_rec.signals.cooc import ItemVocab
+
+    r = HybridRetriever(None, SimpleNamespace(vocab=ItemVocab.of(["a1", "b22", "c333"])), {}, RetrieveSettings())
+    ids = r._id_array()
+    assert ids.dtype.kind == "U" and ids[[2, 0]].tolist() == ["c333", "a1"]
+    r.signals.vocab = ItemVocab.of(["a1", "b22", "c333", "x" * 200])  # grown, with an id too long for fixed width
+    ids = r._id_array()
+    assert ids.dtype == object and ids[[3, 1]].tolist() == ["x" * 200, "b22"]

@@ -179,9 +179,21 @@ class HybridRetriever:
         self._kind_codes: np.ndarray | None = None
         self._stock_price: tuple[np.ndarray, np.ndarray] | None = None
         self._key_rows: tuple[int, np.ndarray] | None = None
+        self._ids: np.ndarray | None = None
         self._dirty = True
         self.compiled = settings.fusion_backend != "numpy" and (
             fusion_kernel.available() if settings.fusion_backend == "auto" else bool(fusion_kernel.compiled()))
+
+    def _id_array(self) -> np.ndarray:
+        """Vocabulary ids as one fixed-width string array (rebuilt when the vocabulary grows): the served ids are
+        one gather, where indexing the id list chases a pointer to a cold string object per candidate."""
+        vocab = self.signals.vocab
+        ids = self._ids
+        if ids is None or len(ids) != len(vocab):
+            longest = max(map(len, vocab.ids), default=1)
+            ids = np.array(vocab.ids, dtype=str if longest <= 64 else object)  # fixed width only for short ids
+            self._ids = ids
+        return ids
 
     def _kinds(self) -> np.ndarray:
         """Kind code of every vocab item (products of one kind are substitutes), cached per vocabulary size."""
@@ -227,6 +239,7 @@ class HybridRetriever:
         """Build the per-vocabulary lookups (key rows, kinds, stock and price, the item table) and the compiled
         fusion now, so the first request does not pay for them."""
         self._rows_of_keys(np.zeros(0, dtype=np.int64))
+        self._id_array()
         self._kinds()
         self._arrays()
         if self.signals.als is not None:
@@ -358,7 +371,7 @@ class HybridRetriever:
         if anchor_idx:
             counts = co_purchase_counts[order] if co_purchase_counts is not None else s.cooc.counts_with(anchor_idx, chosen)
             co_purchases = counts.astype(int).tolist()
-        ids = s.vocab.ids
+        chosen_ids = self._id_array()[chosen].tolist()
         base_source = "popular" if popular else "engine"
         contributions = weighted[:, order].T
         candidates = []
@@ -369,7 +382,8 @@ class HybridRetriever:
                 sources.append("cooc")
             found_by = sorted(sources) if sources else ([base_source] if o < engine_found or popular else ["cooc"])
             evidence = {"co_purchases": co_purchases[rank]} if co_purchases is not None else {}
-            candidates.append(Candidate(ids[j], score, dict(zip(names, row)), evidence, {"found_by": found_by}))
+            candidates.append(Candidate(chosen_ids[rank], score, dict(zip(names, row)), evidence,
+                                        {"found_by": found_by}))
         notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
         return RetrievalResult(candidates, notes, paths)
 
