@@ -302,3 +302,9 @@ def test_a_pool_beyond_the_tables_taken_before_the_engine_call_is_scored_by_the_
     assert calls["fuse"] == 0 and calls["table"] >= 2
     monkeypatch.undo()
     assert pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchors_of(pipeline, 1)[0],), k=5)).candidates
+
+
+def test_category_pairs_are_symmetric_rows_read_contiguously(pipeline):
+    pair = pipeline.signals.category.pair
+    assert isinstance(pair, np.ndarray) and pair.flags.c_contiguous
+    np.testing.assert_array_equal(pair, pair.T)

@@ -33,7 +33,9 @@ class CategoryAffinity:
             rows.extend([g] * len(cats))
             cols.extend(cats)
         x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(max(rows, default=-1) + 1, n))
-        self.pair = (x.T @ x).toarray() if n <= 5000 else (x.T @ x).tocsr()
+        # symmetric; C order so an anchor's row is one contiguous read (toarray of the CSC product is F order,
+        # which made each row 3,903 cache lines on Dunnhumby)
+        self.pair = np.ascontiguousarray((x.T @ x).toarray()) if n <= 5000 else (x.T @ x).tocsr()
         self.count = np.asarray(x.sum(axis=0)).ravel()
         if isinstance(self.pair, np.ndarray):
             np.fill_diagonal(self.pair, 0)
