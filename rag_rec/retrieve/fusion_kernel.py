@@ -117,12 +117,10 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
             anchor_leaves = np.array(sorted({int(cooc.leaf[i]) for i in idx if cooc.leaf[i] >= 0}), dtype=np.int64)
             leaf_discount = float(cooc.substitute_discount)
     cf_q = _EMPTY_F32
-    if s.als is not None:
-        q = cf_query if cf_query is not None else scorer.cf_query(idx, None)
-        if q is not None:
-            has[CF] = True
-            names.append("cf")
-            cf_q = np.ascontiguousarray(q, dtype=np.float32)
+    if s.als is not None and cf_query is not None:  # the retriever computed it for its cf prefetch
+        has[CF] = True
+        names.append("cf")
+        cf_q = np.ascontiguousarray(cf_query, dtype=np.float32)
     anchor_kinds = (np.asarray(kinds[idx], dtype=np.int64) if kinds is not None and idx and kind_discount < 1.0
                     else _EMPTY_I64)
     return AnchorQuery(
@@ -213,13 +211,7 @@ def _fuse_kernel(rows, row_ints, pool, t0, c0, dc, l0, lw, w0, code_col, leaf_co
             if n_lex:
                 for k in range(lw):
                     term = row_ints[j, l0 + k]
-                    lo, hi = 0, n_lex
-                    while lo < hi:
-                        mid = (lo + hi) >> 1
-                        if lex_terms[mid] < term:
-                            lo = mid + 1
-                        else:
-                            hi = mid
+                    lo = np.searchsorted(lex_terms, term)
                     if lo < n_lex and lex_terms[lo] == term:
                         acc += lex_weights[lo] * rows[j, w0 + k]
             out[LEX, p] = acc
@@ -230,14 +222,8 @@ def _fuse_kernel(rows, row_ints, pool, t0, c0, dc, l0, lw, w0, code_col, leaf_co
         if has[COOC]:
             acc = 0.0
             for a in range(anchor_norms.shape[0]):
-                lo, hi = cooc_offsets[a], cooc_offsets[a + 1]
-                end = hi
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if cooc_cols[mid] < j:
-                        lo = mid + 1
-                    else:
-                        hi = mid
+                start, end = cooc_offsets[a], cooc_offsets[a + 1]
+                lo = start + np.searchsorted(cooc_cols[start:end], j)
                 if lo < end and cooc_cols[lo] == j:
                     acc += cooc_vals[lo] / (anchor_norms[a] * norms[j])
                     out[CO_PURCHASES, p] += cooc_vals[lo]
