@@ -283,25 +283,108 @@ def test_a_pool_beyond_the_tables_taken_before_the_engine_call_is_scored_by_the_
     pipeline.add_products(ProductsIn(products=[ProductIn(
         id="RACE-NEW", title="Waterproof hard case for a mirrorless camera and two lenses",
         category=["Electronics", "Camera & Photo", "Bags & Cases"])]))
-    calls = {"table": 0, "fuse": 0}
+    calls = {"table": 0}
+    statuses = []
 
     def first_call_stale():
         calls["table"] += 1
         return stale if calls["table"] == 1 else real_table()
 
-    fuse = fusion_kernel.fuse
+    fuse_hits = fusion_kernel.fuse_hits
 
-    def counted_fuse(*args):
-        calls["fuse"] += 1
-        return fuse(*args)
+    def recorded(*args):
+        fused = fuse_hits(*args)
+        statuses.append(fused.status)
+        return fused
 
     monkeypatch.setattr(scorer, "table", first_call_stale)
-    monkeypatch.setattr(fusion_kernel, "fuse", counted_fuse)
+    monkeypatch.setattr(fusion_kernel, "fuse_hits", recorded)
     result = pipeline.retriever.retrieve(RetrievalRequest(need="hard case for a mirrorless camera", k=20))
     assert "RACE-NEW" in [c.id for c in result.candidates]
-    assert calls["fuse"] == 0 and calls["table"] >= 2
+    assert statuses == [fusion_kernel.STALE] and calls["table"] >= 2  # the kernel stopped; the reference scored
     monkeypatch.undo()
     assert pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchors_of(pipeline, 1)[0],), k=5)).candidates
+
+
+def varied_products(pipeline):
+    """The catalogue with every third product out of stock and a price on four in five (the real one has neither)."""
+    from dataclasses import replace
+
+    return {i: replace(p, in_stock=n % 3 != 0, price=None if n % 5 == 0 else float(5 + (n * 37) % 200))
+            for n, (i, p) in enumerate(pipeline.dataset.products.items())}
+
+
+def test_compiled_partners_equal_the_reference_partners_and_filter(pipeline):
+    """fusion_kernel.top_partners == CooccurrenceScorer.top_partners + HybridRetriever._passing, for one and several
+    anchors, short lists (the partition branch), excluded ids, stock either way and price ranges."""
+    from rag_rec.retrieve import fusion_kernel
+
+    from rag_rec.retrieve.hybrid import HybridRetriever
+
+    s = pipeline.signals
+    retriever = HybridRetriever(pipeline.store, s, varied_products(pipeline), pipeline.settings.retrieve)
+    stock, price = retriever._arrays()
+    priced = float(np.nanmedian(price))
+    bundles = [b.items for b in pipeline.dataset.bundles if len(b.items) >= 3][:8]
+    cases = [[a] for a in anchors_of(pipeline, 8)] + [list(b[:3]) for b in bundles]
+    filters = [Filter(), Filter(must_match={"in_stock": True}), Filter(must_match={"in_stock": False}),
+               Filter(ranges={"price": (None, priced)}), Filter(must_match={"in_stock": True}, ranges={"price": (priced, None)})]
+    checked = 0
+    for anchors in cases:
+        idx = s.vocab.known(anchors)
+        full, _ = s.cooc.top_partners(idx, 10_000)
+        excluded = [int(full[1])] if len(full) > 2 else []
+        query = fusion_kernel.anchor_query(retriever.scorer, idx, None, None, None, 1.0)
+        for n in (3, 40, 400):
+            partners, _ = s.cooc.top_partners(idx, n)
+            assert partners.tolist() == full[:n].tolist()  # ties at the cut are broken by row, like the full order
+            for flt in filters:
+                flt = Filter(flt.must_match, tuple(anchors), flt.ranges)
+                want = retriever._passing(partners, flt, [*idx, *excluded])
+                got = fusion_kernel.top_partners(query, n, retriever._partner_filter(flt, [*idx, *excluded]))
+                assert got.tolist() == want.tolist(), (anchors, n, flt)
+                checked += len(want)
+    assert checked > 100
+    assert stock.any() and not stock.all(), "the catalogue must have products out of stock for this test to bite"
+
+
+def test_out_of_stock_filter_reaches_the_partners(pipeline):
+    """must_match in_stock=False keeps only products out of stock, co-occurrence partners included."""
+    from rag_rec.retrieve.hybrid import HybridRetriever
+
+    products = varied_products(pipeline)  # the engine's payloads say in stock: only the partners can pass
+    for backend in ("numba", "numpy"):
+        settings = pipeline.settings.retrieve.model_copy(update={"fusion_backend": backend})
+        retriever = HybridRetriever(pipeline.store, pipeline.signals, products, settings)
+        served = 0
+        for anchor in anchors_of(pipeline, 10):
+            result = retriever.retrieve(RetrievalRequest(anchors=(anchor,), filter=Filter(must_match={"in_stock": False}),
+                                                         k=20))
+            assert all(not products[c.id].in_stock for c in result.candidates), backend
+            served += len(result.candidates)
+        assert served, backend
+
+
+def test_engine_keys_beyond_the_key_map_ask_for_a_rebuild(pipeline):
+    from rag_rec.retrieve import fusion_kernel
+
+    retriever, s = pipeline.retriever, pipeline.signals
+    table, key_rows = retriever.scorer.table(), retriever._key_table()
+    anchor = s.vocab.known(anchors_of(pipeline, 1))
+    query = fusion_kernel.anchor_query(retriever.scorer, anchor, None, None, None, 1.0)
+    keys = np.flatnonzero(key_rows >= 0)[:20]
+    fused = fusion_kernel.fuse_hits(table, key_rows, np.append(keys, len(key_rows) + 5), np.zeros(0, np.int64), query, 5)
+    assert fused.status == fusion_kernel.NEW_KEY
+    partners = np.array([key_rows[keys[3]], s.cooc.top_partners(anchor, 1)[0][0]])
+    fused = fusion_kernel.fuse_hits(table, key_rows, keys, partners, query, 30)
+    assert fused.status == fusion_kernel.OK and fused.engine_found == 20
+    assert fused.pool[:20].tolist() == key_rows[keys].tolist()
+    extra = [j for j in partners.tolist() if j not in set(key_rows[keys].tolist())]
+    assert fused.pool[20:].tolist() == extra
+    flags = fused.ranked[:, 2].astype(int)
+    assert sorted(fused.chosen[(flags & fusion_kernel.FROM_COOC) > 0].tolist()) == sorted(set(partners.tolist()))
+    assert ((flags & fusion_kernel.FROM_ENGINE) > 0).sum() == 20
+    assert (np.diff(fused.ranked[:, 0]) <= 0).all() and fused.chosen.tolist() == fused.pool[fused.order].tolist()
 
 
 def test_category_pairs_are_symmetric_rows_read_contiguously(pipeline):

@@ -11,7 +11,7 @@ reference (the offline harness ranks with it); tests hold the two equal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Sequence
 
@@ -33,13 +33,19 @@ class AnchorQuery:
 
     has: np.ndarray                 # bool per feature (NAMES order)
     names: list[str]                # present features in FusionScorer's order (the candidates' `sources` order)
+    name_rows: np.ndarray           # NAMES index of each present feature
     weights: np.ndarray             # per feature
     text_q: np.ndarray              # unit mean of the anchors (several anchors)
     text_div: float                 # |anchor| (one anchor)
     anchor_vecs: np.ndarray         # (anchors, dim)
     lex_terms: np.ndarray           # sorted int32 term ids of the anchors' mean row
     lex_weights: np.ndarray
-    category_row: np.ndarray        # affinity per category code
+    category_pairs: np.ndarray      # CategoryAffinity.anchor_parts: rows indexed by category_codes
+    category_codes: np.ndarray
+    category_div: float
+    category_bonus_codes: np.ndarray
+    category_bonus: float
+    anchor_rows: np.ndarray         # vocabulary rows of the known anchors
     cooc_cols: np.ndarray           # the anchors' co-occurrence rows, concatenated
     cooc_vals: np.ndarray
     cooc_offsets: np.ndarray
@@ -62,11 +68,13 @@ class AnchorQuery:
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
 _EMPTY_F64 = np.zeros(0, dtype=np.float64)
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_NO_PAIRS = np.zeros((0, 0), dtype=np.float64)
 
 
 def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | None, cf_query: np.ndarray | None,
-                 kinds: np.ndarray | None, kind_discount: float) -> AnchorQuery:
-    """The request's side of the fusion, built before the engine call. Mirrors FusionScorer.features."""
+                 kinds: np.ndarray | None, kind_discount: float, text_norm: float | None = None) -> AnchorQuery:
+    """The request's side of the fusion, built before the engine call. Mirrors FusionScorer.features.
+    `text_norm`: |text vector| of a single anchor, when the caller has it already."""
     s = scorer.signals
     idx = list(anchor_idx)
     has = np.zeros(len(NAMES), dtype=np.bool_)
@@ -74,14 +82,17 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
     text_q, text_div, anchor_vecs = _EMPTY_F32, 1.0, np.zeros((0, 0), dtype=np.float32)
     if s.text_vectors is not None and idx:
         has[TEXT] = has[TEXT_MAX] = True
-        anchor_vecs = np.ascontiguousarray(s.text_vectors[idx], dtype=np.float32)
         if len(idx) == 1:
             names += ["text_max", "text"]
-            text_div = float(np.sqrt(anchor_vecs[0] @ anchor_vecs[0])) or 1.0
+            anchor_vecs = s.text_vectors[idx[0]:idx[0] + 1]
+            text_div = (float(np.sqrt(anchor_vecs[0] @ anchor_vecs[0])) if text_norm is None else text_norm) or 1.0
         else:
             names += ["text", "text_max"]
+            anchor_vecs = s.text_vectors[idx]
             q = anchor_vecs.mean(axis=0)
             text_q = (q / (np.linalg.norm(q) or 1.0)).astype(np.float32)
+        if anchor_vecs.dtype != np.float32 or not anchor_vecs.flags.c_contiguous:
+            anchor_vecs = np.ascontiguousarray(anchor_vecs, dtype=np.float32)
     lex_terms, lex_weights = np.zeros(0, dtype=np.int32), _EMPTY_F64
     if s.lexical is not None and idx:
         has[LEX] = True
@@ -94,60 +105,125 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
         has[NEED] = True
         names.append("need")
         need_q = np.ascontiguousarray(need_vector, dtype=np.float32)
-    category_row = _EMPTY_F64
+    pairs, codes, div, bonus_codes, bonus = _NO_PAIRS, _EMPTY_I64, 1.0, _EMPTY_I64, 0.0
     if s.category is not None and idx:
         has[CATEGORY] = True
         names.append("category")
-        row = s.category.anchor_row(idx)
-        category_row = _EMPTY_F64 if row is None else np.ascontiguousarray(row, dtype=np.float64)
+        parts = s.category.anchor_parts(idx)
+        if parts is not None:
+            pairs, codes, div, bonus_codes, bonus = parts
     cooc = s.cooc
     norms = cooc._norms()
-    cols, vals, offsets = [], [], [0]
+    anchor_rows = np.asarray(idx, dtype=np.int64)
+    cols, vals, offsets = _EMPTY_I64, _EMPTY_F64, np.zeros(1, dtype=np.int64)
     anchor_leaves = _EMPTY_I64
     leaf_discount = 1.0
     if idx:
         has[COOC] = True
         names.append("cooc")
-        for i in idx:
-            c, v = cooc._row(i)
-            cols.append(c)
-            vals.append(v)
-            offsets.append(offsets[-1] + len(c))
+        rows = [cooc._row(i) for i in idx]
+        ends = [0]
+        for c, _ in rows:
+            ends.append(ends[-1] + len(c))
+        offsets = np.array(ends, dtype=np.int64)
+        if len(rows) == 1:
+            cols, vals = rows[0]
+        else:
+            cols, vals = np.concatenate([c for c, _ in rows]), np.concatenate([v for _, v in rows])
+        cols, vals = np.asarray(cols, dtype=np.int64), np.asarray(vals, dtype=np.float64)
         if cooc.complement:
-            anchor_leaves = np.array(sorted({int(cooc.leaf[i]) for i in idx if cooc.leaf[i] >= 0}), dtype=np.int64)
+            leaves = sorted({leaf for leaf in cooc.leaf[anchor_rows].tolist() if leaf >= 0})
+            anchor_leaves = np.array(leaves, dtype=np.int64) if leaves else _EMPTY_I64
             leaf_discount = float(cooc.substitute_discount)
     cf_q = _EMPTY_F32
     if s.als is not None and cf_query is not None:  # the retriever computed it for its cf prefetch
         has[CF] = True
         names.append("cf")
         cf_q = np.ascontiguousarray(cf_query, dtype=np.float32)
-    anchor_kinds = (np.asarray(kinds[idx], dtype=np.int64) if kinds is not None and idx and kind_discount < 1.0
+    anchor_kinds = (np.asarray(kinds[anchor_rows], dtype=np.int64) if kinds is not None and idx and kind_discount < 1.0
                     else _EMPTY_I64)
     return AnchorQuery(
-        has=has, names=names, weights=np.array([scorer.weights.get(f, 0.0) for f in NAMES], dtype=np.float64),
+        has=has, names=names, name_rows=np.array([NAMES.index(f) for f in names], dtype=np.int64),
+        weights=np.array([scorer.weights.get(f, 0.0) for f in NAMES], dtype=np.float64),
         text_q=text_q, text_div=text_div, anchor_vecs=anchor_vecs, lex_terms=lex_terms, lex_weights=lex_weights,
-        category_row=category_row,
-        cooc_cols=np.concatenate(cols).astype(np.int64) if cols else _EMPTY_I64,
-        cooc_vals=np.concatenate(vals).astype(np.float64) if vals else _EMPTY_F64,
-        cooc_offsets=np.asarray(offsets, dtype=np.int64), anchor_norms=np.asarray(norms[idx], dtype=np.float64),
-        norms=norms, anchor_leaves=anchor_leaves, leaf_discount=leaf_discount, cf_q=cf_q, need_q=need_q,
-        kinds=kinds if kinds is not None else _EMPTY_I64, anchor_kinds=anchor_kinds, kind_discount=kind_discount)
+        category_pairs=pairs, category_codes=codes, category_div=div, category_bonus_codes=bonus_codes,
+        category_bonus=bonus, anchor_rows=anchor_rows, cooc_cols=cols, cooc_vals=vals, cooc_offsets=offsets,
+        anchor_norms=np.asarray(norms[anchor_rows], dtype=np.float64), norms=norms, anchor_leaves=anchor_leaves,
+        leaf_discount=leaf_discount, cf_q=cf_q, need_q=need_q, kinds=kinds if kinds is not None else _EMPTY_I64,
+        anchor_kinds=anchor_kinds, kind_discount=kind_discount)
+
+
+@dataclass
+class PartnerFilter:
+    """The vectorisable part of a payload filter over vocabulary rows (the rest is checked per product)."""
+
+    excluded: np.ndarray = field(default_factory=lambda: _EMPTY_I64)  # vocabulary rows never to return
+    stock: np.ndarray | None = None     # in_stock per row, when the filter asks for one value of it
+    want_stock: bool = True
+    price: np.ndarray | None = None     # price per row (NaN: none), when the filter has a price range
+    low: float = -np.inf
+    high: float = np.inf
+
+
+def top_partners(q: AnchorQuery, n: int, flt: PartnerFilter) -> np.ndarray:
+    """The anchors' strongest co-occurrence partners (CooccurrenceScorer.top_partners(anchors, n): summed counts,
+    anchors dropped, ties by row), then those that pass `flt`, in that order."""
+    return compiled()[1](q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_rows, n, np.sort(flt.excluded),
+                         _EMPTY_BOOL if flt.stock is None else flt.stock, flt.want_stock,
+                         _EMPTY_F64 if flt.price is None else flt.price, float(flt.low), float(flt.high))
+
+
+_EMPTY_BOOL = np.zeros(0, dtype=np.bool_)
+
+OK, NEW_KEY, STALE = 0, 1, 2
+FROM_COOC, FROM_ENGINE = 1, 2   # flags of a ranked candidate: among the co-occurrence partners, among the engine's hits
+RANKED_COLUMNS = 3
+
+
+@dataclass
+class Fused:
+    """One request's fusion: the pool (engine hits first, then co-occurrence partners it lacked), per-pool
+    contributions and scores, and the k best in rank order."""
+
+    status: int                     # OK, NEW_KEY (a key beyond the key map: rebuild it), STALE (pool beyond `covered`)
+    pool: np.ndarray
+    engine_found: int
+    names: list[str]
+    out: np.ndarray                 # NAMES + co-purchases x pool: weight x feature (0: absent feature), counts
+    scores: np.ndarray
+    order: np.ndarray               # pool positions of the k best
+    chosen: np.ndarray              # their vocabulary rows
+    ranked: np.ndarray              # k x (score, co-purchases, FROM_* flags, contribution per name)
+
+
+def fuse_hits(table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, partners: np.ndarray, q: AnchorQuery,
+              k: int) -> Fused:
+    """Engine keys -> vocabulary rows (key_rows[key], -1: not in the vocabulary), merged with the partners the
+    engine did not find, fused, and the top k taken: the whole post-engine path in one compiled call."""
+    return _run(table, key_rows, keys, partners, q, k)
 
 
 def fuse(table: ItemTable, pool: np.ndarray, q: AnchorQuery) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """(feature names, weight x feature matrix names x pool, scores with the substitute discount applied, raw
-    co-purchase counts with the anchors). Every pool row must be below `covered(table, q)`."""
-    kernel = compiled()
-    n = len(pool)
-    out = np.empty((len(NAMES) + 1, n))
-    scores = np.empty(n)
-    kernel(table.rows, table.rows.view(np.int32), np.ascontiguousarray(pool, dtype=np.int64),
-           table.text.start, table.cf.start, table.cf.stop - table.cf.start, table.terms.start,
-           table.terms.stop - table.terms.start, table.weights.start, table.code, table.leaf,
-           q.has, q.weights, q.text_q, q.text_div, q.anchor_vecs, q.lex_terms, q.lex_weights, q.category_row,
-           q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_norms, q.norms, q.anchor_leaves, q.leaf_discount,
-           q.cf_q, q.need_q, q.kinds, q.anchor_kinds, q.kind_discount, out, scores)
-    return q.names, out[[NAMES.index(f) for f in q.names]], scores, out[CO_PURCHASES]
+    co-purchase counts with the anchors) for a given pool. Every pool row must be below `covered(table, q)`."""
+    pool = np.ascontiguousarray(pool, dtype=np.int64)
+    if len(pool) and int(pool.max()) >= covered(table, q):
+        raise IndexError("pool rows beyond the item table or the anchor query's arrays")
+    fused = _run(table, _EMPTY_I64, pool, _EMPTY_I64, q, len(pool))
+    return fused.names, fused.out[q.name_rows], fused.scores, fused.out[CO_PURCHASES].copy()
+
+
+def _run(table, key_rows, keys, partners, q, k) -> Fused:
+    status, found, pool, out, scores, order, chosen, ranked = compiled()[0](
+        table.rows, table.rows.view(np.int32), key_rows, np.ascontiguousarray(keys, dtype=np.int64),
+        np.ascontiguousarray(partners, dtype=np.int64), k, covered(table, q),
+        table.text.start, table.cf.start, table.cf.stop - table.cf.start, table.terms.start,
+        table.terms.stop - table.terms.start, table.weights.start, table.code, table.leaf,
+        q.has, q.name_rows, q.weights, q.text_q, q.text_div, q.anchor_vecs, q.lex_terms, q.lex_weights,
+        q.category_pairs, q.category_codes, q.category_div, q.category_bonus_codes, q.category_bonus,
+        q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_norms, q.norms, q.anchor_leaves, q.leaf_discount,
+        q.cf_q, q.need_q, q.kinds, q.anchor_kinds, q.kind_discount)
+    return Fused(status, pool, found, q.names, out, scores, order, chosen, ranked)
 
 
 def covered(table: ItemTable, q: AnchorQuery) -> int:
@@ -166,19 +242,104 @@ def available() -> bool:
 
 @lru_cache(maxsize=1)
 def compiled():
-    """The numba kernel (compiled on first use, cached on disk by numba)."""
+    """(request kernel, partners kernel), compiled on first use and cached on disk by numba."""
     try:
         import numba
     except ImportError as e:
         raise FusionBackendUnavailable("the compiled fusion needs numba: pip install 'rag_rec[fast]'") from e
-    return numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_fuse_kernel)
+    jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    return jit(_request_kernel), numba.njit(cache=True, nogil=True)(_partners_kernel)
 
 
-def _fuse_kernel(rows, row_ints, pool, t0, c0, dc, l0, lw, w0, code_col, leaf_col,
-                 has, weights, text_q, text_div, anchor_vecs, lex_terms, lex_weights, category_row,
-                 cooc_cols, cooc_vals, cooc_offsets, anchor_norms, norms, anchor_leaves, leaf_discount,
-                 cf_q, need_q, kinds, anchor_kinds, kind_discount, out, scores):
-    n = pool.shape[0]
+def _partners_kernel(cooc_cols, cooc_vals, cooc_offsets, anchor_rows, n, excluded, stock, want_stock, price,
+                     low, high):
+    total = cooc_offsets[-1]
+    if anchor_rows.shape[0] == 1:
+        cols, vals = cooc_cols[:total], cooc_vals[:total]
+    else:  # the sum of the rows, values added in the order the rows come (as np.bincount does)
+        by_col = np.argsort(cooc_cols[:total], kind="mergesort")
+        cols = np.empty(total, dtype=np.int64)
+        vals = np.empty(total, dtype=np.float64)
+        m = -1
+        for i in range(total):
+            c = cooc_cols[by_col[i]]
+            if m >= 0 and cols[m] == c:
+                vals[m] += cooc_vals[by_col[i]]
+            else:
+                m += 1
+                cols[m] = c
+                vals[m] = cooc_vals[by_col[i]]
+        cols, vals = cols[:m + 1], vals[:m + 1]
+    keep = np.ones(cols.shape[0], dtype=np.bool_)
+    for i in range(cols.shape[0]):
+        for a in range(anchor_rows.shape[0]):
+            if cols[i] == anchor_rows[a]:
+                keep[i] = False
+    cols, vals = cols[keep], vals[keep]
+    if vals.shape[0] > 4 * n and n > 0:  # the n-th largest value bounds the candidates (ties kept)
+        kth = np.partition(vals, vals.shape[0] - n)[vals.shape[0] - n]
+        top = vals >= kth
+        cols, vals = cols[top], vals[top]
+    order = np.argsort(-vals, kind="mergesort")  # cols ascend within a row: ties stay in row order
+    out = np.empty(min(n, order.shape[0]), dtype=np.int64)
+    m = 0
+    for i in range(out.shape[0]):
+        j = cols[order[i]]
+        at = np.searchsorted(excluded, j)
+        if at < excluded.shape[0] and excluded[at] == j:
+            continue
+        if stock.shape[0] and stock[j] != want_stock:
+            continue
+        if price.shape[0]:
+            p = price[j]
+            if np.isnan(p) or p < low or p > high:
+                continue
+        out[m] = j
+        m += 1
+    return out[:m]
+
+
+def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, c0, dc, l0, lw, w0, code_col,
+                    leaf_col, has, name_rows, weights, text_q, text_div, anchor_vecs, lex_terms, lex_weights,
+                    category_pairs, category_codes, category_div, category_bonus_codes, category_bonus,
+                    cooc_cols, cooc_vals, cooc_offsets, anchor_norms, norms, anchor_leaves, leaf_discount,
+                    cf_q, need_q, kinds, anchor_kinds, kind_discount):
+    cap = keys.shape[0] + partners.shape[0]
+    pool = np.empty(cap, dtype=np.int64)
+    is_partner = np.zeros(cap, dtype=np.bool_)
+    found = 0
+    mapped = key_rows.shape[0] > 0
+    for i in range(keys.shape[0]):
+        j = keys[i]
+        if mapped:
+            if j < 0 or j >= key_rows.shape[0]:
+                return (1, 0, pool[:0], np.empty((len(NAMES) + 1, 0)), np.empty(0), pool[:0], pool[:0],
+                        np.empty((0, RANKED_COLUMNS + name_rows.shape[0])))
+            j = key_rows[j]
+            if j < 0:
+                continue
+        pool[found] = j
+        found += 1
+    n = found
+    if partners.shape[0]:
+        by_row = np.argsort(pool[:found])
+        sorted_rows = pool[:found][by_row]
+        for i in range(partners.shape[0]):
+            j = partners[i]
+            at = np.searchsorted(sorted_rows, j)
+            if at < found and sorted_rows[at] == j:
+                is_partner[by_row[at]] = True
+            else:
+                pool[n] = j
+                is_partner[n] = True
+                n += 1
+    pool = pool[:n]
+    for p in range(n):
+        if pool[p] >= covered:
+            return (2, found, pool, np.empty((len(NAMES) + 1, 0)), np.empty(0), pool[:0], pool[:0],
+                    np.empty((0, RANKED_COLUMNS + name_rows.shape[0])))
+    out = np.empty((len(NAMES) + 1, n))
+    scores = np.empty(n)
     dim = anchor_vecs.shape[1] if has[TEXT] else need_q.shape[0]
     n_anchors = anchor_vecs.shape[0]
     n_lex = lex_terms.shape[0]
@@ -186,38 +347,52 @@ def _fuse_kernel(rows, row_ints, pool, t0, c0, dc, l0, lw, w0, code_col, leaf_co
     for p in range(n):
         j = pool[p]
         if has[TEXT]:
+            vec = rows[j, t0:t0 + dim]
             best = -np.inf
             for a in range(n_anchors):
-                acc = 0.0
+                acc32 = np.float32(0.0)
                 for d in range(dim):
-                    acc += rows[j, t0 + d] * anchor_vecs[a, d]
-                if acc > best:
-                    best = acc
+                    acc32 += vec[d] * anchor_vecs[a, d]
+                if acc32 > best:
+                    best = acc32
             out[TEXT_MAX, p] = best
             if n_anchors == 1:
                 out[TEXT, p] = best / text_div
             else:
-                acc = 0.0
+                acc32 = np.float32(0.0)
                 for d in range(dim):
-                    acc += rows[j, t0 + d] * text_q[d]
-                out[TEXT, p] = acc
+                    acc32 += vec[d] * text_q[d]
+                out[TEXT, p] = acc32
         if has[NEED]:
-            acc = 0.0
+            vec = rows[j, t0:t0 + need_q.shape[0]]
+            acc32 = np.float32(0.0)
             for d in range(need_q.shape[0]):
-                acc += rows[j, t0 + d] * need_q[d]
-            out[NEED, p] = acc
+                acc32 += vec[d] * need_q[d]
+            out[NEED, p] = acc32
         if has[LEX]:
             acc = 0.0
-            if n_lex:
-                for k in range(lw):
-                    term = row_ints[j, l0 + k]
-                    lo = np.searchsorted(lex_terms, term)
-                    if lo < n_lex and lex_terms[lo] == term:
-                        acc += lex_weights[lo] * rows[j, w0 + k]
+            at = 0  # both term lists are sorted (rows padded with a term id above every real one): one merge
+            for t in range(lw):
+                term = row_ints[j, l0 + t]
+                while at < n_lex and lex_terms[at] < term:
+                    at += 1
+                if at == n_lex:
+                    break
+                if lex_terms[at] == term:
+                    acc += lex_weights[at] * rows[j, w0 + t]
             out[LEX, p] = acc
         if has[CATEGORY]:
             code = row_ints[j, code_col]
-            out[CATEGORY, p] = category_row[code] if code >= 0 and category_row.shape[0] else 0.0
+            acc = 0.0
+            if code >= 0 and category_codes.shape[0]:
+                for a in range(category_codes.shape[0]):
+                    acc += category_pairs[category_codes[a], code]
+                acc /= category_div
+                for a in range(category_bonus_codes.shape[0]):
+                    if category_bonus_codes[a] == code:
+                        acc += category_bonus
+                        break
+            out[CATEGORY, p] = acc
         out[CO_PURCHASES, p] = 0.0
         if has[COOC]:
             acc = 0.0
@@ -234,12 +409,13 @@ def _fuse_kernel(rows, row_ints, pool, t0, c0, dc, l0, lw, w0, code_col, leaf_co
                     break
             out[COOC, p] = min(max(acc, 0.0), 1.0)
         if has[CF]:
-            acc = 0.0
+            vec = rows[j, c0:c0 + dc]
+            acc32 = np.float32(0.0)
             for d in range(dc):
-                acc += rows[j, c0 + d] * cf_q[d]
-            out[CF, p] = acc
-            if abs(acc) > cf_top:
-                cf_top = abs(acc)
+                acc32 += vec[d] * cf_q[d]
+            out[CF, p] = acc32
+            if abs(acc32) > cf_top:
+                cf_top = abs(acc32)
     cf_top = max(cf_top, 1e-9)
     for p in range(n):
         if has[CF]:
@@ -258,3 +434,13 @@ def _fuse_kernel(rows, row_ints, pool, t0, c0, dc, l0, lw, w0, code_col, leaf_co
                     total *= kind_discount
                     break
         scores[p] = total
+    order = np.argsort(-scores, kind="mergesort")[:k]
+    picked = np.empty((order.shape[0], RANKED_COLUMNS + name_rows.shape[0]))
+    for r in range(order.shape[0]):
+        o = order[r]
+        picked[r, 0] = scores[o]
+        picked[r, 1] = out[CO_PURCHASES, o]
+        picked[r, 2] = (FROM_COOC if is_partner[o] else 0) + (FROM_ENGINE if o < found else 0)
+        for f in range(name_rows.shape[0]):
+            picked[r, RANKED_COLUMNS + f] = out[name_rows[f], o]
+    return 0, found, pool, out, scores, order, pool[order], picked

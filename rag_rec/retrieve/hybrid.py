@@ -218,12 +218,11 @@ class HybridRetriever:
             self._stock_price = arrays
         return arrays
 
-    def _rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        """Vocabulary rows of store keys, through one array indexed by key (rebuilt when the vocabulary grows or a
-        key is new to it); keys of points outside the vocabulary are dropped."""
+    def _key_table(self, top: int = -1) -> np.ndarray:
+        """Vocabulary row per store key (-1: not in the vocabulary), rebuilt when the vocabulary grows or a key
+        up to `top` is new to it."""
         vocab = self.signals.vocab
         table = self._key_rows
-        top = int(keys.max()) if len(keys) else -1
         if table is None or table[0] != len(vocab) or top >= len(table[1]):
             ids = list(vocab.ids)
             of_vocab = self.store.point_keys(ids)
@@ -232,53 +231,66 @@ class HybridRetriever:
             rows[of_vocab[known]] = np.flatnonzero(known)
             table = (len(ids), rows)
             self._key_rows = table
-        rows = table[1][keys]
+        return table[1]
+
+    def _rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Vocabulary rows of store keys (one gather); keys of points outside the vocabulary are dropped."""
+        rows = self._key_table(int(keys.max()) if len(keys) else -1)[keys]
         return rows if rows.min(initial=0) >= 0 else rows[rows >= 0]
 
     def warm(self) -> None:
         """Build the per-vocabulary lookups (key rows, kinds, stock and price, the item table) and the compiled
         fusion now, so the first request does not pay for them."""
-        self._rows_of_keys(np.zeros(0, dtype=np.int64))
+        self._key_table()
         self._id_array()
         self._kinds()
         self._arrays()
         if self.signals.als is not None:
             self.scorer._cf_table()
         table = self.scorer.table()
-        if self.compiled and len(self.signals.vocab):  # compiles (or loads from numba's disk cache) the kernel
-            kinds = self._kinds()
-            fusion_kernel.fuse(table, np.zeros(1, dtype=np.int64), fusion_kernel.anchor_query(
-                self.scorer, [0], None, None, kinds, self.settings.substitute_discount))
+        if self.compiled and len(self.signals.vocab):  # compiles (or loads from numba's disk cache) the kernels
+            query = fusion_kernel.anchor_query(self.scorer, [0], None, None, self._kinds(),
+                                               self.settings.substitute_discount)
+            fusion_kernel.fuse(table, np.zeros(1, dtype=np.int64), query)
+            fusion_kernel.top_partners(query, 1, fusion_kernel.PartnerFilter())
 
     def invalidate(self) -> None:
         """Call after products change (stock, price, text)."""
         self._dirty = True
         self.scorer.invalidate()
 
-    def _passing(self, idx: np.ndarray, flt: Filter, excluded: Sequence[int]) -> np.ndarray:
-        """The vocab indices among `idx` whose product passes the filter (vectorised for stock, price and
-        excluded ids; other payload conditions are checked per product)."""
-        if not len(idx):
-            return idx
-        keep = ~member(idx, excluded)
+    def _partner_filter(self, flt: Filter, excluded: Sequence[int]) -> fusion_kernel.PartnerFilter:
+        """The stock, price and excluded-id part of `flt` as arrays over vocabulary rows."""
         stock, price = self._arrays()
-        if flt.must_match.get("in_stock") is True:
-            keep &= stock[idx]
-        if "price" in flt.ranges:
-            lo, hi = flt.ranges["price"]
-            p = price[idx]
-            keep &= ~np.isnan(p)
-            if lo is not None:
-                keep &= np.nan_to_num(p, nan=-np.inf) >= lo
-            if hi is not None:
-                keep &= np.nan_to_num(p, nan=np.inf) <= hi
-        rest = Filter({k: v for k, v in flt.must_match.items() if k != "in_stock"}, (),
-                      {k: v for k, v in flt.ranges.items() if k != "price"}, flt.category_prefix)
-        idx = idx[keep]
-        if rest.must_match or rest.ranges or rest.category_prefix:
+        want = flt.must_match.get("in_stock")
+        low, high = flt.ranges.get("price", (None, None))
+        return fusion_kernel.PartnerFilter(
+            np.asarray(excluded, dtype=np.int64), stock if isinstance(want, bool) else None, want is not False,
+            price if "price" in flt.ranges else None, -np.inf if low is None else low, np.inf if high is None else high)
+
+    def _per_product(self, idx: np.ndarray, flt: Filter) -> np.ndarray:
+        """The rows among `idx` passing what _partner_filter leaves out (other payload fields, category)."""
+        rest = Filter({k: v for k, v in flt.must_match.items() if not (k == "in_stock" and isinstance(v, bool))},
+                      (), {k: v for k, v in flt.ranges.items() if k != "price"}, flt.category_prefix)
+        if len(idx) and (rest.must_match or rest.ranges or rest.category_prefix):
             ids = self.signals.vocab.ids
             idx = idx[[product_matches(self.products.get(ids[j], _NO_PRODUCT), rest) for j in idx.tolist()]]
         return idx
+
+    def _passing(self, idx: np.ndarray, flt: Filter, excluded: Sequence[int]) -> np.ndarray:
+        """The vocab indices among `idx` whose product passes the filter (vectorised for stock, price and
+        excluded ids; other payload conditions are checked per product). The numpy reference of top_partners'
+        filter in the compiled path."""
+        if not len(idx):
+            return idx
+        keep = ~member(idx, excluded)
+        part = self._partner_filter(flt, ())
+        if part.stock is not None:
+            keep &= part.stock[idx] == part.want_stock
+        if part.price is not None:
+            p = part.price[idx]
+            keep &= ~np.isnan(p) & (np.nan_to_num(p, nan=-np.inf) >= part.low) & (np.nan_to_num(p, nan=np.inf) <= part.high)
+        return self._per_product(idx[keep], flt)
 
     def retrieve(self, request: RetrievalRequest) -> RetrievalResult:
         """One fused engine query (prefetch per vector signal + RRF, under the payload filter) plus the
@@ -308,6 +320,7 @@ class HybridRetriever:
             need_vector = s.encoder.encode([request.need])[0]
             prefetches.append(Prefetch("text", need_vector, n))
             paths.append("need")
+        norm = None
         if anchor_idx and s.text_vectors is not None:
             q = s.text_vectors[anchor_idx[0]] if len(anchor_idx) == 1 else s.text_vectors[anchor_idx].mean(axis=0)
             norm = float(np.sqrt(q @ q))
@@ -317,29 +330,43 @@ class HybridRetriever:
         if cf_query is not None:
             prefetches.append(Prefetch("cf", cf_query, n))
             paths.append("cf")
-        passing = np.zeros(0, dtype=np.int64)
-        from_cooc: set[int] = set()
-        if anchor_idx:  # anchor-only work goes before the engine call, which leaves the caller's memory cold
-            partners, _ = s.cooc.top_partners(anchor_idx, 2 * n)
-            excluded = [vocab_index[i] for i in flt.must_not_ids if i in vocab_index]
-            passing = self._passing(partners, flt, excluded)[:n]
-            passing_list = passing.tolist()
-            from_cooc = set(passing_list)
-        anchor_query = None
+        query = table = None
         if self.compiled and s.behaviour is None and (anchor_idx or need_vector is not None or cf_query is not None):
             table = self.scorer.table()
             kinds = self._kinds() if cfg.substitute_discount < 1.0 and anchor_idx else None
-            anchor_query = fusion_kernel.anchor_query(self.scorer, anchor_idx, need_vector, cf_query, kinds,
-                                                      cfg.substitute_discount)
-        found = self._rows_of_keys(self.store.fused_keys(prefetches, n, flt)) if prefetches else passing[:0]
-        engine_found = len(found)
-        if anchor_idx:
+            query = fusion_kernel.anchor_query(self.scorer, anchor_idx, need_vector, cf_query, kinds,
+                                               cfg.substitute_discount, norm if len(anchor_idx) == 1 else None)
+        passing = np.zeros(0, dtype=np.int64)
+        if anchor_idx:  # anchor-only work goes before the engine call, which leaves the caller's memory cold
             paths.append("cooc")
+            excluded = [vocab_index[i] for i in flt.must_not_ids if i in vocab_index]
+            if query is not None:
+                passing = fusion_kernel.top_partners(query, 2 * n, self._partner_filter(flt, excluded))
+                passing = self._per_product(passing, flt)[:n]
+            else:
+                partners, _ = s.cooc.top_partners(anchor_idx, 2 * n)
+                passing = self._passing(partners, flt, excluded)[:n]
+        keys = self.store.fused_keys(prefetches, n, flt) if prefetches else np.zeros(0, dtype=np.int64)
+        pool = None
+        if query is not None:
+            fused = fusion_kernel.fuse_hits(table, self._key_table(), keys, passing, query, request.k)
+            if fused.status == fusion_kernel.NEW_KEY:
+                fused = fusion_kernel.fuse_hits(table, self._key_table(int(keys.max())), keys, passing, query,
+                                                request.k)
+            if fused.status == fusion_kernel.OK and len(fused.pool):
+                candidates = self._candidates(fused.names, fused.chosen, fused.ranked, bool(anchor_idx), "engine")
+                notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
+                return RetrievalResult(candidates, notes, paths)
+            # a pool beyond the snapshot taken before the engine call (the vocabulary grew during it): the
+            # reference path reads fresh arrays
+            pool, engine_found = fused.pool, fused.engine_found
+        if pool is None:
+            pool = self._rows_of_keys(keys)
+            engine_found = len(pool)
             if len(passing):  # sets: np.isin costs ~0.1 ms here, where every numpy call is cold
-                in_pool = set(found.tolist())
-                extra = [j for j in passing_list if j not in in_pool]
-                found = np.concatenate([found, np.array(extra, dtype=np.int64)]) if extra else found
-        pool = found
+                in_pool = set(pool.tolist())
+                extra = [j for j in passing.tolist() if j not in in_pool]
+                pool = np.concatenate([pool, np.array(extra, dtype=np.int64)]) if extra else pool
         popular = not len(pool)
         if popular:
             notes.append("no anchors, need or known user: most popular items")
@@ -351,41 +378,46 @@ class HybridRetriever:
                     if len(pool_list) >= n:
                         break
             pool = np.asarray(pool_list, dtype=np.int64)
-        co_purchase_counts = None
-        if anchor_query is not None and not popular and int(pool.max()) >= fusion_kernel.covered(table, anchor_query):
-            anchor_query = None  # the vocabulary grew during the engine call: the reference path reads fresh arrays
-        if anchor_query is not None and not popular:
-            names, weighted, scores, co_purchase_counts = fusion_kernel.fuse(table, pool, anchor_query)
-        else:
-            feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector, cf_query)
-            names, weighted = self.scorer.weighted(feats, len(pool))
-            scores = weighted.sum(axis=0)
-            if popular:
-                scores = scores + s.popularity.counts[pool] / max(s.popularity.counts.max(), 1.0)
-            if cfg.substitute_discount < 1.0 and anchor_idx:
-                kinds = self._kinds()
-                scores = np.where(member(kinds[pool], kinds[anchor_idx]), scores * cfg.substitute_discount, scores)
+        feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector, cf_query)
+        names, weighted = self.scorer.weighted(feats, len(pool))
+        scores = weighted.sum(axis=0)
+        if popular:
+            scores = scores + s.popularity.counts[pool] / max(s.popularity.counts.max(), 1.0)
+        if cfg.substitute_discount < 1.0 and anchor_idx:
+            kinds = self._kinds()
+            scores = np.where(member(kinds[pool], kinds[anchor_idx]), scores * cfg.substitute_discount, scores)
         order = np.argsort(-scores, kind="stable")[: request.k]
         chosen = pool[order]
-        co_purchases = None
-        if anchor_idx:
-            counts = co_purchase_counts[order] if co_purchase_counts is not None else s.cooc.counts_with(anchor_idx, chosen)
-            co_purchases = counts.astype(int).tolist()
-        chosen_ids = self._id_array()[chosen].tolist()
-        base_source = "popular" if popular else "engine"
-        contributions = weighted[:, order].T
-        candidates = []
-        for rank, (o, j, score, row, found) in enumerate(zip(order.tolist(), chosen.tolist(), scores[order].tolist(),
-                                                             contributions.tolist(), (contributions > 0).tolist())):
-            sources = [f for f, positive in zip(names, found) if positive]
-            if j in from_cooc and "cooc" not in sources:
-                sources.append("cooc")
-            found_by = sorted(sources) if sources else ([base_source] if o < engine_found or popular else ["cooc"])
-            evidence = {"co_purchases": co_purchases[rank]} if co_purchases is not None else {}
-            candidates.append(Candidate(chosen_ids[rank], score, dict(zip(names, row)), evidence,
-                                        {"found_by": found_by}))
+        from_cooc = set(passing.tolist())
+        flags = (np.fromiter((j in from_cooc for j in chosen.tolist()), dtype=bool, count=len(chosen))
+                 * fusion_kernel.FROM_COOC + ((order < engine_found) | popular) * fusion_kernel.FROM_ENGINE)
+        counts = s.cooc.counts_with(anchor_idx, chosen) if anchor_idx else np.zeros(len(chosen))
+        ranked = np.column_stack([scores[order], counts, flags, weighted[:, order].T])
+        candidates = self._candidates(names, chosen, ranked, bool(anchor_idx), "popular" if popular else "engine")
         notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
         return RetrievalResult(candidates, notes, paths)
+
+    def _candidates(self, names: list[str], chosen: np.ndarray, ranked: np.ndarray, with_counts: bool,
+                    base_source: str) -> list[Candidate]:
+        """Candidates in rank order from fusion_kernel's ranked layout (score, co-purchases, FROM_* flags, one
+        contribution per name). found_by lists the features that raised the score, else the engine (or the popular
+        fallback) or the co-occurrence graph."""
+        ids = self._id_array()[chosen].tolist()
+        by_name = sorted(range(len(names)), key=names.__getitem__)
+        first = fusion_kernel.RANKED_COLUMNS
+        out = []
+        for item, row in zip(ids, ranked.tolist()):
+            contributions = row[first:]
+            found_by = [names[f] for f in by_name if contributions[f] > 0]
+            flags = int(row[2])
+            if flags & fusion_kernel.FROM_COOC and "cooc" not in found_by:
+                found_by.append("cooc")
+                found_by.sort()
+            if not found_by:
+                found_by = [base_source] if flags & fusion_kernel.FROM_ENGINE else ["cooc"]
+            out.append(Candidate(item, row[0], dict(zip(names, contributions)),
+                                 {"co_purchases": int(row[1])} if with_counts else {}, {"found_by": found_by}))
+        return out
 
 
 _NO_PRODUCT = Product(id="", title="", in_stock=False)

@@ -72,6 +72,20 @@ class CategoryAffinity:
         row[codes] += self.same_bonus
         return row
 
+    def anchor_parts(self, anchor_idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, float] | None:
+        """anchor_row as (pairs, codes, divisor, bonus codes, bonus): affinity to code c is
+        sum(pairs[codes, c]) / divisor, plus the bonus when c is a bonus code. Nothing is copied for a dense
+        pair matrix, so the compiled fusion reads only the cells its candidates need."""
+        codes = [code for code in self.item_code[list(anchor_idx)].tolist() if code >= 0]
+        if not codes:
+            return None
+        if not isinstance(self.pair, np.ndarray):
+            row = self.anchor_row(anchor_idx)
+            return row[None, :], np.zeros(1, dtype=np.int64), 1.0, np.zeros(0, dtype=np.int64), 0.0
+        divisor = float(self.count[codes[0]] if len(codes) == 1 else self.count[codes].sum()) + 1.0
+        return (self.pair, np.array(codes, dtype=np.int64), divisor, np.array(sorted(set(codes)), dtype=np.int64),
+                float(self.same_bonus))
+
     def score_vector(self, anchors: Sequence[str]) -> np.ndarray:
         codes = [self.item_code[j] for j in self.vocab.known(anchors) if self.item_code[j] >= 0]
         out = np.zeros(len(self.vocab))

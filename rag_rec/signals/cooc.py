@@ -246,8 +246,8 @@ class CooccurrenceScorer:
         for i in anchor_idx:
             keep &= cols != i
         cols, vals = cols[keep], vals[keep]
-        if len(vals) > 4 * n:
-            top = np.argpartition(-vals, n - 1)[:n]
+        if len(vals) > 4 * n and n > 0:  # the n-th largest value bounds the answer; ties at it are all kept
+            top = vals >= np.partition(vals, len(vals) - n)[len(vals) - n]
             cols, vals = cols[top], vals[top]
         order = np.lexsort((cols, -vals))[:n]
         return cols[order].astype(int), vals[order]
