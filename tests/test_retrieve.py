@@ -375,6 +375,8 @@ def test_engine_keys_beyond_the_key_map_ask_for_a_rebuild(pipeline):
     keys = np.flatnonzero(key_rows >= 0)[:20]
     fused = fusion_kernel.fuse_hits(table, key_rows, np.append(keys, len(key_rows) + 5), np.zeros(0, np.int64), query, 5)
     assert fused.status == fusion_kernel.NEW_KEY
+    with pytest.raises(IndexError):  # the kernel reads unchecked: a row beyond the snapshot must stop it
+        fusion_kernel.fuse(table, np.array([len(table.rows)]), query)
     partners = np.array([key_rows[keys[3]], s.cooc.top_partners(anchor, 1)[0][0]])
     fused = fusion_kernel.fuse_hits(table, key_rows, keys, partners, query, 30)
     assert fused.status == fusion_kernel.OK and fused.engine_found == 20

