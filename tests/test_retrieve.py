@@ -328,7 +328,8 @@ def test_compiled_partners_equal_the_reference_partners_and_filter(pipeline):
     bundles = [b.items for b in pipeline.dataset.bundles if len(b.items) >= 3][:8]
     cases = [[a] for a in anchors_of(pipeline, 8)] + [list(b[:3]) for b in bundles]
     filters = [Filter(), Filter(must_match={"in_stock": True}), Filter(must_match={"in_stock": False}),
-               Filter(ranges={"price": (None, priced)}), Filter(must_match={"in_stock": True}, ranges={"price": (priced, None)})]
+               Filter(ranges={"price": (None, priced)}), Filter(must_match={"in_stock": True}, ranges={"price": (priced, None)}),
+               Filter(ranges={"price": (None, None)})]
     checked = 0
     for anchors in cases:
         idx = s.vocab.known(anchors)

@@ -260,13 +260,15 @@ class HybridRetriever:
         self.scorer.invalidate()
 
     def _partner_filter(self, flt: Filter, excluded: Sequence[int]) -> fusion_kernel.PartnerFilter:
-        """The stock, price and excluded-id part of `flt` as arrays over vocabulary rows."""
+        """The stock, price and excluded-id part of `flt` as arrays over vocabulary rows (a price range with
+        neither bound is no condition, as in the engine)."""
         stock, price = self._arrays()
         want = flt.must_match.get("in_stock")
         low, high = flt.ranges.get("price", (None, None))
         return fusion_kernel.PartnerFilter(
             np.asarray(excluded, dtype=np.int64), stock if isinstance(want, bool) else None, want is not False,
-            price if "price" in flt.ranges else None, -np.inf if low is None else low, np.inf if high is None else high)
+            price if low is not None or high is not None else None, -np.inf if low is None else low,
+            np.inf if high is None else high)
 
     def _per_product(self, idx: np.ndarray, flt: Filter) -> np.ndarray:
         """The rows among `idx` passing what _partner_filter leaves out (other payload fields, category)."""
