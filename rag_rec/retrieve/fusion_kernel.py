@@ -177,7 +177,9 @@ def top_partners(q: AnchorQuery, n: int, flt: PartnerFilter) -> np.ndarray:
 
 
 OK, NEW_KEY, STALE = 0, 1, 2
-FROM_COOC, FROM_ENGINE = 1, 2   # flags of a ranked candidate: among the co-occurrence partners, among the engine's hits
+# provenance code of a ranked candidate: among the co-occurrence partners, among the engine's hits, and one bit
+# (POSITIVE << f) per feature f (names order) whose contribution is positive
+FROM_COOC, FROM_ENGINE, POSITIVE = 1, 2, 4
 RANKED_COLUMNS = 3
 
 
@@ -194,7 +196,7 @@ class Fused:
     scores: np.ndarray
     order: np.ndarray               # pool positions of the k best
     chosen: np.ndarray              # their vocabulary rows
-    ranked: np.ndarray              # k x (score, co-purchases, FROM_* flags, contribution per name)
+    ranked: np.ndarray              # k x (score, co-purchases, provenance code, contribution per name)
 
 
 def fuse_hits(table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, partners: np.ndarray, q: AnchorQuery,
@@ -437,7 +439,11 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, c0
         o = order[r]
         picked[r, 0] = scores[o]
         picked[r, 1] = out[CO_PURCHASES, o]
-        picked[r, 2] = (FROM_COOC if is_partner[o] else 0) + (FROM_ENGINE if o < found else 0)
+        code = (FROM_COOC if is_partner[o] else 0) + (FROM_ENGINE if o < found else 0)
         for f in range(name_rows.shape[0]):
-            picked[r, RANKED_COLUMNS + f] = out[name_rows[f], o]
+            value = out[name_rows[f], o]
+            picked[r, RANKED_COLUMNS + f] = value
+            if value > 0:
+                code += POSITIVE << f
+        picked[r, 2] = code
     return 0, found, pool, out, scores, order, pool[order], picked

@@ -43,6 +43,18 @@ def product_matches(product: Product, flt: Filter | None) -> bool:
     return True
 
 
+def found_by_of(code: int, names: Sequence[str], base_source: str) -> list[str]:
+    """A candidate's provenance from its fusion_kernel code: the features that raised its score (and the
+    co-occurrence graph when it was one of the partners), sorted; else the engine (or the popular fallback) or the
+    co-occurrence graph that found it."""
+    found = {name for f, name in enumerate(names) if code & (fusion_kernel.POSITIVE << f)}
+    if code & fusion_kernel.FROM_COOC:
+        found.add("cooc")
+    if found:
+        return sorted(found)
+    return [base_source] if code & fusion_kernel.FROM_ENGINE else ["cooc"]
+
+
 def member(values: np.ndarray, of) -> np.ndarray:
     """np.isin for a short list `of` (anchors, excluded ids): one comparison per value, no sorting."""
     of = list(of)
@@ -272,9 +284,10 @@ class HybridRetriever:
 
     def _per_product(self, idx: np.ndarray, flt: Filter) -> np.ndarray:
         """The rows among `idx` passing what _partner_filter leaves out (other payload fields, category)."""
-        rest = Filter({k: v for k, v in flt.must_match.items() if not (k == "in_stock" and isinstance(v, bool))},
-                      (), {k: v for k, v in flt.ranges.items() if k != "price"}, flt.category_prefix)
-        if len(idx) and (rest.must_match or rest.ranges or rest.category_prefix):
+        match = {k: v for k, v in flt.must_match.items() if not (k == "in_stock" and isinstance(v, bool))}
+        ranges = {k: v for k, v in flt.ranges.items() if k != "price"} if flt.ranges else flt.ranges
+        if len(idx) and (match or ranges or flt.category_prefix):
+            rest = Filter(match, (), ranges, flt.category_prefix)
             ids = self.signals.vocab.ids
             idx = idx[[product_matches(self.products.get(ids[j], _NO_PRODUCT), rest) for j in idx.tolist()]]
         return idx
@@ -391,34 +404,31 @@ class HybridRetriever:
         order = np.argsort(-scores, kind="stable")[: request.k]
         chosen = pool[order]
         from_cooc = set(passing.tolist())
-        flags = (np.fromiter((j in from_cooc for j in chosen.tolist()), dtype=bool, count=len(chosen))
-                 * fusion_kernel.FROM_COOC + ((order < engine_found) | popular) * fusion_kernel.FROM_ENGINE)
+        contributions = weighted[:, order].T
+        codes = (np.fromiter((j in from_cooc for j in chosen.tolist()), dtype=bool, count=len(chosen))
+                 * fusion_kernel.FROM_COOC + ((order < engine_found) | popular) * fusion_kernel.FROM_ENGINE
+                 + (contributions > 0) @ (fusion_kernel.POSITIVE << np.arange(len(names))))
         counts = s.cooc.counts_with(anchor_idx, chosen) if anchor_idx else np.zeros(len(chosen))
-        ranked = np.column_stack([scores[order], counts, flags, weighted[:, order].T])
+        ranked = np.column_stack([scores[order], counts, codes, contributions])
         candidates = self._candidates(names, chosen, ranked, bool(anchor_idx), "popular" if popular else "engine")
         notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
         return RetrievalResult(candidates, notes, paths)
 
     def _candidates(self, names: list[str], chosen: np.ndarray, ranked: np.ndarray, with_counts: bool,
                     base_source: str) -> list[Candidate]:
-        """Candidates in rank order from fusion_kernel's ranked layout (score, co-purchases, FROM_* flags, one
-        contribution per name). found_by lists the features that raised the score, else the engine (or the popular
-        fallback) or the co-occurrence graph."""
+        """Candidates in rank order from fusion_kernel's ranked layout (score, co-purchases, provenance code, one
+        contribution per name)."""
         ids = self._id_array()[chosen].tolist()
-        by_name = sorted(range(len(names)), key=names.__getitem__)
         first = fusion_kernel.RANKED_COLUMNS
+        labels: dict[int, list[str]] = {}
         out = []
         for item, row in zip(ids, ranked.tolist()):
-            contributions = row[first:]
-            found_by = [names[f] for f in by_name if contributions[f] > 0]
-            flags = int(row[2])
-            if flags & fusion_kernel.FROM_COOC and "cooc" not in found_by:
-                found_by.append("cooc")
-                found_by.sort()
-            if not found_by:
-                found_by = [base_source] if flags & fusion_kernel.FROM_ENGINE else ["cooc"]
-            out.append(Candidate(item, row[0], dict(zip(names, contributions)),
-                                 {"co_purchases": int(row[1])} if with_counts else {}, {"found_by": found_by}))
+            code = int(row[2])
+            found_by = labels.get(code)
+            if found_by is None:
+                found_by = labels[code] = found_by_of(code, names, base_source)
+            out.append(Candidate(item, row[0], dict(zip(names, row[first:])),
+                                 {"co_purchases": int(row[1])} if with_counts else {}, {"found_by": list(found_by)}))
         return out
 
 
