@@ -287,9 +287,11 @@ def _partners_kernel(cooc_cols, cooc_vals, cooc_offsets, anchor_rows, n, exclude
         at = np.searchsorted(excluded, j)
         if at < excluded.shape[0] and excluded[at] == j:
             continue
-        if stock.shape[0] and stock[j] != want_stock:
+        if stock.shape[0] and (j >= stock.shape[0] or stock[j] != want_stock):  # a row newer than the arrays fails
             continue
         if price.shape[0]:
+            if j >= price.shape[0]:
+                continue
             p = price[j]
             if np.isnan(p) or p < low or p > high:
                 continue
@@ -383,7 +385,7 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, c0
         if has[CATEGORY]:
             code = row_ints[j, code_col]
             acc = 0.0
-            if code >= 0 and category_codes.shape[0]:
+            if 0 <= code < category_pairs.shape[1] and category_codes.shape[0]:
                 for a in range(category_codes.shape[0]):
                     acc += category_pairs[category_codes[a], code]
                 acc /= category_div
