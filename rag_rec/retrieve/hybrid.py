@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -43,7 +44,8 @@ def product_matches(product: Product, flt: Filter | None) -> bool:
     return True
 
 
-def found_by_of(code: int, names: Sequence[str], base_source: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def found_by_of(code: int, names: tuple[str, ...], base_source: str) -> tuple[str, ...]:
     """A candidate's provenance from its fusion_kernel code: the features that raised its score (and the
     co-occurrence graph when it was one of the partners), sorted; else the engine (or the popular fallback) or the
     co-occurrence graph that found it."""
@@ -51,8 +53,8 @@ def found_by_of(code: int, names: Sequence[str], base_source: str) -> list[str]:
     if code & fusion_kernel.FROM_COOC:
         found.add("cooc")
     if found:
-        return sorted(found)
-    return [base_source] if code & fusion_kernel.FROM_ENGINE else ["cooc"]
+        return tuple(sorted(found))
+    return (base_source,) if code & fusion_kernel.FROM_ENGINE else ("cooc",)
 
 
 def member(values: np.ndarray, of) -> np.ndarray:
@@ -420,13 +422,10 @@ class HybridRetriever:
         contribution per name)."""
         ids = self._id_array()[chosen].tolist()
         first = fusion_kernel.RANKED_COLUMNS
-        labels: dict[int, list[str]] = {}
+        key = tuple(names)
         out = []
         for item, row in zip(ids, ranked.tolist()):
-            code = int(row[2])
-            found_by = labels.get(code)
-            if found_by is None:
-                found_by = labels[code] = found_by_of(code, names, base_source)
+            found_by = found_by_of(int(row[2]), key, base_source)
             out.append(Candidate(item, row[0], dict(zip(names, row[first:])),
                                  {"co_purchases": int(row[1])} if with_counts else {}, {"found_by": list(found_by)}))
         return out
