@@ -146,14 +146,31 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
     anchor_kinds = (np.asarray(kinds[anchor_rows], dtype=np.int64) if kinds is not None and idx and kind_discount < 1.0
                     else _EMPTY_I64)
     return AnchorQuery(
-        has=has, names=names, name_rows=np.array([NAMES.index(f) for f in names], dtype=np.int64),
-        weights=np.array([scorer.weights.get(f, 0.0) for f in NAMES], dtype=np.float64),
+        has=has, names=names, name_rows=_name_rows(tuple(names)), weights=_weight_vector(scorer),
         text_q=text_q, text_div=text_div, anchor_vecs=anchor_vecs, lex_terms=lex_terms, lex_weights=lex_weights,
         category_pairs=pairs, category_codes=codes, category_div=div, category_bonus_codes=bonus_codes,
         category_bonus=bonus, anchor_rows=anchor_rows, cooc_cols=cols, cooc_vals=vals, cooc_offsets=offsets,
         anchor_norms=np.asarray(norms[anchor_rows], dtype=np.float64), norms=norms, anchor_leaves=anchor_leaves,
         leaf_discount=leaf_discount, cf_q=cf_q, need_q=need_q, kinds=kinds if kinds is not None else _EMPTY_I64,
         anchor_kinds=anchor_kinds, kind_discount=kind_discount)
+
+
+@lru_cache(maxsize=64)
+def _name_rows(names: tuple[str, ...]) -> np.ndarray:
+    rows = np.array([NAMES.index(f) for f in names], dtype=np.int64)
+    rows.flags.writeable = False
+    return rows
+
+
+def _weight_vector(scorer) -> np.ndarray:
+    """The scorer's weights in NAMES order, rebuilt when its weights dict is replaced or changed."""
+    cached = getattr(scorer, "_weight_vector", None)
+    weights = scorer.weights
+    if cached is None or cached[0] is not weights or cached[1] != weights:
+        vector = np.array([weights.get(f, 0.0) for f in NAMES], dtype=np.float64)
+        cached = (weights, dict(weights), vector)
+        scorer._weight_vector = cached
+    return cached[2]
 
 
 @dataclass

@@ -76,15 +76,21 @@ class CategoryAffinity:
         """anchor_row as (pairs, codes, divisor, bonus codes, bonus): affinity to code c is
         sum(pairs[codes, c]) / divisor, plus the bonus when c is a bonus code. Nothing is copied for a dense
         pair matrix, so the compiled fusion reads only the cells its candidates need."""
-        codes = [code for code in self.item_code[list(anchor_idx)].tolist() if code >= 0]
+        if len(anchor_idx) == 1:
+            code = int(self.item_code[anchor_idx[0]])
+            codes = [code] if code >= 0 else []
+        else:
+            codes = [code for code in self.item_code[list(anchor_idx)].tolist() if code >= 0]
         if not codes:
             return None
         if not isinstance(self.pair, np.ndarray):
             row = self.anchor_row(anchor_idx)
             return row[None, :], np.zeros(1, dtype=np.int64), 1.0, np.zeros(0, dtype=np.int64), 0.0
-        divisor = float(self.count[codes[0]] if len(codes) == 1 else self.count[codes].sum()) + 1.0
-        return (self.pair, np.array(codes, dtype=np.int64), divisor, np.array(sorted(set(codes)), dtype=np.int64),
-                float(self.same_bonus))
+        if len(codes) == 1:
+            one = np.array(codes, dtype=np.int64)
+            return self.pair, one, float(self.count[codes[0]]) + 1.0, one, float(self.same_bonus)
+        return (self.pair, np.array(codes, dtype=np.int64), float(self.count[codes].sum()) + 1.0,
+                np.array(sorted(set(codes)), dtype=np.int64), float(self.same_bonus))
 
     def score_vector(self, anchors: Sequence[str]) -> np.ndarray:
         codes = [self.item_code[j] for j in self.vocab.known(anchors) if self.item_code[j] >= 0]
