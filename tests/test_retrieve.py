@@ -394,3 +394,21 @@ def test_category_pairs_are_symmetric_rows_read_contiguously(pipeline):
     pair = pipeline.signals.category.pair
     assert isinstance(pair, np.ndarray) and pair.flags.c_contiguous
     np.testing.assert_array_equal(pair, pair.T)
+
+
+def test_the_kernel_reads_the_scorers_current_weights(pipeline):
+    from rag_rec.retrieve import fusion_kernel
+
+    scorer = pipeline.retriever.scorer
+    idx = pipeline.signals.vocab.known(anchors_of(pipeline, 1))
+    original = scorer.weights
+    lex = fusion_kernel.NAMES.index("lex")
+    try:
+        before = fusion_kernel.anchor_query(scorer, idx, None, None, None, 1.0).weights[lex]
+        scorer.weights = {**original, "lex": 2 * original["lex"]}  # a new dict
+        assert fusion_kernel.anchor_query(scorer, idx, None, None, None, 1.0).weights[lex] == 2 * before
+        scorer.weights["lex"] = 0.0  # the same dict, changed in place
+        assert fusion_kernel.anchor_query(scorer, idx, None, None, None, 1.0).weights[lex] == 0.0
+    finally:
+        scorer.weights = original
+    assert fusion_kernel.anchor_query(scorer, idx, None, None, None, 1.0).weights[lex] == before
