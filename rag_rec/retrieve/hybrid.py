@@ -287,7 +287,7 @@ class HybridRetriever:
     def _per_product(self, idx: np.ndarray, flt: Filter) -> np.ndarray:
         """The rows among `idx` passing what _partner_filter leaves out (other payload fields, category)."""
         match = {k: v for k, v in flt.must_match.items() if not (k == "in_stock" and isinstance(v, bool))}
-        ranges = {k: v for k, v in flt.ranges.items() if k != "price"} if flt.ranges else flt.ranges
+        ranges = {k: v for k, v in flt.ranges.items() if k != "price"}
         if len(idx) and (match or ranges or flt.category_prefix):
             rest = Filter(match, (), ranges, flt.category_prefix)
             ids = self.signals.vocab.ids
