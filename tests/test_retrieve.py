@@ -412,3 +412,70 @@ def test_the_kernel_reads_the_scorers_current_weights(pipeline):
     finally:
         scorer.weights = original
     assert fusion_kernel.anchor_query(scorer, idx, None, None, None, 1.0).weights[lex] == before
+
+
+def test_the_anchor_request_kernel_equals_the_prepared_one(pipeline):
+    """fuse_anchor_request (anchors prepared inside the kernel from the item table and the CSR matrix) ==
+    anchor_query + top_partners + fuse_hits, to the bit: one and several anchors, a need, filters on stock and
+    price, with and without the substitute discount."""
+    from rag_rec.retrieve import fusion_kernel
+    from rag_rec.retrieve.hybrid import HybridRetriever
+
+    s = pipeline.signals
+    retriever = HybridRetriever(pipeline.store, s, varied_products(pipeline), pipeline.settings.retrieve)
+    scorer, table, key_rows, kinds = retriever.scorer, retriever.scorer.table(), retriever._key_table(), retriever._kinds()
+    keys = np.flatnonzero(key_rows >= 0)
+    rng = np.random.default_rng(5)
+    price = float(np.nanmedian(retriever._arrays()[1]))
+    bundles = [b.items for b in pipeline.dataset.bundles if len(b.items) >= 3][:6]
+    cases = [[a] for a in anchors_of(pipeline, 8)] + [list(b[:2]) for b in bundles] + [list(b[:3]) for b in bundles[:3]]
+    need = s.encoder.encode(["a sturdy case to carry it"])[0]
+    filters = [Filter(), Filter(must_match={"in_stock": True}), Filter(must_match={"in_stock": False}),
+               Filter(ranges={"price": (None, price)})]
+    compared = 0
+    for c, anchors in enumerate(cases):
+        idx = s.vocab.known(anchors)
+        assert fusion_kernel.anchors_in_kernel(scorer, idx)
+        engine = key_rows.searchsorted(0) + rng.choice(keys, size=60, replace=False)  # keys of 60 products
+        norm = float(np.sqrt(s.text_vectors[idx[0]] @ s.text_vectors[idx[0]]))
+        need_vector = need if c % 4 == 0 else None
+        cf_query = scorer.cf_query(idx, None)
+        for discount in (0.5, 1.0):
+            for flt in filters:
+                part = retriever._partner_filter(flt, idx)
+                query = fusion_kernel.anchor_query(scorer, idx, need_vector, cf_query, kinds, discount,
+                                                   norm if len(idx) == 1 else None)
+                partners = fusion_kernel.top_partners(query, 2 * 40, part)[:40]
+                want = fusion_kernel.fuse_hits(table, key_rows, engine, partners, query, 25)
+                got = fusion_kernel.fuse_anchor_request(scorer, table, key_rows, engine, idx, query.text_q, norm,
+                                                        need_vector, cf_query, kinds, discount, 40, part, 25)
+                assert got.status == want.status == fusion_kernel.OK
+                assert got.names == want.names and got.pool.tolist() == want.pool.tolist(), anchors
+                np.testing.assert_array_equal(got.ranked, want.ranked)
+                compared += len(got.pool) - got.engine_found
+    assert compared > 200  # partners beyond the engine's hits took part
+
+
+def test_anchors_with_rows_changed_since_the_fit_are_prepared_in_python(pipeline, monkeypatch):
+    from rag_rec.retrieve import fusion_kernel
+    from rag_rec.retrieve.hybrid import HybridRetriever
+
+    s = pipeline.signals
+    anchor = anchors_of(pipeline, 3)[2]
+    idx = s.vocab.known([anchor])
+    cols, vals = s.cooc._row(idx[0])
+    monkeypatch.setitem(s.cooc._overlay, idx[0], (cols, vals * 2))  # a row changed by events since the fit
+    assert not fusion_kernel.anchors_in_kernel(pipeline.retriever.scorer, idx)
+    calls = []
+    monkeypatch.setattr(fusion_kernel, "fuse_anchor_request", lambda *a, **kw: calls.append(a))
+    request = RetrievalRequest(anchors=(anchor,), k=20)
+    fast = pipeline.retriever.retrieve(request).candidates
+    reference = HybridRetriever(pipeline.store, s, pipeline.dataset.products,
+                                pipeline.settings.retrieve.model_copy(update={"fusion_backend": "numpy"}))
+    slow = reference.retrieve(request).candidates
+    assert not calls and [c.id for c in fast] == [c.id for c in slow]
+    assert [c.evidence for c in fast] == [c.evidence for c in slow]
+    original = dict(zip([s.vocab.ids[j] for j in cols.tolist()], vals.tolist()))
+    served = {c.id: c.evidence["co_purchases"] for c in fast if c.id in original}
+    assert any(original[i] % 2 for i in served)  # the doubled (overlay) counts are what was served
+    assert all(count == 2 * original[i] for i, count in served.items())

@@ -233,6 +233,64 @@ def fuse_hits(table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, partners
     return Fused(status, pool, found, q.names, out, scores, order, chosen, ranked)
 
 
+def anchors_in_kernel(scorer, anchor_idx: Sequence[int]) -> bool:
+    """Whether fuse_anchor_request can prepare these anchors itself: their co-occurrence rows are in the CSR
+    matrix (not in the overlay of rows changed since) and the category pairs are dense."""
+    s = scorer.signals
+    overlay = s.cooc._overlay
+    if overlay and any(i in overlay for i in anchor_idx):
+        return False
+    return s.category is None or isinstance(s.category.pair, np.ndarray)
+
+
+@lru_cache(maxsize=64)
+def _features_of(single: bool, text: bool, lex: bool, need: bool, category: bool, cf: bool) -> tuple:
+    """(has, names, name_rows) of a request with anchors, in FusionScorer's order (see anchor_query)."""
+    names = (["text_max", "text"] if single else ["text", "text_max"]) if text else []
+    names += [name for name, present in (("lex", lex), ("need", need), ("category", category)) if present]
+    names += ["cooc"] + (["cf"] if cf else [])
+    has = np.array([name in names for name in NAMES], dtype=np.bool_)
+    has.flags.writeable = False
+    return has, tuple(names), _name_rows(tuple(names))
+
+
+def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, anchor_idx: Sequence[int],
+                        text_q: np.ndarray | None, text_norm: float | None, need_vector: np.ndarray | None,
+                        cf_query: np.ndarray | None, kinds: np.ndarray | None, kind_discount: float, n_partners: int,
+                        flt: PartnerFilter, k: int) -> Fused:
+    """anchor_query + top_partners + fuse_hits for known anchors (anchors_in_kernel), in one compiled call after
+    the engine: the anchors' side is read from the item table and the signals' arrays inside the kernel.
+    `text_q`: the anchors' unit mean text vector (several anchors); `text_norm`: |text vector| (one anchor)."""
+    s = scorer.signals
+    cooc, category = s.cooc, s.category
+    has_text = s.text_vectors is not None
+    need = need_vector is not None and has_text
+    cf = s.als is not None and cf_query is not None
+    has, names, name_rows = _features_of(len(anchor_idx) == 1, has_text, s.lexical is not None, need,
+                                         category is not None, cf)
+    norms = cooc._norms()
+    kinds = kinds if kinds is not None and kind_discount < 1.0 else _EMPTY_I64
+    covered = min(len(table.rows), len(norms), len(kinds) if len(kinds) else len(norms))
+    matrix = cooc._matrix
+    status, found, pool, out, scores, order, chosen, ranked = compiled()[2](
+        table.rows, table.rows.view(np.int32), key_rows, np.ascontiguousarray(keys, dtype=np.int64), k, covered,
+        table.text.start, table.text.stop - table.text.start, table.cf.start, table.cf.stop - table.cf.start,
+        table.terms.start, table.terms.stop - table.terms.start, table.weights.start, table.code, table.leaf,
+        np.asarray(anchor_idx, dtype=np.int64), has, name_rows, _weight_vector(scorer),
+        _EMPTY_F32 if text_q is None or len(anchor_idx) == 1 else np.ascontiguousarray(text_q, dtype=np.float32),
+        (text_norm or 1.0) if len(anchor_idx) == 1 else 1.0,
+        category.pair if category is not None else _NO_PAIRS,
+        category.count if category is not None else _EMPTY_F64,
+        float(category.same_bonus) if category is not None else 0.0,
+        matrix.indptr, matrix.indices, matrix.data, norms, bool(cooc.complement),
+        float(cooc.substitute_discount) if cooc.complement else 1.0,
+        np.ascontiguousarray(cf_query, dtype=np.float32) if cf else _EMPTY_F32,
+        np.ascontiguousarray(need_vector, dtype=np.float32) if need else _EMPTY_F32,
+        kinds, kind_discount, n_partners, np.sort(flt.excluded), _EMPTY_BOOL if flt.stock is None else flt.stock,
+        flt.want_stock, _EMPTY_F64 if flt.price is None else flt.price, float(flt.low), float(flt.high))
+    return Fused(status, pool, found, list(names), out, scores, order, chosen, ranked)
+
+
 def fuse(table: ItemTable, pool: np.ndarray, q: AnchorQuery) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """(feature names, weight x feature matrix names x pool, scores with the substitute discount applied, raw
     co-purchase counts with the anchors) for a given pool. Every pool row must be below `covered(table, q)`."""
@@ -258,13 +316,19 @@ def available() -> bool:
 
 @lru_cache(maxsize=1)
 def compiled():
-    """(request kernel, partners kernel), compiled on first use and cached on disk by numba."""
+    """(request kernel, partners kernel, anchor request kernel), compiled on first use and cached on disk by
+    numba. The anchor request kernel calls the other two, so they are bound to module globals first."""
+    global _fuse_pool_jit, _partners_jit
     try:
         import numba
     except ImportError as e:
         raise FusionBackendUnavailable("the compiled fusion needs numba: pip install 'rag_rec[fast]'") from e
     jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-    return jit(_request_kernel), numba.njit(cache=True, nogil=True)(_partners_kernel)
+    _fuse_pool_jit, _partners_jit = jit(_request_kernel), numba.njit(cache=True, nogil=True)(_partners_kernel)
+    return _fuse_pool_jit, _partners_jit, numba.njit(cache=True, nogil=True)(_anchor_request_kernel)
+
+
+_fuse_pool_jit = _partners_jit = None
 
 
 def _partners_kernel(cooc_cols, cooc_vals, cooc_offsets, anchor_rows, n, excluded, stock, want_stock, price,
@@ -315,6 +379,110 @@ def _partners_kernel(cooc_cols, cooc_vals, cooc_offsets, anchor_rows, n, exclude
         out[m] = j
         m += 1
     return out[:m]
+
+
+LEX_PAD = np.iinfo(np.int32).max  # the term id that pads lexical rows (lexical._TermTable)
+
+
+def _anchor_request_kernel(rows, row_ints, key_rows, keys, k, covered, t0, dt, c0, dc, l0, lw, w0, code_col,
+                           leaf_col, anchor_rows, has, name_rows, weights, text_q, text_div, category_pairs,
+                           category_count, category_bonus, cooc_indptr, cooc_indices, cooc_data, norms, complement,
+                           leaf_discount, cf_q, need_q, kinds, kind_discount, n_partners, excluded, stock, want_stock,
+                           price, low, high):
+    """anchor_query + top_partners + _request_kernel for known anchors, from the signals' own arrays: the anchors'
+    text, lexical, category and leaf columns come from their item-table rows, their co-occurrence rows from the
+    CSR matrix. Returns STALE when an anchor is beyond the snapshot."""
+    n_anchors = anchor_rows.shape[0]
+    for a in range(n_anchors):
+        if anchor_rows[a] >= covered or anchor_rows[a] >= cooc_indptr.shape[0] - 1:
+            empty = np.empty(0, dtype=np.int64)
+            return (2, 0, empty, np.empty((len(NAMES) + 1, 0)), np.empty(0), empty, empty,
+                    np.empty((0, RANKED_COLUMNS + name_rows.shape[0])))
+    anchor_vecs = np.empty((n_anchors if has[TEXT] else 0, dt), dtype=np.float32)
+    for a in range(anchor_vecs.shape[0]):
+        for d in range(dt):
+            anchor_vecs[a, d] = rows[anchor_rows[a], t0 + d]
+    # the anchors' mean lexical row (LexicalSimilarity._query): weights summed per term in anchor order, over the
+    # anchors that have words
+    with_words = 0
+    total_terms = 0
+    for a in range(n_anchors):
+        length = 0
+        while length < lw and row_ints[anchor_rows[a], l0 + length] != LEX_PAD:
+            length += 1
+        if length:
+            with_words += 1
+            total_terms += length
+    terms_all = np.empty(total_terms, dtype=np.int32)
+    weights_all = np.empty(total_terms, dtype=np.float64)
+    m = 0
+    for a in range(n_anchors if has[LEX] else 0):
+        for t in range(lw):
+            term = row_ints[anchor_rows[a], l0 + t]
+            if term == LEX_PAD:
+                break
+            terms_all[m] = term
+            weights_all[m] = rows[anchor_rows[a], w0 + t]
+            m += 1
+    terms_all, weights_all = terms_all[:m], weights_all[:m]
+    if with_words <= 1:
+        lex_terms, lex_weights = terms_all, weights_all
+    else:
+        by_term = np.argsort(terms_all, kind="mergesort")
+        lex_terms = np.empty(m, dtype=np.int32)
+        lex_weights = np.zeros(m, dtype=np.float64)
+        u = -1
+        for i in range(m):
+            term = terms_all[by_term[i]]
+            if u < 0 or lex_terms[u] != term:
+                u += 1
+                lex_terms[u] = term
+            lex_weights[u] += weights_all[by_term[i]]
+        lex_terms, lex_weights = lex_terms[:u + 1], lex_weights[:u + 1] / with_words
+    # CategoryAffinity.anchor_parts over a dense pair matrix
+    codes = np.empty(n_anchors if has[CATEGORY] else 0, dtype=np.int64)
+    m = 0
+    for a in range(codes.shape[0]):
+        code = row_ints[anchor_rows[a], code_col]
+        if code >= 0:
+            codes[m] = code
+            m += 1
+    category_codes = codes[:m]
+    category_div = 1.0
+    for a in range(m):
+        category_div += category_count[category_codes[a]]
+    bonus_codes = np.unique(category_codes)
+    # the anchors' co-occurrence rows, their norms and leaves
+    offsets = np.zeros(n_anchors + 1, dtype=np.int64)
+    for a in range(n_anchors):
+        i = anchor_rows[a]
+        offsets[a + 1] = offsets[a] + cooc_indptr[i + 1] - cooc_indptr[i]
+    cooc_cols = np.empty(offsets[n_anchors], dtype=np.int64)
+    cooc_vals = np.empty(offsets[n_anchors], dtype=np.float64)
+    anchor_norms = np.empty(n_anchors, dtype=np.float64)
+    leaves = np.empty(n_anchors if complement else 0, dtype=np.int64)
+    m = 0
+    for a in range(n_anchors):
+        i = anchor_rows[a]
+        start = cooc_indptr[i]
+        for x in range(offsets[a + 1] - offsets[a]):
+            cooc_cols[offsets[a] + x] = cooc_indices[start + x]
+            cooc_vals[offsets[a] + x] = cooc_data[start + x]
+        anchor_norms[a] = norms[i]
+        if complement and row_ints[i, leaf_col] >= 0:
+            leaves[m] = row_ints[i, leaf_col]
+            m += 1
+    anchor_leaves = np.unique(leaves[:m])
+    anchor_kinds = np.empty(n_anchors if kinds.shape[0] and kind_discount < 1.0 else 0, dtype=np.int64)
+    for a in range(anchor_kinds.shape[0]):
+        anchor_kinds[a] = kinds[anchor_rows[a]]
+    partners = _partners_jit(cooc_cols, cooc_vals, offsets, anchor_rows, 2 * n_partners, excluded, stock, want_stock,
+                             price, low, high)[:n_partners]
+    return _fuse_pool_jit(rows, row_ints, key_rows, keys, partners, k, covered, t0, c0, dc, l0, lw, w0, code_col,
+                          leaf_col, has, name_rows, weights, text_q, text_div, anchor_vecs, lex_terms, lex_weights,
+                          category_pairs, category_codes, category_div, bonus_codes, category_bonus, cooc_cols,
+                          cooc_vals, offsets, anchor_norms, norms, anchor_leaves, leaf_discount, cf_q, need_q, kinds,
+                          anchor_kinds, kind_discount)
 
 
 def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, c0, dc, l0, lw, w0, code_col,

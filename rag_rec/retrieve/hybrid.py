@@ -284,6 +284,12 @@ class HybridRetriever:
             price if low is not None or high is not None else None, -np.inf if low is None else low,
             np.inf if high is None else high)
 
+    @staticmethod
+    def _per_product_fields(flt: Filter) -> bool:
+        """Whether `flt` has conditions _partner_filter leaves to _per_product."""
+        return bool(flt.category_prefix or any(k != "price" for k in flt.ranges)
+                    or any(not (k == "in_stock" and isinstance(v, bool)) for k, v in flt.must_match.items()))
+
     def _per_product(self, idx: np.ndarray, flt: Filter) -> np.ndarray:
         """The rows among `idx` passing what _partner_filter leaves out (other payload fields, category)."""
         match = {k: v for k, v in flt.must_match.items() if not (k == "in_stock" and isinstance(v, bool))}
@@ -337,27 +343,33 @@ class HybridRetriever:
             need_vector = s.encoder.encode([request.need])[0]
             prefetches.append(Prefetch("text", need_vector, n))
             paths.append("need")
-        norm = None
+        norm = text_q = None
         if anchor_idx and s.text_vectors is not None:
             q = s.text_vectors[anchor_idx[0]] if len(anchor_idx) == 1 else s.text_vectors[anchor_idx].mean(axis=0)
             norm = float(np.sqrt(q @ q))
-            prefetches.append(Prefetch("text", q / norm if norm else q, n))
+            text_q = q / norm if norm else q
+            prefetches.append(Prefetch("text", text_q, n))
             paths.append("text")
         cf_query = self.scorer.cf_query(anchor_idx, user if user_known else None)
         if cf_query is not None:
             prefetches.append(Prefetch("cf", cf_query, n))
             paths.append("cf")
-        query = table = None
+        query = table = kinds = in_kernel = None
         if self.compiled and s.behaviour is None and (anchor_idx or need_vector is not None or cf_query is not None):
             table = self.scorer.table()
             kinds = self._kinds() if cfg.substitute_discount < 1.0 and anchor_idx else None
-            query = fusion_kernel.anchor_query(self.scorer, anchor_idx, need_vector, cf_query, kinds,
-                                               cfg.substitute_discount, norm if len(anchor_idx) == 1 else None)
+            in_kernel = (bool(anchor_idx) and not self._per_product_fields(flt)
+                         and fusion_kernel.anchors_in_kernel(self.scorer, anchor_idx))
+            if not in_kernel:
+                query = fusion_kernel.anchor_query(self.scorer, anchor_idx, need_vector, cf_query, kinds,
+                                                   cfg.substitute_discount, norm if len(anchor_idx) == 1 else None)
         passing = np.zeros(0, dtype=np.int64)
-        if anchor_idx:  # anchor-only work goes before the engine call, which leaves the caller's memory cold
+        if anchor_idx:
             paths.append("cooc")
             excluded = [vocab_index[i] for i in flt.must_not_ids if i in vocab_index]
-            if query is not None:
+            if in_kernel:  # the kernel prepares the anchors and their partners after the engine call
+                partner_filter = self._partner_filter(flt, excluded)
+            elif query is not None:  # anchor-only work goes before the engine call, which leaves memory cold
                 passing = fusion_kernel.top_partners(query, 2 * n, self._partner_filter(flt, excluded))
                 passing = self._per_product(passing, flt)[:n]
             else:
@@ -365,7 +377,22 @@ class HybridRetriever:
                 passing = self._passing(partners, flt, excluded)[:n]
         keys = self.store.fused_keys(prefetches, n, flt) if prefetches else np.zeros(0, dtype=np.int64)
         pool = None
-        if query is not None:
+        if in_kernel:
+            def fuse(key_rows):
+                return fusion_kernel.fuse_anchor_request(
+                    self.scorer, table, key_rows, keys, anchor_idx, text_q, norm, need_vector, cf_query, kinds,
+                    cfg.substitute_discount, n, partner_filter, request.k)
+
+            fused = fuse(self._key_table())
+            if fused.status == fusion_kernel.NEW_KEY:
+                fused = fuse(self._key_table(int(keys.max())))
+            if fused.status == fusion_kernel.OK and len(fused.pool):
+                candidates = self._candidates(fused.names, fused.chosen, fused.ranked, True, "engine")
+                notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
+                return RetrievalResult(candidates, notes, paths)
+            partners, _ = s.cooc.top_partners(anchor_idx, 2 * n)  # stale snapshot: the reference path below
+            passing = self._passing(partners, flt, excluded)[:n]
+        elif query is not None:
             fused = fusion_kernel.fuse_hits(table, self._key_table(), keys, passing, query, request.k)
             if fused.status == fusion_kernel.NEW_KEY:
                 fused = fusion_kernel.fuse_hits(table, self._key_table(int(keys.max())), keys, passing, query,
