@@ -423,7 +423,8 @@ def test_the_anchor_request_kernel_equals_the_prepared_one(pipeline):
 
     s = pipeline.signals
     retriever = HybridRetriever(pipeline.store, s, varied_products(pipeline), pipeline.settings.retrieve)
-    scorer, table, key_rows, kinds = retriever.scorer, retriever.scorer.table(), retriever._key_table(), retriever._kinds()
+    scorer, key_rows, kinds = retriever.scorer, retriever._key_table(), retriever._kinds()
+    table = scorer.table()
     keys = np.flatnonzero(key_rows >= 0)
     rng = np.random.default_rng(5)
     price = float(np.nanmedian(retriever._arrays()[1]))
@@ -479,3 +480,22 @@ def test_anchors_with_rows_changed_since_the_fit_are_prepared_in_python(pipeline
     served = {c.id: c.evidence["co_purchases"] for c in fast if c.id in original}
     assert any(original[i] % 2 for i in served)  # the doubled (overlay) counts are what was served
     assert all(count == 2 * original[i] for i, count in served.items())
+
+
+def test_a_behaviour_signal_is_fused_and_explained(pipeline, monkeypatch):
+    """With the sequence model's scores (here a fixed score table standing in for it) the retriever takes the
+    reference path, and the behaviour contribution shows in the candidates' sources and provenance."""
+    s = pipeline.signals
+    anchor = anchors_of(pipeline, 1)[0]
+    favoured = [c.id for c in pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=30)).candidates][-3:]
+
+    class Scores:
+        def score(self, anchors, user_id):
+            return {i: 1.0 for i in favoured}
+
+    monkeypatch.setattr(s, "behaviour", Scores())
+    monkeypatch.setitem(pipeline.retriever.settings.weights, "behaviour", 5.0)
+    result = pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=30))
+    top = result.candidates[:3]
+    assert sorted(c.id for c in top) == sorted(favoured)
+    assert all(c.sources["behaviour"] == 5.0 and "behaviour" in c.payload["found_by"] for c in top)

@@ -222,10 +222,8 @@ def fuse_hits(table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, partners
     merged with the partners the engine did not find, fused, and the top k taken: the post-engine path in one
     compiled call."""
     status, found, pool, out, scores, order, chosen, ranked = compiled()[0](
-        table.rows, table.rows.view(np.int32), key_rows, np.ascontiguousarray(keys, dtype=np.int64),
-        np.ascontiguousarray(partners, dtype=np.int64), k, covered(table, q),
-        table.text.start, table.cf.start, table.cf.stop - table.cf.start, table.terms.start,
-        table.terms.stop - table.terms.start, table.weights.start, table.code, table.leaf,
+        table.rows, table.row_ints, key_rows, np.ascontiguousarray(keys, dtype=np.int64),
+        np.ascontiguousarray(partners, dtype=np.int64), k, covered(table, q), *table.layout,
         q.has, q.name_rows, q.weights, q.text_q, q.text_div, q.anchor_vecs, q.lex_terms, q.lex_weights,
         q.category_pairs, q.category_codes, q.category_div, q.category_bonus_codes, q.category_bonus,
         q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_norms, q.norms, q.anchor_leaves, q.leaf_discount,
@@ -273,9 +271,7 @@ def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np
     covered = min(len(table.rows), len(norms), len(kinds) if len(kinds) else len(norms))
     matrix = cooc._matrix
     status, found, pool, out, scores, order, chosen, ranked = compiled()[2](
-        table.rows, table.rows.view(np.int32), key_rows, np.ascontiguousarray(keys, dtype=np.int64), k, covered,
-        table.text.start, table.text.stop - table.text.start, table.cf.start, table.cf.stop - table.cf.start,
-        table.terms.start, table.terms.stop - table.terms.start, table.weights.start, table.code, table.leaf,
+        table.rows, table.row_ints, key_rows, np.ascontiguousarray(keys, dtype=np.int64), k, covered, *table.layout,
         np.asarray(anchor_idx, dtype=np.int64), has, name_rows, _weight_vector(scorer),
         _EMPTY_F32 if text_q is None or len(anchor_idx) == 1 else np.ascontiguousarray(text_q, dtype=np.float32),
         (text_norm or 1.0) if len(anchor_idx) == 1 else 1.0,
@@ -478,14 +474,14 @@ def _anchor_request_kernel(rows, row_ints, key_rows, keys, k, covered, t0, dt, c
         anchor_kinds[a] = kinds[anchor_rows[a]]
     partners = _partners_jit(cooc_cols, cooc_vals, offsets, anchor_rows, 2 * n_partners, excluded, stock, want_stock,
                              price, low, high)[:n_partners]
-    return _fuse_pool_jit(rows, row_ints, key_rows, keys, partners, k, covered, t0, c0, dc, l0, lw, w0, code_col,
-                          leaf_col, has, name_rows, weights, text_q, text_div, anchor_vecs, lex_terms, lex_weights,
-                          category_pairs, category_codes, category_div, bonus_codes, category_bonus, cooc_cols,
-                          cooc_vals, offsets, anchor_norms, norms, anchor_leaves, leaf_discount, cf_q, need_q, kinds,
-                          anchor_kinds, kind_discount)
+    return _fuse_pool_jit(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt, c0, dc, l0, lw, w0,
+                          code_col, leaf_col, has, name_rows, weights, text_q, text_div, anchor_vecs, lex_terms,
+                          lex_weights, category_pairs, category_codes, category_div, bonus_codes, category_bonus,
+                          cooc_cols, cooc_vals, offsets, anchor_norms, norms, anchor_leaves, leaf_discount, cf_q, need_q,
+                          kinds, anchor_kinds, kind_discount)
 
 
-def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, c0, dc, l0, lw, w0, code_col,
+def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt, c0, dc, l0, lw, w0, code_col,
                     leaf_col, has, name_rows, weights, text_q, text_div, anchor_vecs, lex_terms, lex_weights,
                     category_pairs, category_codes, category_div, category_bonus_codes, category_bonus,
                     cooc_cols, cooc_vals, cooc_offsets, anchor_norms, norms, anchor_leaves, leaf_discount,

@@ -10,6 +10,7 @@ side, a candidate is one row the hardware prefetcher streams, and the pool is a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -26,6 +27,17 @@ class ItemTable:
     weights: slice
     code: int
     leaf: int
+
+    @cached_property
+    def row_ints(self) -> np.ndarray:
+        """The whole table's bits as int32 (for the integer columns)."""
+        return self.rows.view(np.int32)
+
+    @cached_property
+    def layout(self) -> tuple[int, ...]:
+        """(text start, text width, cf start, cf width, terms start, terms width, weights start, code, leaf)."""
+        return (self.text.start, self.text.stop - self.text.start, self.cf.start, self.cf.stop - self.cf.start,
+                self.terms.start, self.terms.stop - self.terms.start, self.weights.start, self.code, self.leaf)
 
     def block(self, pool: np.ndarray) -> np.ndarray:
         """The pool's rows: a view of the whole table when the pool is the whole catalogue in order, else a gather."""
