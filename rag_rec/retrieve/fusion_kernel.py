@@ -202,15 +202,13 @@ RANKED_COLUMNS = 3
 
 @dataclass
 class Fused:
-    """One request's fusion: the pool (engine hits first, then co-occurrence partners it lacked), per-pool
-    contributions and scores, and the k best in rank order."""
+    """One request's fusion: the pool (engine hits first, then co-occurrence partners it lacked) and the k best in
+    rank order with their scores, co-purchases, provenance and contributions."""
 
     status: int                     # OK, NEW_KEY (a key beyond the key map: rebuild it), STALE (pool beyond `covered`)
     pool: np.ndarray
     engine_found: int
     names: list[str]
-    out: np.ndarray                 # NAMES + co-purchases x pool: weight x feature (0: absent feature), counts
-    scores: np.ndarray
     order: np.ndarray               # pool positions of the k best
     chosen: np.ndarray              # their vocabulary rows
     ranked: np.ndarray              # k x (score, co-purchases, provenance code, contribution per name)
@@ -221,14 +219,14 @@ def fuse_hits(table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, partners
     """Engine keys -> vocabulary rows (key_rows[key], -1: not in the vocabulary; no key_rows: the keys are rows),
     merged with the partners the engine did not find, fused, and the top k taken: the post-engine path in one
     compiled call."""
-    status, found, pool, out, scores, order, chosen, ranked = compiled()[0](
+    status, found, pool, order, chosen, ranked = compiled()[0](
         table.rows, table.row_ints, key_rows, np.ascontiguousarray(keys, dtype=np.int64),
         np.ascontiguousarray(partners, dtype=np.int64), k, covered(table, q), *table.layout,
         q.has, q.name_rows, q.weights, q.text_q, q.text_div, q.anchor_vecs, q.lex_terms, q.lex_weights,
         q.category_pairs, q.category_codes, q.category_div, q.category_bonus_codes, q.category_bonus,
         q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_norms, q.norms, q.anchor_leaves, q.leaf_discount,
         q.cf_q, q.need_q, q.kinds, q.anchor_kinds, q.kind_discount)
-    return Fused(status, pool, found, q.names, out, scores, order, chosen, ranked)
+    return Fused(status, pool, found, q.names, order, chosen, ranked)
 
 
 def anchors_in_kernel(scorer, anchor_idx: Sequence[int]) -> bool:
@@ -270,7 +268,7 @@ def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np
     kinds = kinds if kinds is not None and kind_discount < 1.0 else _EMPTY_I64
     covered = min(len(table.rows), len(norms), len(kinds) if len(kinds) else len(norms))
     matrix = cooc._matrix
-    status, found, pool, out, scores, order, chosen, ranked = compiled()[2](
+    status, found, pool, order, chosen, ranked = compiled()[2](
         table.rows, table.row_ints, key_rows, np.ascontiguousarray(keys, dtype=np.int64), k, covered, *table.layout,
         np.asarray(anchor_idx, dtype=np.int64), has, name_rows, _weight_vector(scorer),
         _EMPTY_F32 if text_q is None or len(anchor_idx) == 1 else np.ascontiguousarray(text_q, dtype=np.float32),
@@ -284,7 +282,7 @@ def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np
         np.ascontiguousarray(need_vector, dtype=np.float32) if need else _EMPTY_F32,
         kinds, kind_discount, n_partners, np.sort(flt.excluded), _EMPTY_BOOL if flt.stock is None else flt.stock,
         flt.want_stock, _EMPTY_F64 if flt.price is None else flt.price, float(flt.low), float(flt.high))
-    return Fused(status, pool, found, list(names), out, scores, order, chosen, ranked)
+    return Fused(status, pool, found, list(names), order, chosen, ranked)
 
 
 def fuse(table: ItemTable, pool: np.ndarray, q: AnchorQuery) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -293,7 +291,8 @@ def fuse(table: ItemTable, pool: np.ndarray, q: AnchorQuery) -> tuple[list[str],
     fused = fuse_hits(table, _EMPTY_I64, pool, _EMPTY_I64, q, len(pool))
     if fused.status != OK:
         raise IndexError("pool rows beyond the item table or the anchor query's arrays")
-    return fused.names, fused.out[q.name_rows], fused.scores, fused.out[CO_PURCHASES].copy()
+    by_pool = fused.ranked[np.argsort(fused.order)]  # every pool position is ranked (k = pool size)
+    return fused.names, by_pool[:, RANKED_COLUMNS:].T.copy(), by_pool[:, 0].copy(), by_pool[:, 1].copy()
 
 
 def covered(table: ItemTable, q: AnchorQuery) -> int:
@@ -392,8 +391,7 @@ def _anchor_request_kernel(rows, row_ints, key_rows, keys, k, covered, t0, dt, c
     for a in range(n_anchors):
         if anchor_rows[a] >= covered or anchor_rows[a] >= cooc_indptr.shape[0] - 1:
             empty = np.empty(0, dtype=np.int64)
-            return (2, 0, empty, np.empty((len(NAMES) + 1, 0)), np.empty(0), empty, empty,
-                    np.empty((0, RANKED_COLUMNS + name_rows.shape[0])))
+            return 2, 0, empty, empty, empty, np.empty((0, RANKED_COLUMNS + name_rows.shape[0]))
     anchor_vecs = np.empty((n_anchors if has[TEXT] else 0, dt), dtype=np.float32)
     for a in range(anchor_vecs.shape[0]):
         for d in range(dt):
@@ -495,8 +493,7 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
         j = keys[i]
         if mapped:
             if j < 0 or j >= key_rows.shape[0]:
-                return (1, 0, pool[:0], np.empty((len(NAMES) + 1, 0)), np.empty(0), pool[:0], pool[:0],
-                        np.empty((0, RANKED_COLUMNS + name_rows.shape[0])))
+                return 1, 0, pool[:0], pool[:0], pool[:0], np.empty((0, RANKED_COLUMNS + name_rows.shape[0]))
             j = key_rows[j]
             if j < 0:
                 continue
@@ -518,8 +515,7 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
     pool = pool[:n]
     for p in range(n):
         if pool[p] >= covered:
-            return (2, found, pool, np.empty((len(NAMES) + 1, 0)), np.empty(0), pool[:0], pool[:0],
-                    np.empty((0, RANKED_COLUMNS + name_rows.shape[0])))
+            return 2, found, pool, pool[:0], pool[:0], np.empty((0, RANKED_COLUMNS + name_rows.shape[0]))
     out = np.empty((len(NAMES) + 1, n))
     scores = np.empty(n)
     dim = anchor_vecs.shape[1] if has[TEXT] else need_q.shape[0]
@@ -629,4 +625,4 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
             if value > 0:
                 code += POSITIVE << f
         picked[r, 2] = code
-    return 0, found, pool, out, scores, order, pool[order], picked
+    return 0, found, pool, order, pool[order], picked
