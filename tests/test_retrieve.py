@@ -499,3 +499,15 @@ def test_a_behaviour_signal_is_fused_and_explained(pipeline, monkeypatch):
     top = result.candidates[:3]
     assert sorted(c.id for c in top) == sorted(favoured)
     assert all(c.sources["behaviour"] == 5.0 and "behaviour" in c.payload["found_by"] for c in top)
+
+
+def test_a_candidates_contributions_are_read_from_its_ranked_row():
+    from rag_rec.retrieve.base import Candidate
+
+    row = [0.9, 3.0, 6.0, 0.5, 0.25, 0.15]
+    lazy = Candidate.explained("p1", 0.9, ("text", "lex", "cooc"), row, 3, {"co_purchases": 3}, {"found_by": ["lex"]})
+    eager = Candidate("p1", 0.9, {"text": 0.5, "lex": 0.25, "cooc": 0.15}, {"co_purchases": 3}, {"found_by": ["lex"]})
+    assert lazy == eager and repr(lazy) == repr(eager) and lazy.sources is lazy.sources
+    lazy.sources = {"text": 1.0}
+    assert lazy.sources == {"text": 1.0} and lazy != eager
+    assert Candidate("p2", 0.1).sources == {} and Candidate("p2", 0.1).payload == {}

@@ -447,23 +447,10 @@ class HybridRetriever:
                     base_source: str) -> list[Candidate]:
         """Candidates in rank order from fusion_kernel's ranked layout (score, co-purchases, provenance code, one
         contribution per name)."""
-        make = candidate_builder(tuple(names), with_counts, base_source)
-        return [make(item, row) for item, row in zip(self._id_array()[chosen].tolist(), ranked.tolist())]
-
-
-@lru_cache(maxsize=256)
-def candidate_builder(names: tuple[str, ...], with_counts: bool, base_source: str):
-    """item, ranked row -> Candidate, for one set of feature names. The contributions dict is a literal with these
-    names as keys (written once per name set, from FEATURES only): ~25% cheaper than dict(zip(...)) for the 40
-    candidates a request builds."""
-    if not set(names) <= set(FEATURES):
-        raise ValueError(f"unknown feature names {names}")
-    sources = ", ".join(f"{name!r}: row[{fusion_kernel.RANKED_COLUMNS + f}]" for f, name in enumerate(names))
-    evidence = "{'co_purchases': int(row[1])}" if with_counts else "{}"
-    source = (f"lambda item, row: Candidate(item, row[0], {{{sources}}}, {evidence}, "
-              "{'found_by': list(found_by_of(int(row[2]), names, base_source))})")
-    return eval(source, {"Candidate": Candidate, "found_by_of": found_by_of, "names": names,  # noqa: S307
-                         "base_source": base_source, "int": int, "list": list})
+        names, explained, first = tuple(names), Candidate.explained, fusion_kernel.RANKED_COLUMNS
+        return [explained(item, row[0], names, row, first, {"co_purchases": int(row[1])} if with_counts else {},
+                          {"found_by": list(found_by_of(int(row[2]), names, base_source))})
+                for item, row in zip(self._id_array()[chosen].tolist(), ranked.tolist())]
 
 
 _NO_PRODUCT = Product(id="", title="", in_stock=False)
