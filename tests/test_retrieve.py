@@ -511,3 +511,29 @@ def test_a_candidates_contributions_are_read_from_its_ranked_row():
     lazy.sources = {"text": 1.0}
     assert lazy.sources == {"text": 1.0} and lazy != eager
     assert Candidate("p2", 0.1).sources == {} and Candidate("p2", 0.1).payload == {}
+
+
+def test_the_anchor_request_kernel_stops_at_rows_beyond_its_snapshot(pipeline):
+    """A product upsert during the engine call can hand the kernel an anchor or a hit its arrays lack: it must
+    answer STALE (the retriever then scores with the reference path), never read them."""
+    from rag_rec.retrieve import fusion_kernel
+
+    retriever, s = pipeline.retriever, pipeline.signals
+    scorer, key_rows, kinds = retriever.scorer, retriever._key_table(), retriever._kinds()
+    table = scorer.table()
+    idx = s.vocab.known(anchors_of(pipeline, 1))
+    keys = np.flatnonzero(key_rows >= 0)[:30]
+    part = retriever._partner_filter(Filter(), idx)
+
+    def fused(anchors, rows, table=table):
+        return fusion_kernel.fuse_anchor_request(scorer, table, rows, keys, anchors, None, 1.0, None, None, kinds, 0.5,
+                                                 40, part, 10)
+
+    assert fused(idx, key_rows).status == fusion_kernel.OK
+    assert fused([len(table.rows)], key_rows).status == fusion_kernel.STALE  # an anchor beyond the table
+    beyond = key_rows.copy()
+    beyond[keys[5]] = len(table.rows) + 3  # a hit mapped to a row beyond the table
+    assert fused(idx, beyond).status == fusion_kernel.STALE
+    smaller = type(table)(table.rows[: len(table.rows) // 2], table.text, table.cf, table.terms, table.weights,
+                          table.code, table.leaf)
+    assert fused([len(smaller.rows) + 1], key_rows, smaller).status == fusion_kernel.STALE
