@@ -537,3 +537,16 @@ def test_the_anchor_request_kernel_stops_at_rows_beyond_its_snapshot(pipeline):
     smaller = type(table)(table.rows[: len(table.rows) // 2], table.text, table.cf, table.terms, table.weights,
                           table.code, table.leaf)
     assert fused([len(smaller.rows) + 1], key_rows, smaller).status == fusion_kernel.STALE
+
+
+def test_warm_prepares_the_anchor_kernel_with_the_types_requests_use(pipeline):
+    """warm() must leave nothing for the first request to compile (seconds on a fresh machine): one
+    specialisation of the anchor request kernel serves warm() and every request made in this module."""
+    from rag_rec.retrieve import fusion_kernel
+
+    kernel = fusion_kernel.compiled()[2]
+    pipeline.retriever.warm()
+    pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchors_of(pipeline, 1)[0],),
+                                                 filter=Filter(must_match={"in_stock": True}), k=10))
+    sigs = kernel.signatures
+    assert len(sigs) == 1, [(i, x, y) for i, (x, y) in enumerate(zip(sigs[0], sigs[-1])) if x != y]

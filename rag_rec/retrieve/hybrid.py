@@ -267,6 +267,14 @@ class HybridRetriever:
                                                self.settings.substitute_discount)
             fusion_kernel.fuse(table, np.zeros(1, dtype=np.int64), query)
             fusion_kernel.top_partners(query, 1, fusion_kernel.PartnerFilter())
+            if fusion_kernel.anchors_in_kernel(self.scorer, [0]):  # the argument types of an anchor request
+                stock, price = self._arrays()
+                flt = fusion_kernel.PartnerFilter(np.zeros(1, dtype=np.int64), stock, True, price, 0.0, 1.0)
+                cf_query = self.scorer.cf_query([0], None)
+                fusion_kernel.fuse_anchor_request(
+                    self.scorer, table, self._key_table(), np.zeros(0, dtype=np.int64), [0],
+                    self.signals.text_vectors[0] if self.signals.text_vectors is not None else None, 1.0, None,
+                    cf_query, self._kinds(), self.settings.substitute_discount, 1, flt, 1)
 
     def invalidate(self) -> None:
         """Call after products change (stock, price, text)."""

@@ -125,7 +125,9 @@ class CooccurrenceScorer:
         cooc = self.cooc.tocsr(copy=True)
         cooc.resize((n, n))
         self._publish(cooc)
-        self.counts = np.concatenate([self.counts, np.full(n - len(self.counts), 1e-9)])
+        # the counts keep their dtype through updates: the compiled fusion is specialised on it (a new dtype
+        # would compile a new kernel inside a request)
+        self.counts = np.concatenate([self.counts, np.full(n - len(self.counts), 1e-9, dtype=self.counts.dtype)])
         self.popularity = self.counts / self.counts.max()
         self.leaf = self._leaf_codes(dataset)
 
@@ -286,7 +288,7 @@ class CooccurrenceScorer:
                 self._overlay[i] = (merged.astype(self._matrix.indices.dtype), summed)
             if len(self._overlay) > self.OVERLAY_ROWS:
                 self._compact()
-        self.counts = self.counts + np.asarray(binary.sum(axis=0)).ravel()
+        self.counts = self.counts + np.asarray(binary.sum(axis=0)).ravel().astype(self.counts.dtype)
         self.popularity = self.counts / self.counts.max()
 
 
