@@ -83,38 +83,28 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
     `text_norm`: |text vector| of a single anchor, when the caller has it already."""
     s = scorer.signals
     idx = list(anchor_idx)
-    has = np.zeros(len(NAMES), dtype=np.bool_)
-    names: list[str] = []
+    has, names, name_rows = features_of(scorer, len(idx), need_vector, cf_query)
     text_q, text_div, anchor_vecs = _EMPTY_F32, 1.0, np.zeros((0, 0), dtype=np.float32)
-    if s.text_vectors is not None and idx:
-        has[TEXT] = has[TEXT_MAX] = True
+    if has[TEXT]:
         if len(idx) == 1:
-            names += ["text_max", "text"]
             anchor_vecs = s.text_vectors[idx[0]:idx[0] + 1]
             text_div = (float(np.sqrt(anchor_vecs[0] @ anchor_vecs[0])) if text_norm is None else text_norm) or 1.0
         else:
-            names += ["text", "text_max"]
             anchor_vecs = s.text_vectors[idx]
             q = anchor_vecs.mean(axis=0)
             text_q = (q / (np.linalg.norm(q) or 1.0)).astype(np.float32)
         if anchor_vecs.dtype != np.float32 or not anchor_vecs.flags.c_contiguous:
             anchor_vecs = np.ascontiguousarray(anchor_vecs, dtype=np.float32)
     lex_terms, lex_weights = np.zeros(0, dtype=np.int32), _EMPTY_F64
-    if s.lexical is not None and idx:
-        has[LEX] = True
-        names.append("lex")
+    if has[LEX]:
         query = s.lexical._query(s.lexical._table(), idx)
         if query is not None:
             lex_terms, lex_weights = np.ascontiguousarray(query[0], dtype=np.int32), query[1]
     need_q = _EMPTY_F32
-    if need_vector is not None and s.text_vectors is not None:
-        has[NEED] = True
-        names.append("need")
+    if has[NEED]:
         need_q = np.ascontiguousarray(need_vector, dtype=np.float32)
     pairs, codes, div, bonus_codes, bonus = _NO_PAIRS, _EMPTY_I64, 1.0, _EMPTY_I64, 0.0
-    if s.category is not None and idx:
-        has[CATEGORY] = True
-        names.append("category")
+    if has[CATEGORY]:
         parts = s.category.anchor_parts(idx)
         if parts is not None:
             pairs, codes, div, bonus_codes, bonus = parts
@@ -124,9 +114,7 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
     cols, vals, offsets = _EMPTY_I64, _EMPTY_F64, np.zeros(1, dtype=np.int64)
     anchor_leaves = _EMPTY_I64
     leaf_discount = 1.0
-    if idx:
-        has[COOC] = True
-        names.append("cooc")
+    if has[COOC]:
         rows = [cooc._row(i) for i in idx]
         ends = [0]
         for c, _ in rows:
@@ -142,14 +130,12 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
             anchor_leaves = np.array(leaves, dtype=np.int64) if leaves else _EMPTY_I64
             leaf_discount = float(cooc.substitute_discount)
     cf_q = _EMPTY_F32
-    if s.als is not None and cf_query is not None:  # the retriever computed it for its cf prefetch
-        has[CF] = True
-        names.append("cf")
+    if has[CF]:  # the retriever computed cf_query for its cf prefetch
         cf_q = np.ascontiguousarray(cf_query, dtype=np.float32)
     anchor_kinds = (np.asarray(kinds[anchor_rows], dtype=np.int64) if kinds is not None and idx and kind_discount < 1.0
                     else _EMPTY_I64)
     return AnchorQuery(
-        has=has, names=names, name_rows=_name_rows(tuple(names)), weights=_weight_vector(scorer),
+        has=has, names=list(names), name_rows=name_rows, weights=_weight_vector(scorer),
         text_q=text_q, text_div=text_div, anchor_vecs=anchor_vecs, lex_terms=lex_terms, lex_weights=lex_weights,
         category_pairs=pairs, category_codes=codes, category_div=div, category_bonus_codes=bonus_codes,
         category_bonus=bonus, anchor_rows=anchor_rows, cooc_cols=cols, cooc_vals=vals, cooc_offsets=offsets,
@@ -242,12 +228,22 @@ def anchors_in_kernel(scorer, anchor_idx: Sequence[int]) -> bool:
     return s.category is None or isinstance(s.category.pair, np.ndarray)
 
 
-@lru_cache(maxsize=64)
-def _features_of(single: bool, text: bool, lex: bool, need: bool, category: bool, cf: bool) -> tuple:
-    """(has, names, name_rows) of a request with anchors, in FusionScorer's order (see anchor_query)."""
-    names = (["text_max", "text"] if single else ["text", "text_max"]) if text else []
-    names += [name for name, present in (("lex", lex), ("need", need), ("category", category)) if present]
-    names += ["cooc"] + (["cf"] if cf else [])
+def features_of(scorer, n_anchors: int, need_vector: np.ndarray | None,
+                cf_query: np.ndarray | None) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
+    """(has, names, name_rows): the features a request fuses, in FusionScorer.features' order."""
+    s = scorer.signals
+    return _features_of(min(n_anchors, 2), s.text_vectors is not None, s.lexical is not None,
+                        need_vector is not None, s.category is not None, s.als is not None and cf_query is not None)
+
+
+@lru_cache(maxsize=128)
+def _features_of(anchors: int, text: bool, lexical: bool, need: bool, category: bool, cf: bool) -> tuple:
+    """`anchors`: 0 (none), 1 or 2 (several)."""
+    names = []
+    if text and anchors:
+        names += ["text_max", "text"] if anchors == 1 else ["text", "text_max"]
+    names += [name for name, present in (("lex", lexical and anchors), ("need", need and text),
+                                         ("category", category and anchors), ("cooc", anchors), ("cf", cf)) if present]
     has = np.array([name in names for name in NAMES], dtype=np.bool_)
     has.flags.writeable = False
     return has, tuple(names), _name_rows(tuple(names))
@@ -262,11 +258,7 @@ def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np
     `text_q`: the anchors' unit mean text vector (several anchors); `text_norm`: |text vector| (one anchor)."""
     s = scorer.signals
     cooc, category = s.cooc, s.category
-    has_text = s.text_vectors is not None
-    need = need_vector is not None and has_text
-    cf = s.als is not None and cf_query is not None
-    has, names, name_rows = _features_of(len(anchor_idx) == 1, has_text, s.lexical is not None, need,
-                                         category is not None, cf)
+    has, names, name_rows = features_of(scorer, len(anchor_idx), need_vector, cf_query)
     norms = cooc._norms()
     kinds = kinds if kinds is not None and kind_discount < 1.0 else _EMPTY_I64
     covered = min(len(table.rows), len(norms), len(kinds) if len(kinds) else len(norms))
@@ -281,8 +273,8 @@ def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np
         float(category.same_bonus) if category is not None else 0.0,
         matrix.indptr, matrix.indices, matrix.data, norms, bool(cooc.complement),
         float(cooc.substitute_discount) if cooc.complement else 1.0,
-        np.ascontiguousarray(cf_query, dtype=np.float32) if cf else _EMPTY_F32,
-        np.ascontiguousarray(need_vector, dtype=np.float32) if need else _EMPTY_F32,
+        np.ascontiguousarray(cf_query, dtype=np.float32) if has[CF] else _EMPTY_F32,
+        np.ascontiguousarray(need_vector, dtype=np.float32) if has[NEED] else _EMPTY_F32,
         kinds, kind_discount, n_partners, np.sort(flt.excluded), _EMPTY_BOOL if flt.stock is None else flt.stock,
         flt.want_stock, _EMPTY_F64 if flt.price is None else flt.price, float(flt.low), float(flt.high))
     return Fused(status, pool, found, list(names), order, chosen, ranked)

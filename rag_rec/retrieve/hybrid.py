@@ -268,13 +268,10 @@ class HybridRetriever:
             fusion_kernel.fuse(table, np.zeros(1, dtype=np.int64), query)
             fusion_kernel.top_partners(query, 1, fusion_kernel.PartnerFilter())
             if fusion_kernel.anchors_in_kernel(self.scorer, [0]):  # the argument types of an anchor request
-                stock, price = self._arrays()
-                flt = fusion_kernel.PartnerFilter(np.zeros(1, dtype=np.int64), stock, True, price, 0.0, 1.0)
-                cf_query = self.scorer.cf_query([0], None)
+                flt = self._partner_filter(Filter({"in_stock": True}, (), {"price": (0.0, 1.0)}), [0])
                 fusion_kernel.fuse_anchor_request(
-                    self.scorer, table, self._key_table(), np.zeros(0, dtype=np.int64), [0],
-                    self.signals.text_vectors[0] if self.signals.text_vectors is not None else None, 1.0, None,
-                    cf_query, self._kinds(), self.settings.substitute_discount, 1, flt, 1)
+                    self.scorer, table, self._key_table(), np.zeros(0, dtype=np.int64), [0], None, 1.0, None,
+                    self.scorer.cf_query([0], None), self._kinds(), self.settings.substitute_discount, 1, flt, 1)
 
     def invalidate(self) -> None:
         """Call after products change (stock, price, text)."""
@@ -293,17 +290,16 @@ class HybridRetriever:
             np.inf if high is None else high)
 
     @staticmethod
-    def _per_product_fields(flt: Filter) -> bool:
-        """Whether `flt` has conditions _partner_filter leaves to _per_product."""
-        return bool(flt.category_prefix or any(k != "price" for k in flt.ranges)
-                    or any(not (k == "in_stock" and isinstance(v, bool)) for k, v in flt.must_match.items()))
+    def _rest_of(flt: Filter) -> Filter | None:
+        """The conditions of `flt` that _partner_filter leaves out (other payload fields, category); None if none."""
+        match = {k: v for k, v in flt.must_match.items() if not (k == "in_stock" and isinstance(v, bool))}
+        ranges = {k: v for k, v in flt.ranges.items() if k != "price"}
+        return Filter(match, (), ranges, flt.category_prefix) if match or ranges or flt.category_prefix else None
 
     def _per_product(self, idx: np.ndarray, flt: Filter) -> np.ndarray:
         """The rows among `idx` passing what _partner_filter leaves out (other payload fields, category)."""
-        match = {k: v for k, v in flt.must_match.items() if not (k == "in_stock" and isinstance(v, bool))}
-        ranges = {k: v for k, v in flt.ranges.items() if k != "price"}
-        if len(idx) and (match or ranges or flt.category_prefix):
-            rest = Filter(match, (), ranges, flt.category_prefix)
+        rest = self._rest_of(flt)
+        if len(idx) and rest is not None:
             ids = self.signals.vocab.ids
             idx = idx[[product_matches(self.products.get(ids[j], _NO_PRODUCT), rest) for j in idx.tolist()]]
         return idx
@@ -322,6 +318,12 @@ class HybridRetriever:
             p = part.price[idx]
             keep &= ~np.isnan(p) & (np.nan_to_num(p, nan=-np.inf) >= part.low) & (np.nan_to_num(p, nan=np.inf) <= part.high)
         return self._per_product(idx[keep], flt)
+
+    def _reference_partners(self, anchor_idx: Sequence[int], flt: Filter, excluded: Sequence[int],
+                            n: int) -> np.ndarray:
+        """The anchors' n strongest co-occurrence partners passing `flt`, in numpy (top_partners' reference)."""
+        partners, _ = self.signals.cooc.top_partners(anchor_idx, 2 * n)
+        return self._passing(partners, flt, excluded)[:n]
 
     def retrieve(self, request: RetrievalRequest) -> RetrievalResult:
         """One fused engine query (prefetch per vector signal + RRF, under the payload filter) plus the
@@ -366,7 +368,7 @@ class HybridRetriever:
         if self.compiled and s.behaviour is None and (anchor_idx or need_vector is not None or cf_query is not None):
             table = self.scorer.table()
             kinds = self._kinds() if cfg.substitute_discount < 1.0 and anchor_idx else None
-            in_kernel = (bool(anchor_idx) and not self._per_product_fields(flt)
+            in_kernel = (bool(anchor_idx) and self._rest_of(flt) is None
                          and fusion_kernel.anchors_in_kernel(self.scorer, anchor_idx))
             if not in_kernel:
                 query = fusion_kernel.anchor_query(self.scorer, anchor_idx, need_vector, cf_query, kinds,
@@ -381,8 +383,7 @@ class HybridRetriever:
                 passing = fusion_kernel.top_partners(query, 2 * n, self._partner_filter(flt, excluded))
                 passing = self._per_product(passing, flt)[:n]
             else:
-                partners, _ = s.cooc.top_partners(anchor_idx, 2 * n)
-                passing = self._passing(partners, flt, excluded)[:n]
+                passing = self._reference_partners(anchor_idx, flt, excluded, n)
         keys = self.store.fused_keys(prefetches, n, flt) if prefetches else np.zeros(0, dtype=np.int64)
         pool = None
         if in_kernel:
@@ -398,8 +399,7 @@ class HybridRetriever:
                 candidates = self._candidates(fused.names, fused.chosen, fused.ranked, True, "engine")
                 notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
                 return RetrievalResult(candidates, notes, paths)
-            partners, _ = s.cooc.top_partners(anchor_idx, 2 * n)  # stale snapshot: the reference path below
-            passing = self._passing(partners, flt, excluded)[:n]
+            passing = self._reference_partners(anchor_idx, flt, excluded, n)  # stale snapshot: reference path
         elif query is not None:
             fused = fusion_kernel.fuse_hits(table, self._key_table(), keys, passing, query, request.k)
             if fused.status == fusion_kernel.NEW_KEY:
