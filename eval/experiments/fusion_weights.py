@@ -77,7 +77,12 @@ def main(domain: str) -> dict:
         "ratio_to_text": {"default": hybrid / text, "validation_tuned": tuned / text,
                           "oracle": float(test_recall.max()) / text},
     }
-    out = Path("eval/results/experiments") / f"fusion_weights-{domain}.json"
+    return save(f"fusion_weights-{domain}", result)
+
+
+def save(name: str, result: dict) -> dict:
+    """Write eval/results/experiments/<name>.json and print it."""
+    out = Path("eval/results/experiments") / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

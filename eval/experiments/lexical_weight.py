@@ -10,14 +10,13 @@ lexical and text signals alone for scale.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fusion_weights import case_features, recall_at
+from fusion_weights import case_features, recall_at, save
 
 from rag_rec.data.registry import load_dataset
 from rag_rec.eval.tasks import bundle_completion_split
@@ -51,11 +50,7 @@ def main(domains: list[str]) -> dict:
     summed = np.sum([d["validation_recall@10"] for d in result["domains"].values()], axis=0)
     result["chosen_weight"] = GRID[int(np.argmax(summed))]  # first of equal sums: the smaller weight
     result["validation_sum"] = summed.tolist()
-    out = Path("eval/results/experiments/lexical_weight.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return save("lexical_weight", result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ data and then applied to the test cases; the best test weight is reported too (a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from fusion_weights import recall_at
+    from fusion_weights import recall_at, save
 
     from rag_rec.data.registry import load_dataset
     from rag_rec.eval.tasks import bundle_completion_split
@@ -113,9 +112,7 @@ def main() -> None:
         "validation_picked_weights": {"expansion_text": float(grid[picked, -2]), "expansion_lexical": float(grid[picked, -1])},
     }
     result["ratio_to_best_single"] = result["test_recall@10"]["hybrid_plus_expansion_validation_picked"] / lexical_alone
-    out = Path("eval/results/experiments") / f"llm_complement_query-{args.domain}-{args.model}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save(f"llm_complement_query-{args.domain}-{args.model}", result)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,10 @@ at several weights, on the harness's test cases (ranking, ties and anchor exclus
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
-from fusion_weights import FEATURES, case_features, recall_at
+from fusion_weights import FEATURES, case_features, recall_at, save
 
 from rag_rec.data.registry import load_dataset
 from rag_rec.eval.tasks import bundle_completion_split
@@ -65,14 +63,9 @@ def main(domain: str) -> dict:
     recall = recall_at(cases, np.vstack(list(rows.values())))
     result = {"domain": domain, "test_cases": len(test_cases), "neighbours": NEIGHBOURS,
               "recall@10": {name: float(r) for name, r in zip(rows, recall)}}
-    out = Path("eval/results/experiments") / f"smoothed_cooc-{domain}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return save(f"smoothed_cooc-{domain}", result)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     for name in sys.argv[1:] or ["electronic"]:
         main(name)
