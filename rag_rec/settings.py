@@ -69,14 +69,19 @@ class IndexSettings(_Section):
 
 class RetrieveSettings(_Section):
     k: int = 40
-    prefetch_k: int = 100
+    prefetch_k: int = Field(default=80, description="Hits per engine prefetch (and at most as many co-occurrence "
+                            "partners) in the pool the fusion scores; chosen on validation splits "
+                            "(eval/experiments/served_settings.py)")
     fusion: Literal["rrf", "weighted"] = "rrf"
     rrf_k: int = 60
     weights: dict[str, float] = Field(default_factory=lambda: {
         "text": 0.5, "text_max": 0.5, "lex": 0.75, "category": 0.3, "cooc": 0.5, "cf": 0.3, "behaviour": 0.3,
         "need": 1.0})
-    substitute_discount: float = Field(default=0.5, description="Online retrieval: multiplier for candidates of "
-                                       "the same kind as an anchor (likely substitutes); 1 disables")
+    substitute_discount: float = Field(default=1.0, description="Online retrieval: multiplier for candidates of "
+                                       "the same kind as an anchor (likely substitutes); 1 disables. Off by default: "
+                                       "bundles pair items of one kind often (31% / 52% of held-out Amazon bundle "
+                                       "targets) and 0.5 cost 40-60% of served Recall@10 "
+                                       "(eval/experiments/served_settings.py); composers keep one product per kind")
     fusion_backend: Literal["auto", "numba", "numpy"] = Field(
         default="auto", description="Online fusion of the candidate pool: one compiled pass (numba, the `fast` extra) "
         "or numpy calls (the reference); auto picks numba when installed")
