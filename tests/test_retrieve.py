@@ -505,7 +505,8 @@ def test_a_candidates_contributions_are_read_from_its_ranked_row():
     from rag_rec.retrieve.base import Candidate
 
     row = [0.9, 3.0, 6.0, 0.5, 0.25, 0.15]
-    lazy = Candidate.explained("p1", 0.9, ("text", "lex", "cooc"), row, 3, {"co_purchases": 3}, {"found_by": ["lex"]})
+    lazy = Candidate.explained("p1", 0.9, ("text", "lex", "cooc"), np.array([row]), 0, 3, {"co_purchases": 3},
+                               {"found_by": ["lex"]})
     eager = Candidate("p1", 0.9, {"text": 0.5, "lex": 0.25, "cooc": 0.15}, {"co_purchases": 3}, {"found_by": ["lex"]})
     assert lazy == eager and repr(lazy) == repr(eager) and lazy.sources is lazy.sources
     lazy.sources = {"text": 1.0}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from rag_rec.index.base import Filter
 
 
@@ -35,12 +37,12 @@ class Candidate:
         self.payload = {} if payload is None else payload
 
     @classmethod
-    def explained(cls, id: str, score: float, names: tuple[str, ...], row: list, first: int,
+    def explained(cls, id: str, score: float, names: tuple[str, ...], ranked: np.ndarray, r: int, first: int,
                   evidence: dict[str, object], payload: dict[str, object]) -> Candidate:
-        """A candidate whose contributions are row[first:], one per name."""
+        """A candidate whose contributions are ranked[r, first:], one per name."""
         candidate = cls.__new__(cls)
         candidate.id, candidate.score, candidate.evidence, candidate.payload = id, score, evidence, payload
-        candidate._sources, candidate._row = None, (names, row, first)
+        candidate._sources, candidate._row = None, (names, ranked, r, first)
         return candidate
 
     @property
@@ -48,8 +50,8 @@ class Candidate:
         """source -> its fused contribution."""
         sources = self._sources
         if sources is None:
-            names, row, first = self._row
-            sources = self._sources = dict(zip(names, row[first:]))
+            names, ranked, r, first = self._row
+            sources = self._sources = dict(zip(names, ranked[r, first:].tolist()))
         return sources
 
     @sources.setter

@@ -16,6 +16,7 @@ FusionScorer stays the reference (the offline harness ranks with it); tests hold
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Sequence
@@ -166,7 +167,7 @@ def _weight_vector(scorer) -> np.ndarray:
 class PartnerFilter:
     """The vectorisable part of a payload filter over vocabulary rows (the rest is checked per product)."""
 
-    excluded: np.ndarray = field(default_factory=lambda: _EMPTY_I64)  # vocabulary rows never to return
+    excluded: np.ndarray = field(default_factory=lambda: _EMPTY_I64)  # vocabulary rows never to return, ascending
     stock: np.ndarray | None = None     # in_stock per row, when the filter asks for one value of it
     want_stock: bool = True
     price: np.ndarray | None = None     # price per row (NaN: none), when the filter has a price range
@@ -177,7 +178,7 @@ class PartnerFilter:
 def top_partners(q: AnchorQuery, n: int, flt: PartnerFilter) -> np.ndarray:
     """The anchors' strongest co-occurrence partners (CooccurrenceScorer.top_partners(anchors, n): summed counts,
     anchors dropped, ties by row), then those that pass `flt`, in that order."""
-    return compiled()[1](q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_rows, n, np.sort(flt.excluded),
+    return compiled()[1](q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_rows, n, flt.excluded,
                          _EMPTY_BOOL if flt.stock is None else flt.stock, flt.want_stock,
                          _EMPTY_F64 if flt.price is None else flt.price, float(flt.low), float(flt.high))
 
@@ -249,6 +250,37 @@ def _features_of(anchors: int, text: bool, lexical: bool, need: bool, category: 
     return has, tuple(names), _name_rows(tuple(names))
 
 
+_I64, _F32 = np.dtype(np.int64), np.dtype(np.float32)
+
+
+def _typed(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`a` as a C-contiguous array of `dtype` (the types the kernels are compiled for), copied only if it is not."""
+    if type(a) is np.ndarray and a.dtype is dtype and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _signal_arguments(scorer, table: ItemTable) -> tuple[tuple, tuple]:
+    """The anchor kernel's arguments that change only with the signals: (the table's, the category and
+    co-occurrence arrays'), cached on the scorer and rebuilt when any of them is replaced."""
+    s = scorer.signals
+    cooc, category = s.cooc, s.category
+    matrix = cooc._matrix
+    parts = (table, cooc._norms(), matrix, cooc.complement, cooc.substitute_discount, category,
+             category.pair if category is not None else None)  # the co-occurrence matrix is replaced, never edited
+    cached = scorer.__dict__.get("_signal_arguments")
+    if cached is None or not all(map(operator.is_, cached[0], parts)):
+        norms = parts[1]
+        cached = (parts, ((table.rows, table.row_ints), table.layout, (
+            category.pair if category is not None else _NO_PAIRS,
+            category.count if category is not None else _EMPTY_F64,
+            float(category.same_bonus) if category is not None else 0.0,
+            matrix.indptr, matrix.indices, matrix.data, norms, bool(cooc.complement),
+            float(cooc.substitute_discount) if cooc.complement else 1.0), min(len(table.rows), len(norms))))
+        scorer._signal_arguments = cached
+    return cached[1]
+
+
 def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, anchor_idx: Sequence[int],
                         text_q: np.ndarray | None, text_norm: float | None, need_vector: np.ndarray | None,
                         cf_query: np.ndarray | None, kinds: np.ndarray | None, kind_discount: float, n_partners: int,
@@ -256,26 +288,20 @@ def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np
     """anchor_query + top_partners + fuse_hits for known anchors (anchors_in_kernel), in one compiled call after
     the engine: the anchors' side is read from the item table and the signals' arrays inside the kernel.
     `text_q`: the anchors' unit mean text vector (several anchors); `text_norm`: |text vector| (one anchor)."""
-    s = scorer.signals
-    cooc, category = s.cooc, s.category
     has, names, name_rows = features_of(scorer, len(anchor_idx), need_vector, cf_query)
-    norms = cooc._norms()
-    kinds = kinds if kinds is not None and kind_discount < 1.0 else _EMPTY_I64
-    covered = min(len(table.rows), len(norms), len(kinds) if len(kinds) else len(norms))
-    matrix = cooc._matrix
+    table_arrays, layout, signal_arrays, covered = _signal_arguments(scorer, table)
+    if kinds is None or kind_discount >= 1.0:
+        kinds = _EMPTY_I64
+    else:
+        covered = min(covered, len(kinds))
+    one = len(anchor_idx) == 1
     status, found, pool, order, chosen, ranked = compiled()[2](
-        table.rows, table.row_ints, key_rows, np.ascontiguousarray(keys, dtype=np.int64), k, covered, *table.layout,
-        np.asarray(anchor_idx, dtype=np.int64), has, name_rows, _weight_vector(scorer),
-        _EMPTY_F32 if text_q is None or len(anchor_idx) == 1 else np.ascontiguousarray(text_q, dtype=np.float32),
-        (text_norm or 1.0) if len(anchor_idx) == 1 else 1.0,
-        category.pair if category is not None else _NO_PAIRS,
-        category.count if category is not None else _EMPTY_F64,
-        float(category.same_bonus) if category is not None else 0.0,
-        matrix.indptr, matrix.indices, matrix.data, norms, bool(cooc.complement),
-        float(cooc.substitute_discount) if cooc.complement else 1.0,
-        np.ascontiguousarray(cf_query, dtype=np.float32) if has[CF] else _EMPTY_F32,
-        np.ascontiguousarray(need_vector, dtype=np.float32) if has[NEED] else _EMPTY_F32,
-        kinds, kind_discount, n_partners, np.sort(flt.excluded), _EMPTY_BOOL if flt.stock is None else flt.stock,
+        *table_arrays, key_rows, _typed(keys, _I64), k, covered, *layout,
+        np.array(anchor_idx, dtype=np.int64), has, name_rows, _weight_vector(scorer),
+        _EMPTY_F32 if text_q is None or one else _typed(text_q, _F32), (text_norm or 1.0) if one else 1.0,
+        *signal_arrays, _typed(cf_query, _F32) if has[CF] else _EMPTY_F32,
+        _typed(need_vector, _F32) if has[NEED] else _EMPTY_F32,
+        kinds, kind_discount, n_partners, flt.excluded, _EMPTY_BOOL if flt.stock is None else flt.stock,
         flt.want_stock, _EMPTY_F64 if flt.price is None else flt.price, float(flt.low), float(flt.high))
     return Fused(status, pool, found, list(names), order, chosen, ranked)
 

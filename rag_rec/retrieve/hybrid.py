@@ -285,7 +285,7 @@ class HybridRetriever:
         want = flt.must_match.get("in_stock")
         low, high = flt.ranges.get("price", (None, None))
         return fusion_kernel.PartnerFilter(
-            np.asarray(excluded, dtype=np.int64), stock if isinstance(want, bool) else None, want is not False,
+            np.array(sorted(excluded), dtype=np.int64), stock if isinstance(want, bool) else None, want is not False,
             price if low is not None or high is not None else None, -np.inf if low is None else low,
             np.inf if high is None else high)
 
@@ -456,9 +456,16 @@ class HybridRetriever:
         """Candidates in rank order from fusion_kernel's ranked layout (score, co-purchases, provenance code, one
         contribution per name)."""
         names, explained, first = tuple(names), Candidate.explained, fusion_kernel.RANKED_COLUMNS
-        return [explained(item, row[0], names, row, first, {"co_purchases": int(row[1])} if with_counts else {},
-                          {"found_by": list(found_by_of(int(row[2]), names, base_source))})
-                for item, row in zip(self._id_array()[chosen].tolist(), ranked.tolist())]
+        labels: dict[float, tuple[str, ...]] = {}  # provenance codes repeat within a request
+        out = []
+        for r, (item, (score, count, code)) in enumerate(zip(self._id_array()[chosen].tolist(),
+                                                             ranked[:, :first].tolist())):
+            found = labels.get(code)
+            if found is None:
+                found = labels[code] = found_by_of(int(code), names, base_source)
+            out.append(explained(item, score, names, ranked, r, first,
+                                 {"co_purchases": int(count)} if with_counts else {}, {"found_by": list(found)}))
+        return out
 
 
 _NO_PRODUCT = Product(id="", title="", in_stock=False)
