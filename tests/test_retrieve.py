@@ -505,13 +505,18 @@ def test_a_candidates_contributions_are_read_from_its_ranked_row():
     from rag_rec.retrieve.base import Candidate
 
     row = [0.9, 3.0, 6.0, 0.5, 0.25, 0.15]
-    lazy = Candidate.explained("p1", 0.9, ("text", "lex", "cooc"), np.array([row]), 0, 3, {"co_purchases": 3},
-                               {"found_by": ["lex"]})
+    lazy = Candidate.from_ranked(["p1"], np.array([row]), ("text", "lex", "cooc"), 3, lambda code: ("lex",), True)[0]
     eager = Candidate("p1", 0.9, {"text": 0.5, "lex": 0.25, "cooc": 0.15}, {"co_purchases": 3}, {"found_by": ["lex"]})
     assert lazy == eager and repr(lazy) == repr(eager) and lazy.sources is lazy.sources
     lazy.sources = {"text": 1.0}
     assert lazy.sources == {"text": 1.0} and lazy != eager
     assert Candidate("p2", 0.1).sources == {} and Candidate("p2", 0.1).payload == {}
+    ranked = np.array([row, [0.4, 0.0, 2.0, 0.4, 0.0, 0.0]])
+    built = Candidate.from_ranked(["p1", "p3"], ranked, ("text", "lex", "cooc"), 3, lambda code: ("lex",) if code == 6
+                                  else ("engine",), True)
+    assert built[0] == eager and built[1] == Candidate("p3", 0.4, {"text": 0.4, "lex": 0.0, "cooc": 0.0},
+                                                       {"co_purchases": 0}, {"found_by": ["engine"]})
+    assert built[0].payload["found_by"] is not built[1].payload["found_by"]
 
 
 def test_the_anchor_request_kernel_stops_at_rows_beyond_its_snapshot(pipeline):

@@ -455,17 +455,9 @@ class HybridRetriever:
                     base_source: str) -> list[Candidate]:
         """Candidates in rank order from fusion_kernel's ranked layout (score, co-purchases, provenance code, one
         contribution per name)."""
-        names, explained, first = tuple(names), Candidate.explained, fusion_kernel.RANKED_COLUMNS
-        labels: dict[float, tuple[str, ...]] = {}  # provenance codes repeat within a request
-        out = []
-        for r, (item, (score, count, code)) in enumerate(zip(self._id_array()[chosen].tolist(),
-                                                             ranked[:, :first].tolist())):
-            found = labels.get(code)
-            if found is None:
-                found = labels[code] = found_by_of(int(code), names, base_source)
-            out.append(explained(item, score, names, ranked, r, first,
-                                 {"co_purchases": int(count)} if with_counts else {}, {"found_by": list(found)}))
-        return out
+        names = tuple(names)
+        return Candidate.from_ranked(self._id_array()[chosen].tolist(), ranked, names, fusion_kernel.RANKED_COLUMNS,
+                                     lambda code: found_by_of(code, names, base_source), with_counts)
 
 
 _NO_PRODUCT = Product(id="", title="", in_stock=False)
