@@ -501,6 +501,28 @@ def test_a_behaviour_signal_is_fused_and_explained(pipeline, monkeypatch):
     assert all(c.sources["behaviour"] == 5.0 and "behaviour" in c.payload["found_by"] for c in top)
 
 
+def test_the_kernel_reads_a_co_occurrence_matrix_published_after_its_first_request(pipeline, monkeypatch):
+    """The anchor kernel's signal arguments are cached; folding changed rows into a new matrix must reach it."""
+    from rag_rec.retrieve import fusion_kernel
+
+    s = pipeline.signals
+    anchor = anchors_of(pipeline, 4)[3]
+    idx = s.vocab.known([anchor])
+    request = RetrievalRequest(anchors=(anchor,), k=20)
+    pipeline.retriever.retrieve(request)  # caches the arguments with the fitted matrix
+    cols, vals = s.cooc._row(idx[0])
+    monkeypatch.setattr(s.cooc, "_matrix", s.cooc._matrix)  # restored after the test
+    s.cooc._overlay[idx[0]] = (cols, vals * 2)
+    assert s.cooc.cooc is not None and not s.cooc._overlay  # folded: a new matrix is published
+    calls = []
+    real = fusion_kernel.fuse_anchor_request
+    monkeypatch.setattr(fusion_kernel, "fuse_anchor_request", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    served = {c.id: c.evidence["co_purchases"] for c in pipeline.retriever.retrieve(request).candidates}
+    original = dict(zip([s.vocab.ids[j] for j in cols.tolist()], vals.tolist()))
+    assert calls and any(i in original for i in served)
+    assert all(count == 2 * original[i] for i, count in served.items() if i in original)
+
+
 def test_a_candidates_contributions_are_read_from_its_ranked_row():
     from rag_rec.retrieve.base import Candidate
 
