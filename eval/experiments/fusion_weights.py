@@ -13,12 +13,16 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from rag_rec.data.registry import load_dataset
 from rag_rec.eval.tasks import bundle_completion_split
+from rag_rec.index.edge import EdgeStore
+from rag_rec.pipeline import BundlePipeline
 from rag_rec.retrieve.rankers import HybridRanker
 from rag_rec.settings import Settings
 
@@ -78,6 +82,21 @@ def main(domain: str) -> dict:
                           "oracle": float(test_recall.max()) / text},
     }
     return save(f"fusion_weights-{domain}", result)
+
+
+@contextmanager
+def served_pipeline(settings: Settings, dataset, signals):
+    """The product's pipeline over a fresh qdrant-edge index of `dataset` in a temporary directory: what the API
+    serves, for experiments that score the online retriever."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EdgeStore(Path(tmp) / "idx", collection="products")
+        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(update={"path": Path(tmp)})}),
+                              dataset, signals, store)
+        pipe.sync_index(rebuild=True)
+        try:
+            yield pipe
+        finally:
+            store.close()
 
 
 def save(name: str, result: dict) -> dict:

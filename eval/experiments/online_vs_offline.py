@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from fusion_weights import served_pipeline
+
 from rag_rec.data.registry import load_dataset
 from rag_rec.eval.tasks import bundle_completion_split
-from rag_rec.index.edge import EdgeStore
-from rag_rec.pipeline import BundlePipeline
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.retrieve.rankers import HybridRanker
 from rag_rec.settings import Settings
@@ -33,11 +33,7 @@ def recall(domain: str) -> dict:
     signals = fit_signals(train, settings)
     lexical = signals.lexical
     out: dict = {"cases": len(cases)}
-    with tempfile.TemporaryDirectory() as tmp:
-        store = EdgeStore(Path(tmp) / "idx", collection="products")
-        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(update={"path": Path(tmp)})}),
-                              train, signals, store)
-        pipe.sync_index(rebuild=True)
+    with served_pipeline(settings, train, signals) as pipe:
         ranker = HybridRanker(settings).using(signals, pipe.retriever.scorer)
         for name, lex in (("with_lexical", lexical), ("without_lexical", None)):
             signals.lexical = lex
@@ -51,7 +47,6 @@ def recall(domain: str) -> dict:
                 offline += case.target in [signals.vocab.ids[i] for i in top]
             out[name] = {"online_recall@10": online / len(cases), "offline_recall@10": offline / len(cases)}
         signals.lexical = lexical
-        store.close()
     return out
 
 

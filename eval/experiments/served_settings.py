@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import itertools
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fusion_weights import save
+from fusion_weights import save, served_pipeline
 
 from rag_rec.data.registry import load_dataset
 from rag_rec.eval.tasks import basket_completion_split, bundle_completion_split
-from rag_rec.index.edge import EdgeStore
-from rag_rec.pipeline import BundlePipeline
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.settings import Settings
 from rag_rec.signals.suite import fit_signals
@@ -42,11 +39,7 @@ def served_recall(settings: Settings, train, cases) -> dict[str, list[float]]:
     """Recall@10 and @40 of the served candidates for every (discount, prefetch_k) of the grid, in grid order."""
     signals = fit_signals(train, settings)
     recalls: dict[str, list[float]] = {"recall@10": [], "recall@40": [], "same_kind_share": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        store = EdgeStore(Path(tmp) / "idx", collection="products")
-        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(update={"path": Path(tmp)})}),
-                              train, signals, store)
-        pipe.sync_index(rebuild=True)
+    with served_pipeline(settings, train, signals) as pipe:
         retriever, base = pipe.retriever, pipe.retriever.settings
         for discount, pool in itertools.product(DISCOUNTS, POOLS):
             retriever.settings = base.model_copy(update={"substitute_discount": discount, "prefetch_k": pool})
@@ -61,7 +54,6 @@ def served_recall(settings: Settings, train, cases) -> dict[str, list[float]]:
             recalls["recall@10"].append(float(np.mean(ranks < 10)))
             recalls["recall@40"].append(float(np.mean(ranks < 40)))
             recalls["same_kind_share"].append(float(np.mean(same_kind)))
-        store.close()
     return recalls
 
 
