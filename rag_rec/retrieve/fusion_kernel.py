@@ -94,8 +94,7 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
             anchor_vecs = s.text_vectors[idx]
             q = anchor_vecs.mean(axis=0)
             text_q = (q / (np.linalg.norm(q) or 1.0)).astype(np.float32)
-        if anchor_vecs.dtype != np.float32 or not anchor_vecs.flags.c_contiguous:
-            anchor_vecs = np.ascontiguousarray(anchor_vecs, dtype=np.float32)
+        anchor_vecs = _typed(anchor_vecs, _F32)
     lex_terms, lex_weights = np.zeros(0, dtype=np.int32), _EMPTY_F64
     if has[LEX]:
         query = s.lexical._query(s.lexical._table(), idx)
@@ -103,7 +102,7 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
             lex_terms, lex_weights = np.ascontiguousarray(query[0], dtype=np.int32), query[1]
     need_q = _EMPTY_F32
     if has[NEED]:
-        need_q = np.ascontiguousarray(need_vector, dtype=np.float32)
+        need_q = _typed(need_vector, _F32)
     pairs, codes, div, bonus_codes, bonus = _NO_PAIRS, _EMPTY_I64, 1.0, _EMPTY_I64, 0.0
     if has[CATEGORY]:
         parts = s.category.anchor_parts(idx)
@@ -132,7 +131,7 @@ def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | No
             leaf_discount = float(cooc.substitute_discount)
     cf_q = _EMPTY_F32
     if has[CF]:  # the retriever computed cf_query for its cf prefetch
-        cf_q = np.ascontiguousarray(cf_query, dtype=np.float32)
+        cf_q = _typed(cf_query, _F32)
     anchor_kinds = (np.asarray(kinds[anchor_rows], dtype=np.int64) if kinds is not None and idx and kind_discount < 1.0
                     else _EMPTY_I64)
     return AnchorQuery(
@@ -190,6 +189,16 @@ FROM_COOC, FROM_ENGINE, POSITIVE = 1, 2, 4
 RANKED_COLUMNS = 3
 
 
+_I64, _F32 = np.dtype(np.int64), np.dtype(np.float32)
+
+
+def _typed(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`a` as a C-contiguous array of `dtype` (the types the kernels are compiled for), copied only if it is not."""
+    if type(a) is np.ndarray and a.dtype is dtype and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 @dataclass
 class Fused:
     """One request's fusion: the pool (engine hits first, then co-occurrence partners it lacked) and the k best in
@@ -210,8 +219,8 @@ def fuse_hits(table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, partners
     merged with the partners the engine did not find, fused, and the top k taken: the post-engine path in one
     compiled call."""
     status, found, pool, order, chosen, ranked = compiled()[0](
-        table.rows, table.row_ints, key_rows, np.ascontiguousarray(keys, dtype=np.int64),
-        np.ascontiguousarray(partners, dtype=np.int64), k, covered(table, q), *table.layout,
+        table.rows, table.row_ints, key_rows, _typed(keys, _I64), _typed(partners, _I64), k, covered(table, q),
+        *table.layout,
         q.has, q.name_rows, q.weights, q.text_q, q.text_div, q.anchor_vecs, q.lex_terms, q.lex_weights,
         q.category_pairs, q.category_codes, q.category_div, q.category_bonus_codes, q.category_bonus,
         q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_norms, q.norms, q.anchor_leaves, q.leaf_discount,
@@ -248,16 +257,6 @@ def _features_of(anchors: int, text: bool, lexical: bool, need: bool, category: 
     has = np.array([name in names for name in NAMES], dtype=np.bool_)
     has.flags.writeable = False
     return has, tuple(names), _name_rows(tuple(names))
-
-
-_I64, _F32 = np.dtype(np.int64), np.dtype(np.float32)
-
-
-def _typed(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """`a` as a C-contiguous array of `dtype` (the types the kernels are compiled for), copied only if it is not."""
-    if type(a) is np.ndarray and a.dtype is dtype and a.flags.c_contiguous:
-        return a
-    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def _signal_arguments(scorer, table: ItemTable) -> tuple[tuple, tuple]:
