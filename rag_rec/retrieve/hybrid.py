@@ -253,17 +253,17 @@ class HybridRetriever:
         return rows if rows.min(initial=0) >= 0 else rows[rows >= 0]
 
     def warm(self) -> None:
-        """Build the per-vocabulary lookups (key rows, kinds, stock and price, the item table) and the compiled
-        fusion now, so the first request does not pay for them."""
+        """Build the per-vocabulary lookups (key rows, stock and price, the item table, kinds when the substitute
+        discount is on) and the compiled fusion now, so the first request does not pay for them."""
         self._key_table()
         self._id_array()
-        self._kinds()
+        kinds = self._kinds() if self.settings.substitute_discount < 1.0 else None
         self._arrays()
         if self.signals.als is not None:
             self.scorer._cf_table()
         table = self.scorer.table()
         if self.compiled and len(self.signals.vocab):  # compiles (or loads from numba's disk cache) the kernels
-            query = fusion_kernel.anchor_query(self.scorer, [0], None, None, self._kinds(),
+            query = fusion_kernel.anchor_query(self.scorer, [0], None, None, kinds,
                                                self.settings.substitute_discount)
             fusion_kernel.fuse(table, np.zeros(1, dtype=np.int64), query)
             fusion_kernel.top_partners(query, 1, fusion_kernel.PartnerFilter())
@@ -271,7 +271,7 @@ class HybridRetriever:
                 flt = self._partner_filter(Filter({"in_stock": True}, (), {"price": (0.0, 1.0)}), [0])
                 fusion_kernel.fuse_anchor_request(
                     self.scorer, table, self._key_table(), np.zeros(0, dtype=np.int64), [0], None, 1.0, None,
-                    self.scorer.cf_query([0], None), self._kinds(), self.settings.substitute_discount, 1, flt, 1)
+                    self.scorer.cf_query([0], None), kinds, self.settings.substitute_discount, 1, flt, 1)
 
     def invalidate(self) -> None:
         """Call after products change (stock, price, text)."""
