@@ -264,9 +264,9 @@ def _signal_arguments(scorer, table: ItemTable) -> tuple[tuple, tuple]:
     co-occurrence arrays'), cached on the scorer and rebuilt when any of them is replaced."""
     s = scorer.signals
     cooc, category = s.cooc, s.category
-    matrix = cooc._matrix
+    matrix = cooc._matrix  # replaced on every change, never edited: its identity stands for its arrays
     parts = (table, cooc._norms(), matrix, cooc.complement, cooc.substitute_discount, category,
-             category.pair if category is not None else None)  # the co-occurrence matrix is replaced, never edited
+             category.pair if category is not None else None)
     cached = scorer.__dict__.get("_signal_arguments")
     if cached is None or not all(map(operator.is_, cached[0], parts)):
         norms = parts[1]
