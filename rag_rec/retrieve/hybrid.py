@@ -262,6 +262,7 @@ class HybridRetriever:
         if self.signals.als is not None:
             self.scorer._cf_table()
         table = self.scorer.table()
+        table.text_norms
         if self.compiled and len(self.signals.vocab):  # compiles (or loads from numba's disk cache) the kernels
             query = fusion_kernel.anchor_query(self.scorer, [0], None, None, kinds,
                                                self.settings.substitute_discount)
@@ -353,10 +354,17 @@ class HybridRetriever:
             need_vector = s.encoder.encode([request.need])[0]
             prefetches.append(Prefetch("text", need_vector, n))
             paths.append("need")
+        compiled = self.compiled and s.behaviour is None
+        table = self.scorer.table() if compiled else None
         norm = text_q = None
         if anchor_idx and s.text_vectors is not None:
-            q = s.text_vectors[anchor_idx[0]] if len(anchor_idx) == 1 else s.text_vectors[anchor_idx].mean(axis=0)
-            norm = float(np.sqrt(q @ q))
+            if len(anchor_idx) > 1:
+                q = s.text_vectors[anchor_idx].mean(axis=0)
+                norm = float(np.sqrt(q @ q))
+            else:
+                q = s.text_vectors[anchor_idx[0]]
+                norm = (table.text_norms.item(anchor_idx[0]) if table is not None and anchor_idx[0] < len(table.rows)
+                        else float(np.sqrt(q @ q)))
             text_q = q / norm if norm else q
             prefetches.append(Prefetch("text", text_q, n))
             paths.append("text")
@@ -364,9 +372,8 @@ class HybridRetriever:
         if cf_query is not None:
             prefetches.append(Prefetch("cf", cf_query, n))
             paths.append("cf")
-        query = table = kinds = in_kernel = None
-        if self.compiled and s.behaviour is None and (anchor_idx or need_vector is not None or cf_query is not None):
-            table = self.scorer.table()
+        query = kinds = in_kernel = None
+        if compiled and (anchor_idx or need_vector is not None or cf_query is not None):
             kinds = self._kinds() if cfg.substitute_discount < 1.0 and anchor_idx else None
             in_kernel = (bool(anchor_idx) and self._rest_of(flt) is None
                          and fusion_kernel.anchors_in_kernel(self.scorer, anchor_idx))

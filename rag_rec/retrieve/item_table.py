@@ -34,6 +34,12 @@ class ItemTable:
         return self.rows.view(np.int32)
 
     @cached_property
+    def text_norms(self) -> np.ndarray:
+        """|text vector| per row: a one-anchor request's query norm without a reduction over its cold row."""
+        text = self.rows[:, self.text]
+        return np.sqrt(np.einsum("ij,ij->i", text, text)).astype(np.float64)
+
+    @cached_property
     def layout(self) -> tuple[int, ...]:
         """(text start, text width, cf start, cf width, terms start, terms width, weights start, code, leaf)."""
         return (self.text.start, self.text.stop - self.text.start, self.cf.start, self.cf.stop - self.cf.start,
