@@ -69,9 +69,11 @@ class IndexSettings(_Section):
 
 class RetrieveSettings(_Section):
     k: int = 40
-    prefetch_k: int = Field(default=80, description="Hits per engine prefetch (and at most as many co-occurrence "
-                            "partners) in the pool the fusion scores; chosen on validation splits "
-                            "(eval/experiments/served_settings.py)")
+    prefetch_k: int = Field(default=80, description="Hits per engine prefetch in the pool the fusion scores; "
+                            "chosen on validation splits (eval/experiments/served_settings.py)")
+    partners_k: int = Field(default=60, ge=0, description="At most this many of the anchors' co-occurrence partners "
+                            "join the pool (no more than prefetch_k or the request's k, whichever is larger); chosen "
+                            "on validation splits (eval/experiments/served_partners.py)")
     fusion: Literal["rrf", "weighted"] = "rrf"
     rrf_k: int = 60
     weights: dict[str, float] = Field(default_factory=lambda: {

@@ -578,3 +578,19 @@ def test_warm_prepares_the_anchor_kernel_with_the_types_requests_use(pipeline):
                                                  filter=Filter(must_match={"in_stock": True}), k=10))
     sigs = kernel.signatures
     assert len(sigs) == 1, [(i, x, y) for i, (x, y) in enumerate(zip(sigs[0], sigs[-1])) if x != y]
+
+
+def test_partners_k_caps_the_co_occurrence_partners_in_the_pool(pipeline, monkeypatch):
+    from rag_rec.retrieve.hybrid import HybridRetriever
+
+    signals = pipeline.signals
+    anchor = next(i for i in signals.vocab.ids if len(signals.cooc.top_partners([signals.vocab.index[i]], 50)[0]) >= 8)
+    strongest = [signals.vocab.ids[j] for j in signals.cooc.top_partners([signals.vocab.index[anchor]], 50)[0]]
+    # an engine that finds nothing: the pool is the partners alone, so the candidates show how many joined it
+    monkeypatch.setattr(pipeline.store, "fused_keys", lambda *a, **kw: np.zeros(0, dtype=np.int64))
+    for backend in ("numba", "numpy"):
+        for partners_k in (3, 7):
+            settings = pipeline.settings.retrieve.model_copy(update={"fusion_backend": backend, "partners_k": partners_k})
+            retriever = HybridRetriever(pipeline.store, signals, pipeline.dataset.products, settings)
+            served = [c.id for c in retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=40)).candidates]
+            assert sorted(served) == sorted(strongest[:partners_k]), (backend, partners_k)

@@ -346,6 +346,7 @@ class HybridRetriever:
         flt = Filter(flt.must_match, tuple(dict.fromkeys((*flt.must_not_ids, *anchors))), flt.ranges,
                      flt.category_prefix)
         n = max(cfg.prefetch_k, request.k)
+        n_partners = min(cfg.partners_k, n)
 
         prefetches: list[Prefetch] = []
         paths: list[str] = []
@@ -387,17 +388,17 @@ class HybridRetriever:
             if in_kernel:  # the kernel prepares the anchors and their partners after the engine call
                 partner_filter = self._partner_filter(flt, excluded)
             elif query is not None:  # anchor-only work goes before the engine call, which leaves memory cold
-                passing = fusion_kernel.top_partners(query, 2 * n, self._partner_filter(flt, excluded))
-                passing = self._per_product(passing, flt)[:n]
+                passing = fusion_kernel.top_partners(query, 2 * n_partners, self._partner_filter(flt, excluded))
+                passing = self._per_product(passing, flt)[:n_partners]
             else:
-                passing = self._reference_partners(anchor_idx, flt, excluded, n)
+                passing = self._reference_partners(anchor_idx, flt, excluded, n_partners)
         keys = self.store.fused_keys(prefetches, n, flt) if prefetches else np.zeros(0, dtype=np.int64)
         pool = None
         if in_kernel:
             def fuse(key_rows):
                 return fusion_kernel.fuse_anchor_request(
                     self.scorer, table, key_rows, keys, anchor_idx, text_q, norm, need_vector, cf_query, kinds,
-                    cfg.substitute_discount, n, partner_filter, request.k)
+                    cfg.substitute_discount, n_partners, partner_filter, request.k)
 
             fused = fuse(self._key_table())
             if fused.status == fusion_kernel.NEW_KEY:
@@ -406,7 +407,7 @@ class HybridRetriever:
                 candidates = self._candidates(fused.names, fused.chosen, fused.ranked, True, "engine")
                 notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
                 return RetrievalResult(candidates, notes, paths)
-            passing = self._reference_partners(anchor_idx, flt, excluded, n)  # stale snapshot: reference path
+            passing = self._reference_partners(anchor_idx, flt, excluded, n_partners)  # stale snapshot: reference path
         elif query is not None:
             fused = fusion_kernel.fuse_hits(table, self._key_table(), keys, passing, query, request.k)
             if fused.status == fusion_kernel.NEW_KEY:
