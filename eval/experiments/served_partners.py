@@ -55,7 +55,7 @@ def served_recall(settings: Settings, train, cases) -> dict[str, list[float]]:
 
 def main(domains: list[str]) -> dict:
     settings = Settings(llm={"backend": "none"})
-    result: dict = {"partners_k": list(PARTNERS), "defaults": settings.retrieve.model_dump(
+    result: dict = {"partners_k": list(PARTNERS), "defaults_when_run": settings.retrieve.model_dump(
         include={"prefetch_k", "partners_k", "substitute_discount"}), "domains": {}}
     for domain in domains:
         if domain == "dunnhumby":  # validation: the households' last baskets before their test baskets
