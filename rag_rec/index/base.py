@@ -73,12 +73,14 @@ class Hit:
 
 @dataclass(frozen=True)
 class Prefetch:
-    """One branch of a fused query: a vector query on one named vector; weight scales its RRF share."""
+    """One branch of a fused query: a vector query on one named vector; weight scales its RRF share. `finite`: the
+    caller vouches that the values are finite (vectors from the signals' own arrays), so stores skip that check."""
 
     using: str
     vector: np.ndarray
     limit: int = 100
     weight: float = 1.0
+    finite: bool = False
 
 
 @runtime_checkable

@@ -91,9 +91,10 @@ def payload_links(field_name: str, kind: str) -> bool:
 
 
 def vector_values(
-    specs: Mapping[str, VectorSpec], name: str, vector: Any, *, what: str = "query"
+    specs: Mapping[str, VectorSpec], name: str, vector: Any, *, what: str = "query", finite: bool = False
 ) -> list[float]:
-    """The vector as a list of floats, after checking its name, dimension and values."""
+    """The vector as a list of floats, after checking its name, dimension and (unless the caller vouches that they
+    are `finite`) values."""
     spec = specs.get(name)
     if spec is None:
         raise IndexStoreError(f"unknown vector '{name}' in {what}; the collection has {sorted(specs)}")
@@ -102,7 +103,7 @@ def vector_values(
         raise IndexStoreError(f"vector '{name}' has dim {spec.dim}, got shape {arr.shape} in {what}")
     values = arr.tolist()
     # NaN and inf propagate through the sum (float32 values cannot overflow it); cheaper than a numpy ufunc.
-    if not math.isfinite(sum(values)):
+    if not finite and not math.isfinite(sum(values)):
         raise IndexStoreError(f"vector '{name}' contains NaN or infinite values in {what}")
     return values
 

@@ -514,7 +514,7 @@ class EdgeStore:
             qe.Prefetch(
                 limit=max(1, int(p.limit)),
                 params=params,
-                query=qe.Query.Nearest(vector_values(self._specs, p.using, p.vector), using=p.using),
+                query=qe.Query.Nearest(vector_values(self._specs, p.using, p.vector, finite=p.finite), using=p.using),
             )
             for p in prefetches
         ]

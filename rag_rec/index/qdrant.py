@@ -378,7 +378,7 @@ class QdrantStore:
         params = self._params(exact)
         branches = [
             m.Prefetch(
-                query=vector_values(specs, p.using, p.vector),
+                query=vector_values(specs, p.using, p.vector, finite=p.finite),
                 using=p.using,
                 limit=max(1, int(p.limit)),
                 params=params,

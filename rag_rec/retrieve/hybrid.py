@@ -356,7 +356,7 @@ class HybridRetriever:
             prefetches.append(Prefetch("text", need_vector, n))
             paths.append("need")
         compiled = self.compiled and s.behaviour is None
-        table = self.scorer.table() if compiled else None
+        table = self.scorer.table()  # either backend: the same query norms, so the same engine query
         norm = text_q = None
         if anchor_idx and s.text_vectors is not None:
             if len(anchor_idx) > 1:
@@ -364,14 +364,14 @@ class HybridRetriever:
                 norm = float(np.sqrt(q @ q))
             else:
                 q = s.text_vectors[anchor_idx[0]]
-                norm = (table.text_norms.item(anchor_idx[0]) if table is not None and anchor_idx[0] < len(table.rows)
+                norm = (table.text_norms.item(anchor_idx[0]) if anchor_idx[0] < len(table.rows)
                         else float(np.sqrt(q @ q)))
             text_q = q / norm if norm else q
-            prefetches.append(Prefetch("text", text_q, n))
+            prefetches.append(Prefetch("text", text_q, n, finite=True))
             paths.append("text")
         cf_query = self.scorer.cf_query(anchor_idx, user if user_known else None)
         if cf_query is not None:
-            prefetches.append(Prefetch("cf", cf_query, n))
+            prefetches.append(Prefetch("cf", cf_query, n, finite=True))
             paths.append("cf")
         query = kinds = in_kernel = None
         if compiled and (anchor_idx or need_vector is not None or cf_query is not None):
