@@ -65,7 +65,8 @@ def retrieval_section(doc: dict, plt) -> list[str]:
             f"{r['query_only_p95_ms']:.2f} ms at {r['products']} (hybrid {r['p95_ratio_vs_query_only']:.2f}x)"
             for r in doc["retrieval"]) + "."]
     if all("p95_ratio_rounds" in r for r in doc["retrieval"]):
-        lines += ["", "Rounds: the table shows the round with the median p95 ratio; every round's ratio: " + "; ".join(
+        lines += ["", f"Rounds ({doc['retrieval'][0].get('queries', '?')} anchors each, every call on each): the table shows "
+                  "the round with the median p95 ratio; every round's ratio: " + "; ".join(
             f"{r['products']}: " + ", ".join(f"{x:.2f}x" for x in r["p95_ratio_rounds"]) for r in doc["retrieval"]) + "."]
     if all("hybrid_without_lexical_p95_ms" in r for r in doc["retrieval"]):
         lines += ["", "The hybrid without its lexical (TF-IDF title) feature, same run: p95 " + ", ".join(
