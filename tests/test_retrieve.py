@@ -176,6 +176,7 @@ def test_item_table_features_equal_each_signals_own_arrays(pipeline):
     whole = np.arange(n)
     table = pipeline.retriever.scorer.table()
     assert table.block(whole) is table.rows and table.block(whole[::-1]) is not table.rows
+    np.testing.assert_allclose(table.text_norms, np.linalg.norm(pipeline.signals.text_vectors[:n], axis=1), rtol=1e-6)
 
 
 def test_item_table_follows_product_upserts(pipeline):
@@ -194,6 +195,8 @@ def test_item_table_follows_product_upserts(pipeline):
     for name in ("text", "lex", "category"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert pipeline.retriever.scorer.table() is after  # no rebuild without a change
+    renamed = s.vocab.index[anchor]  # its text changed in place: the query norm follows the rebuilt table
+    np.testing.assert_allclose(after.text_norms[renamed], np.linalg.norm(s.text_vectors[renamed]), rtol=1e-6)
 
 
 def test_compiled_fusion_serves_what_the_numpy_reference_serves(pipeline, monkeypatch):

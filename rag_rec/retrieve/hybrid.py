@@ -262,7 +262,7 @@ class HybridRetriever:
         if self.signals.als is not None:
             self.scorer._cf_table()
         table = self.scorer.table()
-        table.text_norms
+        table.text_norms  # built now rather than by the first one-anchor request
         if self.compiled and len(self.signals.vocab):  # compiles (or loads from numba's disk cache) the kernels
             query = fusion_kernel.anchor_query(self.scorer, [0], None, None, kinds,
                                                self.settings.substitute_discount)
