@@ -417,6 +417,33 @@ def test_the_kernel_reads_the_scorers_current_weights(pipeline):
     assert fusion_kernel.anchor_query(scorer, idx, None, None, None, 1.0).weights[lex] == before
 
 
+def test_the_anchor_kernel_reads_the_scorers_current_weights(pipeline):
+    """fuse_anchor_request caches its leading arguments (weights among them) on the scorer."""
+    from rag_rec.retrieve import fusion_kernel
+
+    retriever, scorer = pipeline.retriever, pipeline.retriever.scorer
+    idx = pipeline.signals.vocab.known(anchors_of(pipeline, 1))
+    table, key_rows = scorer.table(), retriever._key_table()
+    pool = np.arange(0, len(pipeline.signals.vocab), 37, dtype=np.int64)
+
+    def lex_of():
+        fused = fusion_kernel.fuse_anchor_request(scorer, table, np.zeros(0, dtype=np.int64), pool, idx, None, None,
+                                                  None, None, None, 1.0, 0, fusion_kernel.PartnerFilter(), len(pool))
+        return fused.ranked[:, fusion_kernel.RANKED_COLUMNS + fused.names.index("lex")]
+
+    original = scorer.weights
+    before = lex_of()
+    assert (before > 0).any()
+    try:
+        scorer.weights = {**original, "lex": 2 * original["lex"]}  # a new dict
+        np.testing.assert_allclose(np.sort(lex_of()), np.sort(2 * before))
+        scorer.weights["lex"] = 0.0  # the same dict, changed in place
+        assert not lex_of().any()
+    finally:
+        scorer.weights = original
+    np.testing.assert_allclose(np.sort(lex_of()), np.sort(before))
+
+
 def test_the_anchor_request_kernel_equals_the_prepared_one(pipeline):
     """fuse_anchor_request (anchors prepared inside the kernel from the item table and the CSR matrix) ==
     anchor_query + top_partners + fuse_hits, to the bit: one and several anchors, a need, filters on stock and

@@ -259,25 +259,34 @@ def _features_of(anchors: int, text: bool, lexical: bool, need: bool, category: 
     return has, tuple(names), _name_rows(tuple(names))
 
 
-def _signal_arguments(scorer, table: ItemTable) -> tuple[tuple, tuple]:
-    """The anchor kernel's arguments that change only with the signals: (the table's, the category and
-    co-occurrence arrays'), cached on the scorer and rebuilt when any of them is replaced."""
+def _anchor_arguments(scorer, table: ItemTable, several: bool, text: bool, lexical: bool, need: bool,
+                      cf: bool) -> tuple[tuple, int, tuple[str, ...]]:
+    """(the anchor kernel's leading arguments, rows they cover, feature names) for a request of this shape: the
+    table's layout and arrays, the category and co-occurrence arrays, the features present and the weights. Cached on
+    the scorer; rebuilt when any of those arrays is replaced or the weights change (a new dict or one edited)."""
     s = scorer.signals
     cooc, category = s.cooc, s.category
     matrix = cooc._matrix  # replaced on every change, never edited: its identity stands for its arrays
     parts = (table, cooc._norms(), matrix, cooc.complement, cooc.substitute_discount, category,
              category.pair if category is not None else None)
-    cached = scorer.__dict__.get("_signal_arguments")
-    if cached is None or not all(map(operator.is_, cached[0], parts)):
+    weights = scorer.weights
+    cached = scorer.__dict__.get("_anchor_arguments")
+    if cached is None or not all(map(operator.is_, cached[0], parts)) or cached[1] != weights:
         norms = parts[1]
-        cached = (parts, ((table.rows, table.row_ints), table.layout, (
-            category.pair if category is not None else _NO_PAIRS,
-            category.count if category is not None else _EMPTY_F64,
-            float(category.same_bonus) if category is not None else 0.0,
-            matrix.indptr, matrix.indices, matrix.data, norms, bool(cooc.complement),
-            float(cooc.substitute_discount) if cooc.complement else 1.0), min(len(table.rows), len(norms))))
-        scorer._signal_arguments = cached
-    return cached[1]
+        signal_arrays = (
+            category.pair if category is not None else _NO_PAIRS, category.count if category is not None else _EMPTY_F64,
+            float(category.same_bonus) if category is not None else 0.0, matrix.indptr, matrix.indices, matrix.data,
+            norms, bool(cooc.complement), float(cooc.substitute_discount) if cooc.complement else 1.0)
+        weight_vector = np.array([weights.get(f, 0.0) for f in NAMES], dtype=np.float64)
+        cached = (parts, dict(weights), (table.rows, table.row_ints, *table.layout, *signal_arrays), weight_vector,
+                  min(len(table.rows), len(norms)), {})
+        scorer._anchor_arguments = cached
+    shape = (several, text, lexical, need, cf)
+    got = cached[5].get(shape)
+    if got is None:
+        has, names, name_rows = _features_of(2 if several else 1, text, lexical, need, category is not None, cf)
+        got = cached[5][shape] = ((*cached[2], has, name_rows, cached[3]), cached[4], names)
+    return got
 
 
 def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, anchor_idx: Sequence[int],
@@ -287,19 +296,21 @@ def fuse_anchor_request(scorer, table: ItemTable, key_rows: np.ndarray, keys: np
     """anchor_query + top_partners + fuse_hits for known anchors (anchors_in_kernel), in one compiled call after
     the engine: the anchors' side is read from the item table and the signals' arrays inside the kernel.
     `text_q`: the anchors' unit mean text vector (several anchors); `text_norm`: |text vector| (one anchor)."""
-    has, names, name_rows = features_of(scorer, len(anchor_idx), need_vector, cf_query)
-    table_arrays, layout, signal_arrays, covered = _signal_arguments(scorer, table)
+    s = scorer.signals
+    one = len(anchor_idx) == 1
+    text = s.text_vectors is not None
+    need = need_vector is not None and text
+    cf = cf_query is not None and s.als is not None
+    leading, covered, names = _anchor_arguments(scorer, table, not one, text, s.lexical is not None,
+                                                need_vector is not None, cf)
     if kinds is None or kind_discount >= 1.0:
         kinds = _EMPTY_I64
     else:
         covered = min(covered, len(kinds))
-    one = len(anchor_idx) == 1
     status, found, pool, order, chosen, ranked = compiled()[2](
-        *table_arrays, key_rows, _typed(keys, _I64), k, covered, *layout,
-        np.array(anchor_idx, dtype=np.int64), has, name_rows, _weight_vector(scorer),
+        *leading, covered, key_rows, _typed(keys, _I64), k, np.array(anchor_idx, dtype=np.int64),
         _EMPTY_F32 if text_q is None or one else _typed(text_q, _F32), (text_norm or 1.0) if one else 1.0,
-        *signal_arrays, _typed(cf_query, _F32) if has[CF] else _EMPTY_F32,
-        _typed(need_vector, _F32) if has[NEED] else _EMPTY_F32,
+        _typed(cf_query, _F32) if cf else _EMPTY_F32, _typed(need_vector, _F32) if need else _EMPTY_F32,
         kinds, kind_discount, n_partners, flt.excluded, _EMPTY_BOOL if flt.stock is None else flt.stock,
         flt.want_stock, _EMPTY_F64 if flt.price is None else flt.price, float(flt.low), float(flt.high))
     return Fused(status, pool, found, list(names), order, chosen, ranked)
@@ -435,10 +446,10 @@ def _partners_kernel(cooc_cols, cooc_vals, cooc_offsets, anchor_rows, n, exclude
 LEX_PAD = np.iinfo(np.int32).max  # the term id that pads lexical rows (lexical._TermTable)
 
 
-def _anchor_request_kernel(rows, row_ints, key_rows, keys, k, covered, t0, dt, c0, dc, l0, lw, w0, code_col,
-                           leaf_col, anchor_rows, has, name_rows, weights, text_q, text_div, category_pairs,
+def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col, leaf_col, category_pairs,
                            category_count, category_bonus, cooc_indptr, cooc_indices, cooc_data, norms, complement,
-                           leaf_discount, cf_q, need_q, kinds, kind_discount, n_partners, excluded, stock, want_stock,
+                           leaf_discount, has, name_rows, weights, covered, key_rows, keys, k, anchor_rows, text_q,
+                           text_div, cf_q, need_q, kinds, kind_discount, n_partners, excluded, stock, want_stock,
                            price, low, high):
     """anchor_query + top_partners + _request_kernel for known anchors, from the signals' own arrays: the anchors'
     text, lexical, category and leaf columns come from their item-table rows, their co-occurrence rows from the
