@@ -1,7 +1,8 @@
 """The served retriever's substitute discount and pool size, chosen on validation splits of the online path.
 
 The harness's `hybrid` ranks the whole catalogue with the fusion weights; what is served is HybridRetriever:
-the engine's fused text + cf prefetch (`retrieve.prefetch_k` hits) plus up to prefetch_k co-occurrence partners,
+the engine's fused text + cf prefetch (`retrieve.prefetch_k` hits) plus up to prefetch_k co-occurrence partners
+(`retrieve.partners_k` is set to prefetch_k here, as it was before that knob existed; served_partners.py chooses it),
 scored by the same fusion, then candidates of an anchor's kind (likely substitutes) multiplied by
 `retrieve.substitute_discount`. Neither knob exists offline, so both are measured here on the online path: a real
 qdrant-edge index per split, HybridRetriever.retrieve per case (k=40, the API default), Recall@10 and @40 of the
@@ -42,7 +43,8 @@ def served_recall(settings: Settings, train, cases) -> dict[str, list[float]]:
     with served_pipeline(settings, train, signals) as pipe:
         retriever, base = pipe.retriever, pipe.retriever.settings
         for discount, pool in itertools.product(DISCOUNTS, POOLS):
-            retriever.settings = base.model_copy(update={"substitute_discount": discount, "prefetch_k": pool})
+            retriever.settings = base.model_copy(update={"substitute_discount": discount, "prefetch_k": pool,
+                                                          "partners_k": pool})
             ranks, same_kind = [], []
             for case in cases:
                 served = [c.id for c in retriever.retrieve(
