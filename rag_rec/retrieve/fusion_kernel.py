@@ -263,29 +263,28 @@ def _anchor_arguments(scorer, table: ItemTable, several: bool, text: bool, lexic
                       cf: bool) -> tuple[tuple, int, tuple[str, ...]]:
     """(the anchor kernel's leading arguments, rows they cover, feature names) for a request of this shape: the
     table's layout and arrays, the category and co-occurrence arrays, the features present and the weights. Cached on
-    the scorer; rebuilt when any of those arrays is replaced or the weights change (a new dict or one edited)."""
+    the scorer; rebuilt when any of those arrays is replaced or the weights change (_weight_vector's array)."""
     s = scorer.signals
     cooc, category = s.cooc, s.category
     matrix = cooc._matrix  # replaced on every change, never edited: its identity stands for its arrays
+    weights = _weight_vector(scorer)  # a new array whenever the weights dict is replaced or edited
     parts = (table, cooc._norms(), matrix, cooc.complement, cooc.substitute_discount, category,
-             category.pair if category is not None else None)
-    weights = scorer.weights
+             category.pair if category is not None else None, weights)
     cached = scorer.__dict__.get("_anchor_arguments")
-    if cached is None or not all(map(operator.is_, cached[0], parts)) or cached[1] != weights:
+    if cached is None or not all(map(operator.is_, cached[0], parts)):
         norms = parts[1]
         signal_arrays = (
             category.pair if category is not None else _NO_PAIRS, category.count if category is not None else _EMPTY_F64,
             float(category.same_bonus) if category is not None else 0.0, matrix.indptr, matrix.indices, matrix.data,
             norms, bool(cooc.complement), float(cooc.substitute_discount) if cooc.complement else 1.0)
-        weight_vector = np.array([weights.get(f, 0.0) for f in NAMES], dtype=np.float64)
-        cached = (parts, dict(weights), (table.rows, table.row_ints, *table.layout, *signal_arrays), weight_vector,
-                  min(len(table.rows), len(norms)), {})
+        cached = (parts, (table.rows, table.row_ints, *table.layout, *signal_arrays), min(len(table.rows), len(norms)),
+                  {})
         scorer._anchor_arguments = cached
     shape = (several, text, lexical, need, cf)
-    got = cached[5].get(shape)
+    got = cached[3].get(shape)
     if got is None:
         has, names, name_rows = _features_of(2 if several else 1, text, lexical, need, category is not None, cf)
-        got = cached[5][shape] = ((*cached[2], has, name_rows, cached[3]), cached[4], names)
+        got = cached[3][shape] = ((*cached[1], has, name_rows, weights), cached[2], names)
     return got
 
 
