@@ -16,11 +16,12 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from rag_rec.data.registry import load_dataset
-from rag_rec.eval.tasks import bundle_completion_split
+from rag_rec.eval.tasks import basket_completion_split, bundle_completion_split
 from rag_rec.index.edge import EdgeStore
 from rag_rec.pipeline import BundlePipeline
 from rag_rec.retrieve.rankers import HybridRanker
@@ -44,6 +45,28 @@ def case_features(ranker: HybridRanker, cases, features: list[str] = FEATURES) -
     return out
 
 
+def added_feature_recall(settings: Settings, ranker: HybridRanker, cases, added: dict[str, Callable[[list[int]], np.ndarray]],
+                         weights: Sequence[float]) -> dict[str, float]:
+    """Recall@10 on `cases` of the hybrid's default fusion, lexical alone, and each added feature (name -> scores
+    over the catalogue for a case's anchor rows) alone and added to the default fusion at each of `weights`."""
+    features = [*FEATURES, "lex"]
+    scored = []
+    for item in case_features(ranker, cases, features):
+        if item is None:
+            scored.append(None)
+            continue
+        matrix, target, anchors, tie = item
+        scored.append((np.vstack([matrix, *(score(anchors)[None] for score in added.values())]), target, anchors, tie))
+    default = np.array([settings.retrieve.weights.get(f, 0.0) for f in features])
+    none, unit = np.zeros(len(added)), np.eye(len(added))
+    rows = {"hybrid_default": np.r_[default, none], "lexical_alone": np.r_[np.eye(len(features))[-1], none]}
+    for j, name in enumerate(added):
+        rows[f"{name}_alone"] = np.r_[np.zeros(len(features)), unit[j]]
+        for w in weights:
+            rows[f"hybrid_plus_{name}_at_{w}"] = np.r_[default, w * unit[j]]
+    return {name: float(r) for name, r in zip(rows, recall_at(scored, np.vstack(list(rows.values()))))}
+
+
 def recall_at(cases_features: list, weights: np.ndarray, k: int = 10) -> np.ndarray:
     """Recall@k of every weight row over the cases (ties count against the target)."""
     hits = np.zeros(len(weights))
@@ -57,10 +80,21 @@ def recall_at(cases_features: list, weights: np.ndarray, k: int = 10) -> np.ndar
     return hits / len(cases_features)
 
 
+def test_and_validation(domain: str) -> tuple:
+    """(train, test cases, inner train, validation cases): bundle completion for an Amazon domain, basket completion
+    for "dunnhumby"; validation re-splits the training data the way the test split was made (for Dunnhumby: the
+    households' last baskets before their test baskets)."""
+    if domain == "dunnhumby":
+        split, dataset = basket_completion_split, load_dataset("dunnhumby")
+    else:
+        split, dataset = bundle_completion_split, load_dataset(f"data/amazon-bundles/{domain}")
+    train, test_cases = split(dataset)
+    return (train, test_cases, *split(train, seed=1))
+
+
 def main(domain: str) -> dict:
     settings = Settings(llm={"backend": "none"})
-    train, test_cases = bundle_completion_split(load_dataset(f"data/amazon-bundles/{domain}"))
-    inner_train, valid_cases = bundle_completion_split(train, seed=1)
+    train, test_cases, inner_train, valid_cases = test_and_validation(domain)
     grid = np.array([w for w in itertools.product(LEVELS, repeat=len(FEATURES)) if sum(w) > 0], dtype=float)
     default = np.array([[settings.retrieve.weights[f] for f in FEATURES]])
     text_only = np.array([[1.0, 0, 0, 0, 0]])

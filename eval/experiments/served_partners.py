@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fusion_weights import save, served_pipeline
+from fusion_weights import save, served_pipeline, test_and_validation
 
-from rag_rec.data.registry import load_dataset
-from rag_rec.eval.tasks import basket_completion_split, bundle_completion_split
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.settings import Settings
 from rag_rec.signals.suite import fit_signals
@@ -58,12 +56,7 @@ def main(domains: list[str]) -> dict:
     result: dict = {"partners_k": list(PARTNERS), "defaults_when_run": settings.retrieve.model_dump(
         include={"prefetch_k", "partners_k", "substitute_discount"}), "domains": {}}
     for domain in domains:
-        if domain == "dunnhumby":  # validation: the households' last baskets before their test baskets
-            train, test_cases = basket_completion_split(load_dataset("dunnhumby"))
-            inner_train, valid_cases = basket_completion_split(train, seed=1)
-        else:
-            train, test_cases = bundle_completion_split(load_dataset(f"data/amazon-bundles/{domain}"))
-            inner_train, valid_cases = bundle_completion_split(train, seed=1)
+        train, test_cases, inner_train, valid_cases = test_and_validation(domain)
         valid, test = served_recall(settings, inner_train, valid_cases), served_recall(settings, train, test_cases)
         result["domains"][domain] = {"validation_cases": len(valid_cases), "test_cases": len(test_cases),
                                      "validation": valid, "test": test}

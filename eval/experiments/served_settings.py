@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fusion_weights import save, served_pipeline
+from fusion_weights import save, served_pipeline, test_and_validation
 
 from rag_rec.data.registry import load_dataset
-from rag_rec.eval.tasks import basket_completion_split, bundle_completion_split
+from rag_rec.eval.tasks import basket_completion_split
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.settings import Settings
 from rag_rec.signals.suite import fit_signals
@@ -65,8 +65,7 @@ def main(domains: list[str]) -> dict:
     result: dict = {"grid": grid, "defaults_before": {"substitute_discount": settings.retrieve.substitute_discount,
                                                       "prefetch_k": settings.retrieve.prefetch_k}, "domains": {}}
     for domain in [d for d in domains if d != "dunnhumby"]:
-        train, test_cases = bundle_completion_split(load_dataset(f"data/amazon-bundles/{domain}"))
-        inner_train, valid_cases = bundle_completion_split(train, seed=1)
+        train, test_cases, inner_train, valid_cases = test_and_validation(domain)
         valid, test = served_recall(settings, inner_train, valid_cases), served_recall(settings, train, test_cases)
         result["domains"][domain] = {"validation_cases": len(valid_cases), "test_cases": len(test_cases),
                                      "validation": valid, "test": test}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from fusion_weights import FEATURES, case_features, recall_at, save
+from fusion_weights import added_feature_recall, save
 
 from rag_rec.data.registry import load_dataset
 from rag_rec.eval.tasks import bundle_completion_split
@@ -43,26 +43,11 @@ def smoothed(ranker: HybridRanker, anchors: list[int], neighbours: int) -> np.nd
 
 def main(domain: str) -> dict:
     settings = Settings(llm={"backend": "none"})
-    features = [*FEATURES, "lex"]
     train, test_cases = bundle_completion_split(load_dataset(f"data/amazon-bundles/{domain}"))
     ranker = HybridRanker(settings).fit(train)
-    cases = []
-    for item in case_features(ranker, test_cases, features):
-        if item is None:
-            cases.append(None)
-            continue
-        matrix, target, anchors, tie = item
-        cases.append((np.vstack([matrix] + [smoothed(ranker, anchors, m)[None] for m in NEIGHBOURS]), target, anchors, tie))
-    default = np.array([settings.retrieve.weights.get(f, 0.0) for f in features])
-    rows = {"hybrid_default": np.r_[default, np.zeros(len(NEIGHBOURS))],
-            "lexical_alone": np.r_[np.eye(len(features))[-1], np.zeros(len(NEIGHBOURS))]}
-    for j, m in enumerate(NEIGHBOURS):
-        rows[f"smoothed_{m}_alone"] = np.r_[np.zeros(len(features)), np.eye(len(NEIGHBOURS))[j]]
-        for w in WEIGHTS:
-            rows[f"hybrid_plus_smoothed_{m}_at_{w}"] = np.r_[default, w * np.eye(len(NEIGHBOURS))[j]]
-    recall = recall_at(cases, np.vstack(list(rows.values())))
+    added = {f"smoothed_{m}": (lambda anchors, m=m: smoothed(ranker, anchors, m)) for m in NEIGHBOURS}
     result = {"domain": domain, "test_cases": len(test_cases), "neighbours": NEIGHBOURS,
-              "recall@10": {name: float(r) for name, r in zip(rows, recall)}}
+              "recall@10": added_feature_recall(settings, ranker, test_cases, added, WEIGHTS)}
     return save(f"smoothed_cooc-{domain}", result)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from fusion_weights import FEATURES, case_features, recall_at, save
+from fusion_weights import added_feature_recall, save
 
 from rag_rec.data.registry import load_dataset
 from rag_rec.eval.tasks import bundle_completion_split
@@ -69,30 +69,14 @@ def translated(prepared, anchors: list[int], neighbours: int, beta: float, mode:
 
 def main(domain: str) -> dict:
     settings = Settings(llm={"backend": "none"})
-    features = [*FEATURES, "lex"]
     train, test_cases = bundle_completion_split(load_dataset(f"data/amazon-bundles/{domain}"))
     ranker = HybridRanker(settings).fit(train)
     prepared = prepare(ranker)
-    cases = []
-    for item in case_features(ranker, test_cases, features):
-        if item is None:
-            cases.append(None)
-            continue
-        matrix, target, anchors, tie = item
-        extra = [translated(prepared, anchors, m, beta, mode)[None] for mode, m, beta in VARIANTS]
-        cases.append((np.vstack([matrix, *extra]), target, anchors, tie))
-    default = np.array([settings.retrieve.weights.get(f, 0.0) for f in features])
-    none = np.zeros(len(VARIANTS))
-    rows = {"hybrid_default": np.r_[default, none], "lexical_alone": np.r_[np.eye(len(features))[-1], none]}
-    for j, (mode, m, beta) in enumerate(VARIANTS):
-        name = f"{mode}_{m}" + (f"_beta{beta:g}" if mode == "soft" else "")
-        rows[f"{name}_alone"] = np.r_[np.zeros(len(features)), np.eye(len(VARIANTS))[j]]
-        for w in WEIGHTS:
-            rows[f"hybrid_plus_{name}_at_{w}"] = np.r_[default, w * np.eye(len(VARIANTS))[j]]
-    recall = recall_at(cases, np.vstack(list(rows.values())))
+    added = {f"{mode}_{m}" + (f"_beta{beta:g}" if mode == "soft" else ""):
+             (lambda anchors, v=(m, beta, mode): translated(prepared, anchors, *v)) for mode, m, beta in VARIANTS}
     result = {"domain": domain, "test_cases": len(test_cases),
               "variants": [{"mode": mode, "neighbours": m, "beta": beta} for mode, m, beta in VARIANTS],
-              "recall@10": {name: float(r) for name, r in zip(rows, recall)}}
+              "recall@10": added_feature_recall(settings, ranker, test_cases, added, WEIGHTS)}
     return save(f"translated_cooc-{domain}", result)
 
 
