@@ -277,7 +277,7 @@ class BundlePipeline:
             if self.signals.lexical is not None:
                 self.signals.lexical.update(self.dataset, self.signals.vocab, [p.id for p in new])
             self.store.upsert(self.records([p.id for p in new]))
-            self.retriever.invalidate()
+            self.retriever.refresh()
             return UpsertResult(accepted=len(new), total=len(self.dataset.products))
 
     def _extend_vocab(self, ids: list[str]) -> None:

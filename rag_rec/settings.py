@@ -101,7 +101,9 @@ class LLMSettings(_Section):
     timeout_s: float = 120.0
     max_model_len: int = 4096
     kv_cache_gb: int = 2
-    dtype: str = "bfloat16"
+    dtype: str = Field(default="auto", description="Weights and activations in vLLM: 'auto' is bfloat16 on a GPU "
+                       "and on CPUs with native bf16 (AVX512-BF16 or AMX), else float32 (emulated bf16 on an AVX2 "
+                       "CPU derails small models' greedy answers); or any dtype vLLM takes")
     max_candidates: int = 30
     judge_model: str | None = Field(default=None, description="Model of the LLM judge (default: `model`)")
 

@@ -147,3 +147,17 @@ def test_models_cli(smol_dir, capsys, monkeypatch):
     assert models.models_main(["pull", "smollm2-135m"]) == 0
     assert capsys.readouterr().out.strip() == str(smol_dir)
     assert models.models_main(["pull", "no-such-model"]) == 1
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_has_it(tmp_path):
+    from rag_rec.llm.vllm_engine import cpu_flags, engine_dtype
+
+    assert engine_dtype("auto", is_cpu=False) == "bfloat16"
+    assert engine_dtype("auto", is_cpu=True, flags={"avx2", "fma"}) == "float32"
+    assert engine_dtype("auto", is_cpu=True, flags={"avx2", "avx512f", "avx512_bf16"}) == "bfloat16"
+    assert engine_dtype("auto", is_cpu=True, flags={"amx_bf16", "amx_tile"}) == "bfloat16"
+    assert engine_dtype("float16", is_cpu=True, flags=set()) == "float16"  # an explicit choice is kept
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == set()

@@ -19,7 +19,7 @@ from rag_rec.llm import make_llm
 from rag_rec.llm.base import GenerationRequest, LLMUnavailable
 from rag_rec.llm.models import provision
 from rag_rec.llm.openai_http import OpenAIBackend
-from rag_rec.llm.vllm_engine import STRUCTURED_OUTPUTS_CONFIG
+from rag_rec.llm.vllm_engine import STRUCTURED_OUTPUTS_CONFIG, engine_dtype
 from rag_rec.settings import LLMSettings, Settings
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
@@ -36,6 +36,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from vllm.platforms import current_platform
+
     settings = Settings().llm
     model_dir = provision("smollm2-135m", settings)
     port = free_port()
@@ -45,7 +47,8 @@ def server(tmp_path_factory):
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--host", "127.0.0.1",
                "--port", str(port), "--served-model-name", SERVED_NAME, "--max-model-len", "2048",
-               "--dtype", "bfloat16", "--enable-prefix-caching", "--seed", "0",
+               "--dtype", engine_dtype(settings.dtype, current_platform.is_cpu()),
+               "--enable-prefix-caching", "--seed", "0",
                "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS_CONFIG)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -78,6 +78,13 @@ def test_plain_chat_and_token_limit(engine):
     assert truncated.finish_reason == "length" and truncated.completion_tokens == 8
 
 
+def test_engine_dtype_follows_the_cpu(engine):
+    from rag_rec.llm.vllm_engine import engine_dtype
+
+    assert engine.dtype == engine_dtype("auto", engine.is_cpu)
+    assert engine.llm.llm_engine.model_config.dtype == getattr(__import__("torch"), engine.dtype)
+
+
 def test_close_stops_the_engine_process(engine):
     children = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ["VLLM::EngineCore"]
                 or p.cmdline()[:1] == ["VLLM::Worker"]]

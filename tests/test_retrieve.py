@@ -1,5 +1,7 @@
 """Hybrid retrieval on the real electronic catalogue in the embedded Qdrant engine."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -624,3 +626,35 @@ def test_partners_k_caps_the_co_occurrence_partners_in_the_pool(pipeline, monkey
             retriever = HybridRetriever(pipeline.store, signals, pipeline.dataset.products, settings)
             served = [c.id for c in retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=40)).candidates]
             assert sorted(served) == sorted(strongest[:partners_k]), (backend, partners_k)
+
+
+def test_product_upserts_rebuild_the_lookups_in_the_writer_not_the_next_request(pipeline):
+    from rag_rec.retrieve.hybrid import HybridRetriever
+
+    retriever = pipeline.retriever
+    anchor = anchors_of(pipeline, 5)[4]
+    pipeline.add_products(ProductsIn(products=[ProductIn(id="WRITER-BUILT", title="Lens hood for the zoom lens",
+                                                         category=["Electronics", "Camera & Photo"], price=9.5)]))
+    built = retriever.scorer._table[1]
+    assert len(built.rows) == len(pipeline.signals.vocab) and not retriever._dirty
+    assert "text_norms" in built.__dict__  # the norms too: a one-anchor request reads them
+    stock, price = retriever._stock_price
+    assert price[pipeline.signals.vocab.index["WRITER-BUILT"]] == 9.5
+    served = retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=10))
+    assert served.candidates and retriever.scorer.table() is built  # the request reused the writer's table
+
+    discounting = HybridRetriever(pipeline.store, pipeline.signals, pipeline.dataset.products,
+                                  pipeline.settings.retrieve.model_copy(update={"substitute_discount": 0.5}))
+    discounting.warm()
+    row = pipeline.signals.vocab.index[anchor]
+    product = pipeline.dataset.products[anchor]
+    peer = next(pipeline.signals.vocab.index[i] for i, p in pipeline.dataset.products.items()
+                if i != anchor and i in pipeline.signals.vocab.index and p.kind == product.kind)
+    assert discounting._kinds()[row] == discounting._kinds()[peer]
+    pipeline.dataset.products[anchor] = dataclasses.replace(product, category=("Brand new", "kind of thing"))
+    try:
+        discounting.refresh()
+        assert discounting._kinds()[row] != discounting._kinds()[peer]  # a category change moves it to another kind
+    finally:
+        pipeline.dataset.products[anchor] = product
+        discounting.refresh()

@@ -29,6 +29,32 @@ def configure_cpu_env(settings: LLMSettings) -> None:
     os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The first processor's feature flags (empty where /proc/cpuinfo is missing or has none)."""
+    try:
+        with cpuinfo.open() as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def engine_dtype(requested: str, is_cpu: bool, flags: set[str] | None = None) -> str:
+    """The dtype vLLM is started with: `requested`, or for "auto" bfloat16 on a GPU and on a CPU with native bf16,
+    float32 on other CPUs. On an AVX2-only CPU vLLM's bf16 path answered "What is the capital of France?" with
+    "L'Étoile, la Marseillaise, la femme, ..." where float32 says Paris (SmolLM2-135M, greedy)."""
+    if requested != "auto":
+        return requested
+    if not is_cpu:
+        return "bfloat16"
+    return "bfloat16" if any(f in (cpu_flags() if flags is None else flags) for f in CPU_BF16_FLAGS) else "float32"
+
+
 # Compact JSON only. xgrammar ignores the per-request `disable_any_whitespace` and honours it engine-wide;
 # without it small models fill the token budget with the whitespace the JSON grammar allows between tokens.
 # A `vllm serve` deployment needs the same: --structured-outputs-config '<this as JSON>'.
@@ -48,11 +74,12 @@ class VLLMEngine:
         self.name = settings.model
         self.model_path = Path(model_path) if model_path is not None else provision(settings.model, settings)
         self.is_cpu = current_platform.is_cpu()
+        self.dtype = engine_dtype(settings.dtype, self.is_cpu)
         if self.is_cpu:
             configure_cpu_env(settings)
         kwargs: dict[str, Any] = {
             "model": str(self.model_path),
-            "dtype": settings.dtype,
+            "dtype": self.dtype,
             "max_model_len": settings.max_model_len,
             "enable_prefix_caching": True,
             "kv_cache_memory_bytes": settings.kv_cache_gb * GiB,
