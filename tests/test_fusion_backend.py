@@ -50,3 +50,29 @@ def test_served_ids_come_from_a_string_array_that_follows_the_vocabulary():
     r.signals.vocab = ItemVocab.of(["a1", "b22", "c333", "x" * 200])  # grown, with an id too long for fixed width
     ids = r._id_array()
     assert ids.dtype == object and ids[[3, 1]].tolist() == ["x" * 200, "b22"]
+
+
+def test_candidates_read_sources_evidence_and_payload_from_their_ranked_row_when_asked():
+    from functools import partial
+
+    import numpy as np
+
+    from rag_rec.retrieve.base import Candidate
+    from rag_rec.retrieve.hybrid import found_by_of
+
+    names = ("text", "lex")
+    code = fusion_kernel.FROM_COOC + fusion_kernel.FROM_ENGINE + (fusion_kernel.POSITIVE << 1)
+    ranked = np.array([[0.9, 3.0, code, 0.0, 0.9],
+                       [0.5, 0.0, fusion_kernel.FROM_ENGINE + fusion_kernel.POSITIVE, 0.5, 0.0]])
+    found_by = partial(found_by_of, names=names, base_source="engine")
+    a, b = Candidate.from_ranked(["A", "B"], ranked, names, fusion_kernel.RANKED_COLUMNS, found_by, True)
+    assert (a.id, a.score, b.id, b.score) == ("A", 0.9, "B", 0.5)
+    assert a.payload == {"found_by": ["cooc", "lex"]} and b.payload == {"found_by": ["text"]}
+    assert a.evidence == {"co_purchases": 3} and b.evidence == {"co_purchases": 0}
+    assert a.sources == {"text": 0.0, "lex": 0.9} and b.sources == {"text": 0.5, "lex": 0.0}
+    assert a == Candidate("A", 0.9, {"text": 0.0, "lex": 0.9}, {"co_purchases": 3}, {"found_by": ["cooc", "lex"]})
+    a.payload["note"] = "kept"  # built once, then the candidate's own dict
+    b.evidence = {"co_purchases": 7}
+    assert a.payload["note"] == "kept" and b.evidence == {"co_purchases": 7}
+    (c,) = Candidate.from_ranked(["C"], ranked[:1], names, fusion_kernel.RANKED_COLUMNS, found_by, False)
+    assert c.evidence == {} and c.payload == {"found_by": ["cooc", "lex"]}

@@ -19,38 +19,46 @@ class RetrievalRequest:
     k: int = 20
 
 
+class _RankedRows:
+    """What a request's candidates share: the ranked rows and how to read a row's labels and contributions."""
+
+    __slots__ = ("ranked", "names", "first", "found_by", "with_counts")
+
+    def __init__(self, ranked: np.ndarray, names: tuple[str, ...], first: int,
+                 found_by: Callable[[int], tuple[str, ...]], with_counts: bool):
+        self.ranked, self.names, self.first, self.found_by, self.with_counts = (
+            ranked, names, first, found_by, with_counts)
+
+
 class Candidate:
     """A retrieved product: its fused score, the contribution of each source to it (`sources`), evidence (e.g.
     {"co_purchases": 4}) and payload (e.g. {"found_by": ["cooc", "text"]}).
 
-    The online retriever hands contributions over as its ranked rows (`from_ranked`); the `sources` dict is built on
-    first read. Nothing on the serving path reads it (composers and the API use the score, the evidence and
-    `found_by`), and building 40 such dicts was ~40% of a request's candidate cost."""
+    The online retriever hands candidates over as its ranked rows (`from_ranked`); `sources`, `evidence` and
+    `payload` are built from the row on first read. The serving path reads evidence and payload only for the few
+    candidates that end up in a bundle, and sources never; building all three for 40 candidates was most of a
+    request's candidate cost."""
 
-    __slots__ = ("id", "score", "evidence", "payload", "_sources", "_row")
+    __slots__ = ("id", "score", "_evidence", "_payload", "_sources", "_row")
 
     def __init__(self, id: str, score: float, sources: dict[str, float] | None = None,
                  evidence: dict[str, object] | None = None, payload: dict[str, object] | None = None):
-        self.id, self.score = id, score
-        self._sources, self._row = ({} if sources is None else sources), None
-        self.evidence = {} if evidence is None else evidence
-        self.payload = {} if payload is None else payload
+        self.id, self.score, self._row = id, score, None
+        self._sources = {} if sources is None else sources
+        self._evidence = {} if evidence is None else evidence
+        self._payload = {} if payload is None else payload
 
     @classmethod
     def from_ranked(cls, ids: list[str], ranked: np.ndarray, names: tuple[str, ...], first: int,
                     found_by: Callable[[int], tuple[str, ...]], with_counts: bool) -> list[Candidate]:
         """Candidates in rank order from rows (score, co-purchases, provenance code, one contribution per name from
-        column `first` on); `found_by(code)` gives the provenance labels. Their `sources` are read from the row when
-        first asked for."""
-        new, out, labels = cls.__new__, [], {}
-        for r, (item, (score, count, code)) in enumerate(zip(ids, ranked[:, :3].tolist())):
-            found = labels.get(code)
-            if found is None:
-                found = labels[code] = found_by(int(code))
+        column `first` on); `found_by(code)` gives the provenance labels. Their sources, evidence and payload are
+        read from the row when first asked for."""
+        shared, new, out = _RankedRows(ranked, names, first, found_by, with_counts), cls.__new__, []
+        for r, (item, score) in enumerate(zip(ids, ranked[:, 0].tolist())):
             candidate = new(cls)
-            candidate.id, candidate.score, candidate.payload = item, score, {"found_by": list(found)}
-            candidate.evidence = {"co_purchases": int(count)} if with_counts else {}
-            candidate._sources, candidate._row = None, (names, ranked, r, first)
+            candidate.id, candidate.score, candidate._row = item, score, (shared, r)
+            candidate._sources = candidate._evidence = candidate._payload = None
             out.append(candidate)
         return out
 
@@ -59,13 +67,37 @@ class Candidate:
         """source -> its fused contribution."""
         sources = self._sources
         if sources is None:
-            names, ranked, r, first = self._row
-            sources = self._sources = dict(zip(names, ranked[r, first:].tolist()))
+            shared, r = self._row
+            sources = self._sources = dict(zip(shared.names, shared.ranked[r, shared.first:].tolist()))
         return sources
 
     @sources.setter
     def sources(self, value: dict[str, float]) -> None:
-        self._sources, self._row = value, None
+        self._sources = value
+
+    @property
+    def evidence(self) -> dict[str, object]:
+        evidence = self._evidence
+        if evidence is None:
+            shared, r = self._row
+            evidence = self._evidence = ({"co_purchases": int(shared.ranked[r, 1])} if shared.with_counts else {})
+        return evidence
+
+    @evidence.setter
+    def evidence(self, value: dict[str, object]) -> None:
+        self._evidence = value
+
+    @property
+    def payload(self) -> dict[str, object]:
+        payload = self._payload
+        if payload is None:
+            shared, r = self._row
+            payload = self._payload = {"found_by": list(shared.found_by(int(shared.ranked[r, 2])))}
+        return payload
+
+    @payload.setter
+    def payload(self, value: dict[str, object]) -> None:
+        self._payload = value
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Candidate):

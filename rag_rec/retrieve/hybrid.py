@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Sequence
 
 import numpy as np
@@ -478,7 +478,7 @@ class HybridRetriever:
         contribution per name)."""
         names = tuple(names)
         return Candidate.from_ranked(self._id_array()[chosen].tolist(), ranked, names, fusion_kernel.RANKED_COLUMNS,
-                                     lambda code: found_by_of(code, names, base_source), with_counts)
+                                     partial(found_by_of, names=names, base_source=base_source), with_counts)
 
 
 _NO_PRODUCT = Product(id="", title="", in_stock=False)
