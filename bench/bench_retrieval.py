@@ -43,6 +43,17 @@ from rag_rec.settings import Settings
 console = Console(width=120)
 
 
+def cpu_model() -> str:
+    """The CPU's model name: runs of this benchmark on different machines of the same kind are not comparable."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def pct(values, q):
     return float(np.percentile(np.asarray(values) * 1000.0, q))
 
@@ -198,7 +209,8 @@ def main() -> None:
     settings = Settings(llm={"backend": "none"})
     full = load_dunnhumby()
     rng = np.random.default_rng(0)
-    results = {"machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
+    results = {"machine": f"{platform.machine()} {platform.processor()}", "cpu": cpu_model(),
+               "python": platform.python_version(),
                "retrieval": [], "indexing": None}
     for size in args.sizes:
         ds = full if size >= len(full.products) else slice_dataset(full, size)

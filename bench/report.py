@@ -52,7 +52,11 @@ def retrieval_section(doc: dict, plt) -> list[str]:
              "Bare: the identical fused engine request (text + cf prefetch, RRF, filter) straight to qdrant-edge, reading the hits' point ids. "
              "Hybrid: `HybridRetriever.retrieve` (that request + co-occurrence partners + explained fusion + "
              "provenance). The calls alternate per anchor in rotating order (a later call on an anchor finds the "
-             "engine's memory warm). Source: `bench/bench_retrieval.py`.", "",
+             "engine's memory warm). Source: `bench/bench_retrieval.py`. "
+             + (f"CPU of this run: {doc['cpu']}." if doc.get("cpu") else
+                "CPU not recorded in this JSON (session 11's committed run: an AMD EPYC with AVX2; sessions "
+                "1-10's runs: an Intel Xeon); ratios from different CPUs are not comparable.")
+             + "", "",
              "| products | baskets | bare p50 | bare p95 | hybrid p50 | hybrid p95 | hybrid p99 | p95 ratio | target (<=1.2x, p95 <= 5 ms) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["retrieval"]:
