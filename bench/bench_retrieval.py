@@ -36,22 +36,12 @@ from rag_rec.data.dunnhumby import load_dunnhumby
 from rag_rec.data.models import Interactions
 from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, VectorSpec
 from rag_rec.index.edge import EdgeStore
+from rag_rec.machine import cpu_model
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.retrieve.hybrid import HybridRetriever
 from rag_rec.settings import Settings
 
 console = Console(width=120)
-
-
-def cpu_model() -> str:
-    """The CPU's model name: runs of this benchmark on different machines of the same kind are not comparable."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def pct(values, q):

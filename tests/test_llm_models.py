@@ -150,7 +150,8 @@ def test_models_cli(smol_dir, capsys, monkeypatch):
 
 
 def test_auto_dtype_is_bf16_only_where_the_cpu_has_it(tmp_path):
-    from rag_rec.llm.vllm_engine import cpu_flags, engine_dtype
+    from rag_rec.llm.vllm_engine import engine_dtype
+    from rag_rec.machine import cpu_flags, cpu_model
 
     assert engine_dtype("auto", is_cpu=False) == "bfloat16"
     assert engine_dtype("auto", is_cpu=True, flags={"avx2", "fma"}) == "float32"
@@ -158,6 +159,7 @@ def test_auto_dtype_is_bf16_only_where_the_cpu_has_it(tmp_path):
     assert engine_dtype("auto", is_cpu=True, flags={"amx_bf16", "amx_tile"}) == "bfloat16"
     assert engine_dtype("float16", is_cpu=True, flags=set()) == "float16"  # an explicit choice is kept
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
-    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "avx512_bf16"}
-    assert cpu_flags(tmp_path / "missing") == set()
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\n"
+                       "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "avx512_bf16"} and cpu_model(cpuinfo) == "AMD EPYC"
+    assert cpu_flags(tmp_path / "missing") == set() and cpu_model(tmp_path / "missing") == "unknown"

@@ -79,10 +79,12 @@ def test_plain_chat_and_token_limit(engine):
 
 
 def test_engine_dtype_follows_the_cpu(engine):
+    import torch
+
     from rag_rec.llm.vllm_engine import engine_dtype
 
     assert engine.dtype == engine_dtype("auto", engine.is_cpu)
-    assert engine.llm.llm_engine.model_config.dtype == getattr(__import__("torch"), engine.dtype)
+    assert engine.llm.llm_engine.model_config.dtype == getattr(torch, engine.dtype)
 
 
 def test_close_stops_the_engine_process(engine):

@@ -84,3 +84,18 @@ def test_pool_scores_equal_whole_vocabulary_scores():
         assert cooc.counts_with(idx, pool).tolist() == [
             sum(cooc.evidence([a], i) for a in anchors) for i in cooc.vocab.ids]
     assert cat.score_pool(cooc.vocab.known(["cam"]), pool)[cooc.vocab.index["nocat"]] == 0.0
+
+
+def test_updates_publish_counts_with_their_norms_so_no_reader_computes_them():
+    ds = tiny()
+    c = CooccurrenceScorer().fit(ds)
+    c._norms()
+    ds.products["tripod"] = Product("tripod", "tripod", ("E", "Tripods"))
+    for update in (lambda: c.add_groups([("bat2", "bag")], ds), lambda: c.add_groups([("cam", "tripod")], ds)):
+        before = c.counts
+        update()
+        cached_counts, norms = c._norm_cache
+        assert c.counts is not before and cached_counts is c.counts  # computed by the writer
+        np.testing.assert_allclose(norms, c.counts ** c.alpha)
+        assert c._norms() is norms and len(norms) == len(c.vocab)
+        np.testing.assert_allclose(c.popularity, c.counts / c.counts.max())

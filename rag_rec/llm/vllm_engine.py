@@ -10,6 +10,7 @@ from typing import Any, Self
 
 from rag_rec.errors import require
 from rag_rec.llm.base import Generation, GenerationRequest, LLMUnavailable
+from rag_rec.machine import cpu_flags
 from rag_rec.settings import LLMSettings
 
 GiB = 1 << 30
@@ -30,18 +31,6 @@ def configure_cpu_env(settings: LLMSettings) -> None:
 
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The first processor's feature flags (empty where /proc/cpuinfo is missing or has none)."""
-    try:
-        with cpuinfo.open() as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def engine_dtype(requested: str, is_cpu: bool, flags: set[str] | None = None) -> str:

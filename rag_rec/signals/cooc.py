@@ -127,8 +127,7 @@ class CooccurrenceScorer:
         self._publish(cooc)
         # the counts keep their dtype through updates: the compiled fusion is specialised on it (a new dtype
         # would compile a new kernel inside a request)
-        self.counts = np.concatenate([self.counts, np.full(n - len(self.counts), 1e-9, dtype=self.counts.dtype)])
-        self.popularity = self.counts / self.counts.max()
+        self._publish_counts(np.concatenate([self.counts, np.full(n - len(self.counts), 1e-9, dtype=self.counts.dtype)]))
         self.leaf = self._leaf_codes(dataset)
 
     def score_vector(self, anchors: Sequence[str], user_id: str | None = None) -> np.ndarray:
@@ -197,6 +196,13 @@ class CooccurrenceScorer:
             return np.zeros(len(items))
         pos = np.minimum(np.searchsorted(cols, items), len(cols) - 1)
         return np.where(cols[pos] == items, vals[pos], 0.0)
+
+    def _publish_counts(self, counts: np.ndarray) -> None:
+        """Replace the counts with their norms and popularity computed here, by the writer: at 92k items
+        counts ** alpha takes ~2 ms, which the first request after a product or event update paid before."""
+        self._norm_cache = (counts, counts ** self.alpha)
+        self.counts = counts
+        self.popularity = counts / counts.max()
 
     def _norms(self) -> np.ndarray:
         """counts ** alpha, recomputed when the counts array is replaced (fit, new items, new events)."""
@@ -288,8 +294,7 @@ class CooccurrenceScorer:
                 self._overlay[i] = (merged.astype(self._matrix.indices.dtype), summed)
             if len(self._overlay) > self.OVERLAY_ROWS:
                 self._compact()
-        self.counts = self.counts + np.asarray(binary.sum(axis=0)).ravel().astype(self.counts.dtype)
-        self.popularity = self.counts / self.counts.max()
+        self._publish_counts(self.counts + np.asarray(binary.sum(axis=0)).ravel().astype(self.counts.dtype))
 
 
 class PopularityScorer:
