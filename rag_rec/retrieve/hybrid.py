@@ -287,8 +287,8 @@ class HybridRetriever:
         self.scorer.invalidate()
 
     def refresh(self) -> None:
-        """invalidate() and rebuild the lookups now, in the writer's call: at 92k products the item table and its
-        norms take ~60 ms, which the first request after an upsert paid before."""
+        """invalidate() and rebuild the lookups now, in the writer's call: at 92k products they take 100-150 ms,
+        which the first request after an upsert paid before."""
         self.invalidate()
         self._build_lookups()
 

@@ -127,7 +127,8 @@ class CooccurrenceScorer:
         self._publish(cooc)
         # the counts keep their dtype through updates: the compiled fusion is specialised on it (a new dtype
         # would compile a new kernel inside a request)
-        self._publish_counts(np.concatenate([self.counts, np.full(n - len(self.counts), 1e-9, dtype=self.counts.dtype)]))
+        grown = np.full(n - len(self.counts), 1e-9, dtype=self.counts.dtype)
+        self._publish_counts(np.concatenate([self.counts, grown]))
         self.leaf = self._leaf_codes(dataset)
 
     def score_vector(self, anchors: Sequence[str], user_id: str | None = None) -> np.ndarray:
