@@ -29,6 +29,36 @@ class _RankedRows:
         self.ranked, self.names, self.first, self.found_by, self.with_counts = (
             ranked, names, first, found_by, with_counts)
 
+    def sources(self, r: int) -> dict[str, float]:
+        return dict(zip(self.names, self.ranked[r, self.first:].tolist()))
+
+    def evidence(self, r: int) -> dict[str, object]:
+        return {"co_purchases": int(self.ranked[r, 1])} if self.with_counts else {}
+
+    def payload(self, r: int) -> dict[str, object]:
+        return {"found_by": list(self.found_by(int(self.ranked[r, 2])))}
+
+
+class _FromRow:
+    """A candidate's dict field (`sources`, `evidence`, `payload`): kept in the slot of the same name with a leading
+    underscore; when that is None, built from the candidate's ranked row by the _RankedRows method of its name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot, self.build = getattr(owner, "_" + name), getattr(_RankedRows, name)
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = self.slot.__get__(obj)
+        if value is None:
+            shared, r = obj._row
+            value = self.build(shared, r)
+            self.slot.__set__(obj, value)
+        return value
+
+    def __set__(self, obj, value) -> None:
+        self.slot.__set__(obj, value)
+
 
 class Candidate:
     """A retrieved product: its fused score, the contribution of each source to it (`sources`), evidence (e.g.
@@ -62,42 +92,9 @@ class Candidate:
             out.append(candidate)
         return out
 
-    @property
-    def sources(self) -> dict[str, float]:
-        """source -> its fused contribution."""
-        sources = self._sources
-        if sources is None:
-            shared, r = self._row
-            sources = self._sources = dict(zip(shared.names, shared.ranked[r, shared.first:].tolist()))
-        return sources
-
-    @sources.setter
-    def sources(self, value: dict[str, float]) -> None:
-        self._sources = value
-
-    @property
-    def evidence(self) -> dict[str, object]:
-        evidence = self._evidence
-        if evidence is None:
-            shared, r = self._row
-            evidence = self._evidence = ({"co_purchases": int(shared.ranked[r, 1])} if shared.with_counts else {})
-        return evidence
-
-    @evidence.setter
-    def evidence(self, value: dict[str, object]) -> None:
-        self._evidence = value
-
-    @property
-    def payload(self) -> dict[str, object]:
-        payload = self._payload
-        if payload is None:
-            shared, r = self._row
-            payload = self._payload = {"found_by": list(shared.found_by(int(shared.ranked[r, 2])))}
-        return payload
-
-    @payload.setter
-    def payload(self, value: dict[str, object]) -> None:
-        self._payload = value
+    sources = _FromRow()  # source -> its fused contribution
+    evidence = _FromRow()
+    payload = _FromRow()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Candidate):
