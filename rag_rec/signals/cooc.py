@@ -101,7 +101,7 @@ class CooccurrenceScorer:
     def _fit_matrix(self, x: sp.csr_matrix, dataset: Dataset) -> None:
         binary = x.copy()
         binary.data[:] = 1.0
-        self.counts = np.asarray(binary.sum(axis=0)).ravel() + 1e-9
+        self._publish_counts(np.asarray(binary.sum(axis=0)).ravel() + 1e-9)
         c = (x.T @ binary).tocsr()
         c.setdiag(0)
         c.eliminate_zeros()
@@ -109,7 +109,6 @@ class CooccurrenceScorer:
             c.data[c.data < self.min_count] = 0
             c.eliminate_zeros()
         self._publish(prune_rows(c, self.max_partners) if self.max_partners else c)
-        self.popularity = self.counts / self.counts.max()
         self.leaf = self._leaf_codes(dataset)
 
     def _leaf_codes(self, dataset: Dataset) -> np.ndarray:
