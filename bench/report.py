@@ -55,8 +55,7 @@ def retrieval_section(doc: dict, plt) -> list[str]:
              "engine's memory warm). Source: `bench/bench_retrieval.py`. "
              + (f"CPU of this run: {doc['cpu']}." if doc.get("cpu") else
                 "CPU not recorded in this JSON (session 11's committed run: an AMD EPYC with AVX2; sessions "
-                "1-10's runs: an Intel Xeon); ratios from different CPUs are not comparable.")
-             + "", "",
+                "1-10's runs: an Intel Xeon); ratios from different CPUs are not comparable."), "",
              "| products | baskets | bare p50 | bare p95 | hybrid p50 | hybrid p95 | hybrid p99 | p95 ratio | target (<=1.2x, p95 <= 5 ms) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["retrieval"]:
