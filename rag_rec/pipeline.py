@@ -20,6 +20,7 @@ from rag_rec.data.models import Dataset, Interactions, Product
 from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, Record, VectorSpec, open_store
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.retrieve.hybrid import HybridRetriever
+from rag_rec.rows import RowBuffer
 from rag_rec.schemas import (
     BundleOut,
     BundleRequest,
@@ -33,7 +34,6 @@ from rag_rec.schemas import (
     UpsertResult,
 )
 from rag_rec.settings import Settings
-from rag_rec.signals.cooc import ItemVocab
 from rag_rec.signals.suite import Signals, fit_signals
 
 
@@ -67,6 +67,7 @@ class BundlePipeline:
         self._lock = threading.RLock()
         self._history = self._histories(dataset.interactions.frame)
         self._event_log: list[dict] = []  # events added through add_events, appended (see `interactions`)
+        self._text_rows: RowBuffer | None = None  # the text vectors' spare capacity for appended products
 
     # ---- construction ----
 
@@ -148,16 +149,12 @@ class BundlePipeline:
 
     def records(self, ids: Sequence[str]) -> list[Record]:
         s = self.signals
-        cf_index: dict[str, int] = {}
-        cf_matrix = None
-        if s.als is not None:
-            cf_ids, cf_matrix = s.als.item_vectors()
-            cf_index = {i: n for n, i in enumerate(cf_ids)}
         out = []
         for item in ids:
             vectors = {"text": s.text_vectors[s.vocab.index[item]]}
-            if item in cf_index:
-                vectors["cf"] = cf_matrix[cf_index[item]]
+            cf = s.als.item_vector(item) if s.als is not None else None
+            if cf is not None:
+                vectors["cf"] = cf
             out.append(Record(item, vectors, product_payload(self.dataset.products[item])))
         return out
 
@@ -263,30 +260,53 @@ class BundlePipeline:
                             produced_by=path)
 
     def add_products(self, products: ProductsIn) -> UpsertResult:
+        """Upsert products (idempotent): the index, the signals and the retriever's lookups change in the rows of
+        these products only (appended for new ones), so a one-product upsert costs milliseconds, not a pass
+        over the catalogue (bench/bench_upsert.py)."""
         with self._lock:
-            new = [Product(p.id, p.title, tuple(p.category), p.brand, p.price, p.description, {}, p.in_stock)
+            s, stored = self.signals, self.dataset.products
+            # the API has no attributes field: a product keeps those it was loaded with
+            new = [Product(p.id, p.title, tuple(p.category), p.brand, p.price, p.description,
+                           dict(stored[p.id].attributes) if p.id in stored else {}, p.in_stock)
                    for p in products.products]
-            vectors = self.signals.encoder.encode([p.text() for p in new]) if self.signals.encoder else None
+            new = list({p.id: p for p in new}.values())  # the last version of an id wins, as in the store
+            known = [p.id in s.vocab.index for p in new]
+            # a stock or price change keeps its vector: only new texts are encoded
+            encode = [n for n, p in enumerate(new) if not known[n] or p.id not in stored
+                      or stored[p.id].text() != p.text()]
+            vectors = s.encoder.encode([new[n].text() for n in encode]) if s.encoder and encode else None
+            vector_of = dict(zip(encode, vectors)) if vectors is not None else {}
             for p in new:
-                self.dataset.products[p.id] = p
-            added = [p.id for p in new if p.id not in self.signals.vocab.index]
+                stored[p.id] = p
+            for n, p in enumerate(new):
+                if known[n] and n in vector_of:
+                    s.text_vectors[s.vocab.index[p.id]] = vector_of[n]  # a changed text: written in place
+            added = [n for n in range(len(new)) if not known[n]]
             if added:
-                self._extend_vocab(added)
-            for p, v in zip(new, vectors if vectors is not None else []):
-                self.signals.text_vectors[self.signals.vocab.index[p.id]] = v
-            if self.signals.lexical is not None:
-                self.signals.lexical.update(self.dataset, self.signals.vocab, [p.id for p in new])
+                self._extend_vocab([new[n].id for n in added],
+                                   np.stack([vector_of[n] for n in added]) if vector_of else None)
+            rows = np.array(sorted(s.vocab.index[p.id] for p in new), dtype=np.int64)
+            changed = rows[rows < len(s.vocab) - len(added)]
+            s.cooc.update_leaves(changed, self.dataset)
+            if s.category is not None:
+                s.category.extend(self.dataset, s.vocab, changed)
+            if s.lexical is not None:
+                s.lexical.update(self.dataset, s.vocab, [p.id for p in new])
             self.store.upsert(self.records([p.id for p in new]))
-            self.retriever.refresh()
-            return UpsertResult(accepted=len(new), total=len(self.dataset.products))
+            self.retriever.refresh(rows)
+            return UpsertResult(accepted=len(products.products), total=len(self.dataset.products))
 
-    def _extend_vocab(self, ids: list[str]) -> None:
+    def _extend_vocab(self, ids: list[str], vectors: np.ndarray | None) -> None:
+        """Append products to the vocabulary and every per-item signal (text vectors into spare capacity)."""
         s = self.signals
-        s.vocab = ItemVocab.of(s.vocab.ids + ids)
-        pad = len(s.vocab) - s.text_vectors.shape[0]
-        s.text_vectors = np.vstack([s.text_vectors, np.zeros((pad, s.text_vectors.shape[1]), dtype=np.float32)])
+        s.vocab = s.vocab.extended(ids)
+        if self._text_rows is None or self._text_rows.array is not s.text_vectors:
+            self._text_rows = RowBuffer(s.text_vectors)
+        if vectors is None:
+            vectors = np.zeros((len(ids), s.text_vectors.shape[1]), dtype=s.text_vectors.dtype)
+        s.text_vectors = self._text_rows.append(vectors)
         s.popularity.vocab = s.vocab
-        s.popularity.counts = np.concatenate([s.popularity.counts, np.zeros(pad)])
+        s.popularity.counts = np.concatenate([s.popularity.counts, np.zeros(len(ids))])
         s.cooc.extend_vocab(s.vocab, self.dataset)
         if s.category is not None:
             s.category.extend(self.dataset, s.vocab)

@@ -3,6 +3,7 @@ co-occurrence graph adds complements, and an explained weighted fusion scores th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -14,7 +15,8 @@ from rag_rec.data.models import Product
 from rag_rec.index.base import Filter, Prefetch, VectorStore
 from rag_rec.retrieve.base import Candidate, RetrievalRequest, RetrievalResult
 from rag_rec.retrieve import fusion_kernel
-from rag_rec.retrieve.item_table import ItemTable, build_item_table
+from rag_rec.retrieve.item_table import ItemTable, build_item_table, fill_rows, text_norms
+from rag_rec.rows import RowBuffer, patched
 from rag_rec.settings import RetrieveSettings
 from rag_rec.signals.suite import Signals
 
@@ -78,18 +80,22 @@ class FusionScorer:
     def __post_init__(self):
         self._cf: tuple[np.ndarray, np.ndarray] | None = None
         self._table: tuple[tuple, ItemTable] | None = None
+        self._table_rows: RowBuffer | None = None
         self._version = 0
 
     def _cf_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """ALS factor row for every vocab index (-1: no factors), rebuilt when the vocabulary grows.
-        Built locally and published as one tuple, so concurrent requests never see half of it."""
+        """ALS factor row for every vocab index (-1: no factors), extended when the vocabulary grows (the new
+        items looked up only). Built locally and published as one tuple, so concurrent requests never see half
+        of it."""
         s = self.signals
         table = self._cf
         if table is None or len(table[0]) != len(s.vocab):
-            ids, matrix = s.als.item_vectors()
-            index = {i: n for n, i in enumerate(ids)}
-            rows = np.array([index.get(i, -1) for i in s.vocab.ids])
-            table = (rows, np.vstack([matrix, np.zeros((1, matrix.shape[1]), dtype=matrix.dtype)]))
+            if table is not None and len(table[0]) < len(s.vocab):
+                table = (np.concatenate([table[0], s.als.item_rows(s.vocab.ids[len(table[0]):])]), table[1])
+            else:
+                ids, matrix = s.als.item_vectors()
+                table = (s.als.item_rows(s.vocab.ids), np.vstack([matrix, np.zeros((1, matrix.shape[1]),
+                                                                                    dtype=matrix.dtype)]))
             self._cf = table
         return table
 
@@ -111,25 +117,70 @@ class FusionScorer:
         """Call after product rows change in place (text vectors, lexical rows): the item table is rebuilt."""
         self._version += 1
 
-    def table(self) -> ItemTable:
-        """The item table (item_table.py), rebuilt when the vocabulary, a signal's arrays or the version change;
-        published as one tuple, so concurrent requests see a whole table."""
+    def _inputs(self) -> tuple:
+        """What the item table is built from: ((vocabulary size, version), text vectors, cf table, lexical term
+        table, category codes, leaf codes)."""
         s = self.signals
-        cf = self._cf_table() if s.als is not None else None
-        lexical_table = s.lexical._table() if s.lexical is not None else None
-        category_codes = s.category.item_code if s.category is not None else None
+        return ((len(s.vocab), self._version), s.text_vectors, self._cf_table() if s.als is not None else None,
+                s.lexical._table() if s.lexical is not None else None,
+                s.category.item_code if s.category is not None else None, s.cooc.leaf)
+
+    @staticmethod
+    def _built_from(key: tuple, inputs: tuple) -> bool:
+        """Whether a table built from `key` serves `inputs` (without a lexical signal, features skip the lexical
+        columns: any table will do)."""
+        lexical = inputs[3] if inputs[3] is not None else key[3]
+        return key[0] == inputs[0] and all(a is b for a, b in zip(key[1:], (*inputs[1:3], lexical, *inputs[4:])))
+
+    def table(self) -> ItemTable:
+        """The item table (item_table.py), rebuilt when the vocabulary, a signal's arrays or the version change
+        (update_rows keeps it current through product upserts); published as one tuple, so concurrent requests
+        see a whole table."""
+        inputs = self._inputs()
         built = self._table
-        key = lexical_table
-        if key is None and built is not None:  # features skip the lexical columns then: any table will do
-            key = built[0][3]
-        inputs = ((len(s.vocab), self._version), s.text_vectors, cf, key, category_codes, s.cooc.leaf)
-        if built is None or built[0][0] != inputs[0] or any(a is not b for a, b in zip(built[0][1:], inputs[1:])):
+        if built is None or not self._built_from(built[0], inputs):
+            s = self.signals
             n = len(s.vocab)
-            lexical_rows = s.lexical.table_rows(n) if lexical_table is not None else None
-            built = ((*inputs[:3], lexical_table, *inputs[4:]),
-                     build_item_table(n, s.text_vectors, cf, lexical_rows, category_codes, s.cooc.leaf))
+            lexical_rows = s.lexical.table_rows(np.arange(n)) if inputs[3] is not None else None
+            built = (inputs, build_item_table(n, s.text_vectors, inputs[2], lexical_rows, inputs[4], inputs[5]))
             self._table = built
         return built[1]
+
+    def update_rows(self, rows: np.ndarray) -> None:
+        """Keep the item table current after product upserts changed vocabulary `rows` (sorted; every row past
+        the table's end among them) and nothing else: those rows are rebuilt from the signals; rows that differ
+        go into a copy of the table, appended rows into its spare capacity (readers keep their table whole);
+        rows that did not change cost nothing. A new layout (a wider lexical row) or an invalidate() rebuilds
+        the whole table."""
+        built = self._table
+        if built is None:
+            return
+        inputs, old, s = self._inputs(), built[1], self.signals
+        lexical_rows = s.lexical.table_rows(rows) if inputs[3] is not None else None
+        n, n_old = len(s.vocab), len(old.rows)
+        fits = (built[0][0][1] == self._version and n >= n_old and (lexical_rows is None or lexical_rows[0].shape[1]
+                                                                     == old.terms.stop - old.terms.start))
+        if not fits or (n > n_old and not np.array_equal(rows[rows >= n_old], np.arange(n_old, n))):
+            self._table = None
+            self.table()
+            return
+        fresh = np.zeros((len(rows), old.rows.shape[1]), dtype=np.float32)
+        fill_rows(old, fresh, rows, s.text_vectors, inputs[2], lexical_rows, inputs[4], inputs[5])
+        inside = rows < n_old
+        differs = np.zeros(len(rows), dtype=bool)
+        differs[inside] = (old.row_ints[rows[inside]] != fresh[inside].view(np.int32)).any(axis=1)
+        buffer = self._table_rows
+        if buffer is None or buffer.array is not old.rows:
+            buffer = RowBuffer(old.rows)
+        if differs.any():
+            buffer.copied()[rows[differs]] = fresh[differs]
+        if n > n_old:
+            buffer.append(fresh[~inside])
+        table = old if buffer.array is old.rows else dataclasses.replace(old, rows=buffer.array)
+        if table is not old and "text_norms" in old.__dict__:
+            table.__dict__["text_norms"] = patched(old.text_norms, n, rows, text_norms(fresh[:, old.text]), 0.0)
+        self._table_rows = buffer
+        self._table = (inputs, table)
 
     def features(self, pool: np.ndarray, anchors: Sequence[str], user_id: str | None,
                  need_vector: np.ndarray | None, cf_query: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -191,6 +242,7 @@ class HybridRetriever:
         self.store, self.signals, self.products, self.settings = store, signals, products, settings
         self.scorer = FusionScorer(signals, settings.weights)
         self._kind_codes: np.ndarray | None = None
+        self._kind_index: dict[str, int] = {}
         self._stock_price: tuple[np.ndarray, np.ndarray] | None = None
         self._key_rows: tuple[int, np.ndarray] | None = None
         self._ids: np.ndarray | None = None
@@ -199,32 +251,50 @@ class HybridRetriever:
             fusion_kernel.available() if settings.fusion_backend == "auto" else bool(fusion_kernel.compiled()))
 
     def _id_array(self) -> np.ndarray:
-        """Vocabulary ids as one fixed-width string array (rebuilt when the vocabulary grows): the served ids are
-        one gather, where indexing the id list chases a pointer to a cold string object per candidate."""
-        vocab = self.signals.vocab
+        """Vocabulary ids as one fixed-width string array (extended when the vocabulary grows): the served ids
+        are one gather, where indexing the id list chases a pointer to a cold string object per candidate."""
+        ids_now = self.signals.vocab.ids
         ids = self._ids
-        if ids is None or len(ids) != len(vocab):
-            longest = max(map(len, vocab.ids), default=1)
-            ids = np.array(vocab.ids, dtype=str if longest <= 64 else object)  # fixed width only for short ids
+        if ids is None or len(ids) != len(ids_now):
+            tail = ids_now[len(ids):] if ids is not None and len(ids) < len(ids_now) else None
+            if tail is not None and ids.dtype != object and max(map(len, tail)) <= 64:
+                ids = np.concatenate([ids, np.array(tail, dtype=str)])
+            else:
+                longest = max(map(len, ids_now), default=1)
+                ids = np.array(ids_now, dtype=str if longest <= 64 else object)  # fixed width only for short ids
             self._ids = ids
         return ids
 
-    def _kinds(self) -> np.ndarray:
-        """Kind code of every vocab item (products of one kind are substitutes), cached per vocabulary size."""
-        vocab = self.signals.vocab
+    def _kinds(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Kind code of every vocab item (products of one kind are substitutes; -1 - row for items without a
+        product), built once per vocabulary; `rows` (changed or appended products) are re-coded alone."""
+        vocab, products = self.signals.vocab, self.products
         codes_now = self._kind_codes
-        if codes_now is None or len(codes_now) != len(vocab):
-            codes: dict[str, int] = {}
-            codes_now = np.array([codes.setdefault(self.products[i].kind, len(codes)) if i in self.products
-                                  else -1 - n for n, i in enumerate(vocab.ids)])
+        if codes_now is not None and rows is not None:
+            index, ids = self._kind_index, vocab.ids
+            codes = [index.setdefault(products[ids[r]].kind, len(index)) if ids[r] in products else -1 - r
+                     for r in rows.tolist()]
+            codes_now = patched(codes_now, len(vocab), rows, codes, -1)
             self._kind_codes = codes_now
+        elif codes_now is None or len(codes_now) != len(vocab):
+            index: dict[str, int] = {}
+            codes_now = np.array([index.setdefault(products[i].kind, len(index)) if i in products
+                                  else -1 - n for n, i in enumerate(vocab.ids)])
+            self._kind_index, self._kind_codes = index, codes_now
         return codes_now
 
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(in_stock, price) per vocab item, published as one tuple (safe under concurrent requests)."""
+    def _arrays(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(in_stock, price) per vocab item, published as one tuple (safe under concurrent requests); `rows`
+        (changed or appended products) are rewritten alone."""
         vocab = self.signals.vocab
         arrays = self._stock_price
-        if arrays is None or len(arrays[0]) != len(vocab) or self._dirty:
+        if arrays is not None and rows is not None and not self._dirty:
+            products = [self.products.get(vocab.ids[r], _NO_PRODUCT) for r in rows.tolist()]
+            arrays = (patched(arrays[0], len(vocab), rows, [p.in_stock for p in products], False),
+                      patched(arrays[1], len(vocab), rows, [np.nan if p.price is None else p.price for p in products],
+                              np.nan))
+            self._stock_price = arrays
+        elif arrays is None or len(arrays[0]) != len(vocab) or self._dirty:
             self._dirty = False
             products = [self.products.get(i, _NO_PRODUCT) for i in vocab.ids]
             arrays = (np.array([p.in_stock for p in products], dtype=bool),
@@ -233,11 +303,18 @@ class HybridRetriever:
         return arrays
 
     def _key_table(self, top: int = -1) -> np.ndarray:
-        """Vocabulary row per store key (-1: not in the vocabulary), rebuilt when the vocabulary grows or a key
-        up to `top` is new to it."""
+        """Vocabulary row per store key (-1: not in the vocabulary), extended when the vocabulary grows (the new
+        items' keys looked up only) and rebuilt when a key up to `top` is new to it."""
         vocab = self.signals.vocab
         table = self._key_rows
-        if table is None or table[0] != len(vocab) or top >= len(table[1]):
+        if table is not None and table[0] < len(vocab) and top < len(table[1]):
+            new_rows = np.arange(table[0], len(vocab))
+            keys = self.store.point_keys(vocab.ids[table[0]:])
+            known = keys >= 0
+            table = (len(vocab), patched(table[1], max(len(table[1]), int(keys.max(initial=-1)) + 1), keys[known],
+                                         new_rows[known], -1))
+            self._key_rows = table
+        elif table is None or table[0] != len(vocab) or top >= len(table[1]):
             ids = list(vocab.ids)
             of_vocab = self.store.point_keys(ids)
             rows = np.full(max(int(of_vocab.max(initial=-1)), top) + 1, -1, dtype=np.int64)
@@ -286,10 +363,23 @@ class HybridRetriever:
         self._kind_codes = None
         self.scorer.invalidate()
 
-    def refresh(self) -> None:
-        """invalidate() and rebuild the lookups now, in the writer's call: at 92k products they take 100-150 ms,
-        which the first request after an upsert paid before."""
-        self.invalidate()
+    def refresh(self, rows: Sequence[int] | None = None) -> None:
+        """Bring the lookups up to date in the writer's call, so no request rebuilds them. With `rows` (the
+        vocabulary rows product upserts changed or appended, nothing else changed) only those rows are redone:
+        a one-product upsert at 92k products costs milliseconds here (bench/bench_upsert.py); without, all of
+        it is rebuilt (invalidate() and build: 100-150 ms at 92k)."""
+        if rows is None or self._dirty:
+            self.invalidate()
+            self._build_lookups()
+            return
+        grown = np.arange(self._key_rows[0] if self._key_rows is not None else 0, len(self.signals.vocab))
+        rows = np.union1d(np.asarray(rows, dtype=np.int64), grown)
+        self._key_table()
+        self._id_array()
+        if self._kind_codes is not None:
+            self._kinds(rows)
+        self._arrays(rows)
+        self.scorer.update_rows(rows)
         self._build_lookups()
 
     def _partner_filter(self, flt: Filter, excluded: Sequence[int]) -> fusion_kernel.PartnerFilter:

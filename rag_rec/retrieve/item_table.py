@@ -36,8 +36,7 @@ class ItemTable:
     @cached_property
     def text_norms(self) -> np.ndarray:
         """|text vector| per row: a one-anchor request's query norm without a reduction over its cold row."""
-        text = self.rows[:, self.text]
-        return np.sqrt(np.einsum("ij,ij->i", text, text)).astype(np.float64)
+        return text_norms(self.rows[:, self.text])
 
     @cached_property
     def layout(self) -> tuple[int, ...]:
@@ -61,6 +60,11 @@ class ItemTable:
         return block[:, column].view(np.int32)
 
 
+def text_norms(text: np.ndarray) -> np.ndarray:
+    """|row| of each text vector, float64."""
+    return np.sqrt(np.einsum("ij,ij->i", text, text)).astype(np.float64)
+
+
 def build_item_table(n: int, text_vectors: np.ndarray | None, cf: tuple[np.ndarray, np.ndarray] | None,
                      lexical: tuple[np.ndarray, np.ndarray] | None, category_codes: np.ndarray | None,
                      leaf_codes: np.ndarray | None) -> ItemTable:
@@ -73,21 +77,28 @@ def build_item_table(n: int, text_vectors: np.ndarray | None, cf: tuple[np.ndarr
     text, cf_cols, terms, weights = (slice(int(a), int(b)) for a, b in zip(bounds[:4], bounds[1:5]))
     table = ItemTable(np.zeros((n, int(bounds[-1])), dtype=np.float32), text, cf_cols, terms, weights,
                       int(bounds[4]), int(bounds[5]))
-    rows = table.rows
+    fill_rows(table, table.rows, np.arange(n), text_vectors, cf, lexical, category_codes, leaf_codes)
+    return table
+
+
+def fill_rows(table: ItemTable, out: np.ndarray, rows: np.ndarray, text_vectors: np.ndarray | None,
+              cf: tuple[np.ndarray, np.ndarray] | None, lexical: tuple[np.ndarray, np.ndarray] | None,
+              category_codes: np.ndarray | None, leaf_codes: np.ndarray | None) -> None:
+    """Write the table rows of vocabulary `rows` into `out` (one row each, in `table`'s layout; `lexical` holds
+    the rows' own term ids and weights). Sources shorter than a row leave it zero (codes: -1)."""
     if text_vectors is not None:
-        m = min(n, len(text_vectors))
-        rows[:m, text] = text_vectors[:m]
+        known = rows < len(text_vectors)
+        out[known, table.text] = text_vectors[rows[known]]
     if cf is not None:
         item_rows, matrix = cf
-        m = min(n, len(item_rows))
-        rows[:m, cf_cols] = matrix[item_rows[:m]]
+        known = rows < len(item_rows)
+        out[known, table.cf] = matrix[item_rows[rows[known]]]
     if lexical is not None:
-        ItemTable.ints(rows, terms)[:] = lexical[0][:n]
-        rows[:, weights] = lexical[1][:n]
+        ItemTable.ints(out, table.terms)[:] = lexical[0]
+        out[:, table.weights] = lexical[1]
     for column, codes in ((table.code, category_codes), (table.leaf, leaf_codes)):
-        out = ItemTable.ints(rows, column)
-        out[:] = -1
+        column_out = ItemTable.ints(out, column)
+        column_out[:] = -1
         if codes is not None:
-            m = min(n, len(codes))
-            out[:m] = codes[:m]
-    return table
+            known = rows < len(codes)
+            column_out[known] = codes[rows[known]]

@@ -96,6 +96,18 @@ class ALSScorer:
         model = self._require_fitted()
         return list(self.item_ids), np.asarray(model.item_factors, dtype=np.float32).copy()
 
+    def item_rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Row of each item in item_vectors()' matrix (-1: the model has no factors for it)."""
+        self._require_fitted()
+        index = self._item_index
+        return np.fromiter((index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
+    def item_vector(self, item_id: str) -> np.ndarray | None:
+        """The item's factors (float32), None for items the model has none for."""
+        model = self._require_fitted()
+        row = self._item_index.get(item_id)
+        return None if row is None else np.asarray(model.item_factors[row], dtype=np.float32).copy()
+
     def user_vector(self, user_id: str) -> np.ndarray | None:
         """The user's factors, in the same space as item_vectors(); None for unknown users."""
         model = self._require_fitted()

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from rag_rec.data.models import Dataset
+from rag_rec.rows import patched
 from rag_rec.signals.cooc import ItemVocab
 
 
@@ -41,11 +42,17 @@ class CategoryAffinity:
             np.fill_diagonal(self.pair, 0)
         return self
 
-    def extend(self, dataset: Dataset, vocab: ItemVocab) -> None:
-        """New items (incremental upserts) get their category code; counts are unchanged."""
-        keys = [tuple(dataset.products[i].category[: self.depth]) if i in dataset.products else () for i in vocab.ids]
+    def extend(self, dataset: Dataset, vocab: ItemVocab, rows: np.ndarray | None = None) -> None:
+        """Adopt `vocab` (new items appended) and re-code `rows` (default: the new items) from their current
+        category, the other items' codes kept; the pair counts are unchanged (a category the fit never saw
+        has no code)."""
+        if rows is None:
+            rows = np.arange(len(self.item_code), len(vocab))
+        ids, products = vocab.ids, dataset.products
+        keys = [tuple(products[ids[r]].category[: self.depth]) if ids[r] in products else () for r in rows.tolist()]
         self.vocab = vocab
-        self.item_code = np.array([self.codes.get(k, -1) if k else -1 for k in keys])
+        codes = [self.codes.get(k, -1) if k else -1 for k in keys]
+        self.item_code = patched(self.item_code, len(vocab), rows, codes, -1)
 
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
         return self.score_codes(anchor_idx, self.item_code[pool])

@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from rag_rec.data.models import Dataset
+from rag_rec.rows import patched
 
 
 @dataclass
@@ -24,6 +25,14 @@ class ItemVocab:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def extended(self, ids: Iterable[str]) -> "ItemVocab":
+        """A new vocabulary with `ids` not yet in this one appended (this one is left as it is for its readers):
+        a copy of the index, not a rebuild from the id list."""
+        new = [i for i in dict.fromkeys(ids) if i not in self.index]
+        index = dict(self.index)
+        index.update((i, len(self.ids) + n) for n, i in enumerate(new))
+        return ItemVocab(self.ids + new, index)
 
     def known(self, ids: Iterable[str]) -> list[int]:
         return [self.index[i] for i in ids if i in self.index]
@@ -114,21 +123,34 @@ class CooccurrenceScorer:
     def _leaf_codes(self, dataset: Dataset) -> np.ndarray:
         """Leaf-category code per vocab item (-1: none): items sharing one are likely substitutes."""
         leaf = [dataset.products[i].leaf_category if i in dataset.products else "" for i in self.vocab.ids]
-        codes = {c: n for n, c in enumerate(sorted(set(leaf)))}
-        return np.array([codes[c] if c else -1 for c in leaf])
+        self._leaf_index = {c: n for n, c in enumerate(sorted(set(leaf)))}
+        return np.array([self._leaf_index[c] if c else -1 for c in leaf])
+
+    def update_leaves(self, rows: np.ndarray, dataset: Dataset) -> None:
+        """Leaf codes of vocabulary `rows` (new or changed products) from their current category, the others
+        kept: a leaf new to the scorer takes the next code (codes are only compared with each other)."""
+        ids, products, index = self.vocab.ids, dataset.products, self._leaf_index
+        leaves = [products[ids[r]].leaf_category if ids[r] in products else "" for r in rows.tolist()]
+        codes = [index.setdefault(c, len(index)) if c else -1 for c in leaves]
+        self.leaf = patched(self.leaf, len(self.vocab), rows, codes, -1)
 
     def extend_vocab(self, vocab: ItemVocab, dataset: Dataset) -> None:
-        """Adopt a larger vocabulary (new items appended): new rows/columns start empty."""
+        """Adopt a larger vocabulary (new items appended): new rows/columns start empty. The stored rows, their
+        overlay and the other items' leaf codes are shared, not copied: O(new items), not O(matrix)."""
+        old, n = len(self.leaf), len(vocab)
         self.vocab = vocab
-        n = len(vocab)
-        cooc = self.cooc.tocsr(copy=True)
-        cooc.resize((n, n))
-        self._publish(cooc)
+        matrix = self._matrix
+        indptr = np.concatenate([matrix.indptr, np.full(n - matrix.shape[0], matrix.indptr[-1],
+                                                        dtype=matrix.indptr.dtype)])
+        grown = sp.csr_matrix((matrix.data, matrix.indices, indptr), shape=(n, n), copy=False)
+        grown.has_sorted_indices = True
+        with self._lock:
+            self._matrix = grown
         # the counts keep their dtype through updates: the compiled fusion is specialised on it (a new dtype
         # would compile a new kernel inside a request)
-        grown = np.full(n - len(self.counts), 1e-9, dtype=self.counts.dtype)
-        self._publish_counts(np.concatenate([self.counts, grown]))
-        self.leaf = self._leaf_codes(dataset)
+        grown_counts = np.full(n - len(self.counts), 1e-9, dtype=self.counts.dtype)
+        self._publish_counts(np.concatenate([self.counts, grown_counts]))
+        self.update_leaves(np.arange(old, n), dataset)
 
     def score_vector(self, anchors: Sequence[str], user_id: str | None = None) -> np.ndarray:
         idx = self.vocab.known(anchors)
@@ -276,7 +298,7 @@ class CooccurrenceScorer:
         the groups' items are rewritten (into the overlay); strongest max_partners kept per row."""
         new_ids = [i for g in groups for i in g if i not in self.vocab.index]
         if new_ids:
-            self.extend_vocab(ItemVocab.of(self.vocab.ids + new_ids), dataset)
+            self.extend_vocab(self.vocab.extended(new_ids), dataset)
         x = item_set_matrix(groups, self.vocab)
         binary = x.copy()
         binary.data[:] = 1.0
