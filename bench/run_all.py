@@ -1,12 +1,13 @@
 """`rag-rec bench`: run every benchmark, then regenerate docs/BENCHMARKS.md. Pass names to run a subset:
-index retrieval llm compose load."""
+index retrieval upsert llm compose load."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = {"index": "bench_index.py", "retrieval": "bench_retrieval.py", "llm": "bench_llm.py",
+SCRIPTS = {"index": "bench_index.py", "retrieval": "bench_retrieval.py", "upsert": "bench_upsert.py",
+           "llm": "bench_llm.py",
            "compose": "bench_compose.py", "load": "load_test.py"}
 
 if __name__ == "__main__":

@@ -69,6 +69,13 @@ def bench_md() -> str:
                        f"vs {r['bare_p95_ms']:.2f} ms ({r['p95_ratio']:.2f}x) | <= 1.2x, <= 5 ms |")
         ix = doc["indexing"]
         out.append(f"| indexing vs bare encoder | {ix['ratio']:.2f}x ({ix['indexing_per_s']:.0f}/s) | >= 0.9x |")
+    ups = REPO / "bench" / "results" / "upsert.json"
+    if ups.is_file():
+        doc = json.loads(ups.read_text())
+        r = max(doc["sizes"], key=lambda r: r["products"])
+        cases = ", ".join(f"{name} {c['product_p50_ms']:.0f} vs {c['bare_p50_ms']:.0f} ms" for name, c in r["cases"].items())
+        out.append(f"| one-product upsert vs bare encode + engine upsert, {r['products']} products (p50) | {cases}; "
+                   f"a full lookup rebuild {r['full_rebuild_p50_ms']:.0f} ms | row-level (no full pass) |")
     comp = REPO / "bench" / "results" / "compose.json"
     if comp.is_file():
         doc = json.loads(comp.read_text())

@@ -34,6 +34,7 @@ from rag_rec.schemas import (
     UpsertResult,
 )
 from rag_rec.settings import Settings
+from rag_rec.signals.lexical import lexical_text
 from rag_rec.signals.suite import Signals, fit_signals
 
 
@@ -271,9 +272,11 @@ class BundlePipeline:
                    for p in products.products]
             new = list({p.id: p for p in new}.values())  # the last version of an id wins, as in the store
             known = [p.id in s.vocab.index for p in new]
-            # a stock or price change keeps its vector: only new texts are encoded
-            encode = [n for n, p in enumerate(new) if not known[n] or p.id not in stored
-                      or stored[p.id].text() != p.text()]
+            before = [stored.get(p.id) for p in new]
+            # a stock or price change keeps its vector and its words: only new texts are encoded and tokenized
+            encode = [n for n, p in enumerate(new) if not known[n] or before[n] is None or before[n].text() != p.text()]
+            encoded = set(encode)
+            reword = [p.id for n, p in enumerate(new) if n in encoded or lexical_text(before[n]) != lexical_text(p)]
             vectors = s.encoder.encode([new[n].text() for n in encode]) if s.encoder and encode else None
             vector_of = dict(zip(encode, vectors)) if vectors is not None else {}
             for p in new:
@@ -290,8 +293,8 @@ class BundlePipeline:
             s.cooc.update_leaves(changed, self.dataset)
             if s.category is not None:
                 s.category.extend(self.dataset, s.vocab, changed)
-            if s.lexical is not None:
-                s.lexical.update(self.dataset, s.vocab, [p.id for p in new])
+            if s.lexical is not None and reword:
+                s.lexical.update(self.dataset, s.vocab, reword)
             self.store.upsert(self.records([p.id for p in new]))
             self.retriever.refresh(rows)
             return UpsertResult(accepted=len(products.products), total=len(self.dataset.products))

@@ -1,0 +1,124 @@
+"""One-product upserts vs the bare work an upsert cannot avoid, on Dunnhumby's real catalogue.
+
+- Product path: `BundlePipeline.add_products` with one product: a new product, a price and stock change, and a
+  title change, each repeated (a fresh product id or another existing product every time). It encodes the text
+  when it is new, writes the product's rows of the signals and of the retriever's lookups, and upserts the record
+  into qdrant-edge (flushed).
+- Bare: the same product's text through the bare encoder (not for a price change: its text is unchanged) and
+  the same record upserted into the engine — what any upsert pays.
+- Full rebuild: `HybridRetriever.refresh()` without rows (every lookup rebuilt from the catalogue), the cost
+  product upserts paid in the writer before they became row-level (session 12).
+Calls alternate product / bare per case, same process. Writes bench/results/upsert.json and prints a table.
+
+    .venv/bin/python bench/bench_upsert.py [--sizes 10000 92331] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from bench_retrieval import slice_dataset
+from rag_rec.data.dunnhumby import load_dunnhumby
+from rag_rec.index.edge import EdgeStore
+from rag_rec.machine import cpu_model
+from rag_rec.schemas import ProductIn, ProductsIn
+from rag_rec.settings import Settings
+
+console = Console(width=120)
+
+
+def ms(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000.0, q))
+
+
+def bench_size(ds, settings: Settings, repeats: int) -> dict:
+    from rag_rec.pipeline import BundlePipeline
+    from rag_rec.signals.suite import fit_signals
+
+    signals = fit_signals(ds, settings, console=console)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EdgeStore(Path(tmp) / "idx", collection="products")
+        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
+            update={"path": Path(tmp)})}), ds, signals, store)
+        pipe.sync_index(rebuild=True, console=console)
+        pipe.retriever.warm()
+        encoder = signals.encoder
+        existing = [p for p in list(ds.products.values())[: 2 * repeats + 10]]
+
+        def item(p, **change) -> ProductIn:
+            fields = {"id": p.id, "title": p.title, "category": list(p.category), "brand": p.brand,
+                      "price": p.price, "in_stock": p.in_stock}
+            return ProductIn(**{**fields, **change})
+
+        cases = {
+            "new": lambda n: item(existing[0], id=f"BENCH-NEW-{n}", title=f"organic oat drink barista {n} 1l"),
+            "price": lambda n: item(existing[n], price=float(n) + 0.99, in_stock=n % 2 == 0),
+            "title": lambda n: item(existing[repeats + n], title=f"{existing[repeats + n].title} family pack {n}"),
+        }
+        out = {}
+        for name, make in cases.items():
+            product_s, bare_s = [], []
+            for n in range(repeats + 2):
+                request = ProductsIn(products=[make(n)])
+                t = time.perf_counter()
+                pipe.add_products(request)
+                product_t = time.perf_counter() - t
+                record = pipe.records([request.products[0].id])
+                t = time.perf_counter()
+                if name != "price":
+                    encoder.encode([pipe.dataset.products[request.products[0].id].text()])
+                store.upsert(record)
+                bare_t = time.perf_counter() - t
+                if n >= 2:  # the first calls grow the arrays' spare capacity once
+                    product_s.append(product_t)
+                    bare_s.append(bare_t)
+            out[name] = {"product_p50_ms": ms(product_s, 50), "product_p95_ms": ms(product_s, 95),
+                         "bare_p50_ms": ms(bare_s, 50), "bare_p95_ms": ms(bare_s, 95),
+                         "p50_ratio": ms(product_s, 50) / ms(bare_s, 50)}
+        rebuild = []
+        for _ in range(5):
+            t = time.perf_counter()
+            pipe.retriever.refresh()
+            rebuild.append(time.perf_counter() - t)
+        store.close()
+    return {"products": len(ds.products), "repeats": repeats, "cases": out,
+            "full_rebuild_p50_ms": ms(rebuild, 50)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 92331])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "upsert.json"))
+    args = parser.parse_args()
+    settings = Settings(llm={"backend": "none"})
+    full = load_dunnhumby()
+    results = {"machine": f"{platform.machine()} {platform.processor()}", "cpu": cpu_model(),
+               "python": platform.python_version(), "sizes": []}
+    for size in args.sizes:
+        ds = full if size >= len(full.products) else slice_dataset(full, size)
+        results["sizes"].append(bench_size(ds, settings, args.repeats))
+        console.log(results["sizes"][-1])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    table = Table(title="one-product upsert vs bare encode + engine upsert (ms, p50)")
+    for col in ("products", "case", "bare", "product", "ratio", "product p95", "full rebuild"):
+        table.add_column(col, justify="right")
+    for r in results["sizes"]:
+        for name, c in r["cases"].items():
+            table.add_row(str(r["products"]), name, f"{c['bare_p50_ms']:.1f}", f"{c['product_p50_ms']:.1f}",
+                          f"{c['p50_ratio']:.2f}x", f"{c['product_p95_ms']:.1f}", f"{r['full_rebuild_p50_ms']:.0f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
