@@ -744,3 +744,53 @@ def test_row_level_product_upserts_equal_a_full_rebuild(pipeline):
                                                                                           kept.weights[i, :n])
     served = [c.id for c in retriever.retrieve(RetrievalRequest(anchors=("ROWS-NEW-1",), k=10)).candidates]
     assert mine[1] in served  # the renamed product: "waterproof housing" in both titles
+
+
+def test_requests_during_product_upserts_never_fail_or_serve_unknown_ids(pipeline):
+    """Readers take no lock: requests running while the writer appends and changes products (new ids, stock,
+    titles) always answer, and serve only ids of the catalogue, with the stock filter applied."""
+    import threading
+
+    s, products = pipeline.signals, pipeline.dataset.products
+    anchors = anchors_of(pipeline, 12)
+    errors: list[BaseException] = []
+    served: list[str] = []
+    stop = threading.Event()
+
+    def reader():
+        n = 0
+        while not stop.is_set():
+            pool = anchors + [f"RACE-{m}" for m in range(0, 40, 3)]
+            try:
+                result = pipeline.retriever.retrieve(RetrievalRequest(
+                    anchors=(pool[n % len(pool)],), filter=Filter(must_match={"in_stock": True}), k=20))
+                served.extend(c.id for c in result.candidates)
+            except BaseException as e:  # noqa: BLE001 - any failure is the finding
+                errors.append(e)
+                return
+            n += 1
+
+    originals = [products[a] for a in anchors]
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for m in range(40):
+            existing = products[anchors[m % len(anchors)]]
+            batch = [ProductIn(id=f"RACE-{m}", title=f"Travel adapter kit {m} for the camera charger",
+                               category=list(existing.category), price=float(m), in_stock=m % 4 != 0),
+                     ProductIn(id=existing.id, title=existing.title if m % 2 else f"{existing.title} ({m})",
+                               category=list(existing.category), price=float(m), in_stock=True)]
+            pipeline.add_products(ProductsIn(products=batch))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        pipeline.add_products(ProductsIn(products=[
+            ProductIn(id=p.id, title=p.title, category=list(p.category), brand=p.brand, price=p.price,
+                      in_stock=p.in_stock) for p in originals]))
+    assert not errors, errors[:1]
+    assert served and set(served) <= set(products)
+    out_of_stock = {f"RACE-{m}" for m in range(0, 40, 4)}
+    assert not out_of_stock & set(served[len(served) // 2:])  # once written, the filter holds for them
+    assert len(s.vocab) == len(s.text_vectors) == len(pipeline.retriever.scorer.table().rows)
