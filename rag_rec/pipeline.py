@@ -295,8 +295,10 @@ class BundlePipeline:
                 s.category.extend(self.dataset, s.vocab, changed)
             if s.lexical is not None and reword:
                 s.lexical.update(self.dataset, s.vocab, reword)
-            self.store.upsert(self.records([p.id for p in new]))
-            self.retriever.refresh(rows)
+            try:
+                self.store.upsert(self.records([p.id for p in new]))
+            finally:  # the lookups follow the signals even when the engine refused the records (a retry is idempotent)
+                self.retriever.refresh(rows)
             return UpsertResult(accepted=len(products.products), total=len(self.dataset.products))
 
     def _extend_vocab(self, ids: list[str], vectors: np.ndarray | None) -> None:

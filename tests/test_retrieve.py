@@ -794,3 +794,24 @@ def test_requests_during_product_upserts_never_fail_or_serve_unknown_ids(pipelin
     out_of_stock = {f"RACE-{m}" for m in range(0, 40, 4)}
     assert not out_of_stock & set(served[len(served) // 2:])  # once written, the filter holds for them
     assert len(s.vocab) == len(s.text_vectors) == len(pipeline.retriever.scorer.table().rows)
+
+
+def test_an_upsert_the_engine_refuses_leaves_current_lookups_and_can_be_retried(pipeline, monkeypatch):
+    from rag_rec.errors import IndexStoreError
+
+    s, store = pipeline.signals, pipeline.store
+    real_upsert = store.upsert
+
+    def refuse(records):
+        raise IndexStoreError("engine refused the write")
+
+    monkeypatch.setattr(store, "upsert", refuse)
+    item = ProductIn(id="REFUSED-ONCE", title="Weatherproof tripod bag with shoulder strap", price=15.0)
+    with pytest.raises(IndexStoreError):
+        pipeline.add_products(ProductsIn(products=[item]))
+    assert len(pipeline.retriever.scorer._table[1].rows) == len(s.vocab)  # the writer still rebuilt its rows
+    assert len(pipeline.retriever._stock_price[0]) == len(s.vocab)
+    monkeypatch.setattr(store, "upsert", real_upsert)
+    pipeline.add_products(ProductsIn(products=[item]))
+    found = pipeline.retriever.retrieve(RetrievalRequest(need="tripod bag with shoulder strap", k=20))
+    assert "REFUSED-ONCE" in [c.id for c in found.candidates]
