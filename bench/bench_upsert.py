@@ -52,7 +52,7 @@ def bench_size(ds, settings: Settings, repeats: int) -> dict:
         pipe.sync_index(rebuild=True, console=console)
         pipe.retriever.warm()
         encoder = signals.encoder
-        existing = [p for p in list(ds.products.values())[: 2 * repeats + 10]]
+        existing = list(ds.products.values())[: 2 * repeats + 10]
 
         def item(p, **change) -> ProductIn:
             fields = {"id": p.id, "title": p.title, "category": list(p.category), "brand": p.brand,

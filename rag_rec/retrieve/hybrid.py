@@ -158,9 +158,10 @@ class FusionScorer:
         inputs, old, s = self._inputs(), built[1], self.signals
         lexical_rows = s.lexical.table_rows(rows) if inputs[3] is not None else None
         n, n_old = len(s.vocab), len(old.rows)
-        fits = (built[0][0][1] == self._version and n >= n_old and (lexical_rows is None or lexical_rows[0].shape[1]
-                                                                     == old.terms.stop - old.terms.start))
-        if not fits or (n > n_old and not np.array_equal(rows[rows >= n_old], np.arange(n_old, n))):
+        same_version = built[0][0][1] == self._version
+        same_layout = lexical_rows is None or lexical_rows[0].shape[1] == old.terms.stop - old.terms.start
+        appends_given = n >= n_old and np.array_equal(rows[rows >= n_old], np.arange(n_old, n))
+        if not (same_version and same_layout and appends_given):
             self._table = None
             self.table()
             return
