@@ -281,9 +281,11 @@ class BundlePipeline:
             vector_of = dict(zip(encode, vectors)) if vectors is not None else {}
             for p in new:
                 stored[p.id] = p
-            for n, p in enumerate(new):
-                if known[n] and n in vector_of:
-                    s.text_vectors[s.vocab.index[p.id]] = vector_of[n]  # a changed text: written in place
+            rewritten = [(s.vocab.index[p.id], vector_of[n]) for n, p in enumerate(new) if known[n] and n in vector_of]
+            if rewritten:
+                with self.retriever.scorer.writing_rows():  # a changed text: written in place
+                    for row, vector in rewritten:
+                        s.text_vectors[row] = vector
             added = [n for n in range(len(new)) if not known[n]]
             if added:
                 self._extend_vocab([new[n].id for n in added],

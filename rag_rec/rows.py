@@ -2,8 +2,8 @@
 
 Readers hold published arrays and never lock; the one writer (under the pipeline's lock) publishes new ones.
 `RowBuffer` appends into spare capacity: a reader's earlier array is a view of the first rows and never sees
-the rows written after it. `patched` copies a small array and changes some rows, so readers keep a whole
-snapshot either way.
+the rows written after it. `patched` copies a small array and changes some rows, so its readers keep a whole
+snapshot. (Large tables change existing rows in place under a sequence lock: FusionScorer.writing_rows.)
 """
 
 from __future__ import annotations
@@ -30,16 +30,6 @@ class RowBuffer:
             self._buffer = buffer
         self._buffer[n:m] = rows
         self.array = self._buffer[:m]
-        return self.array
-
-    def copied(self) -> np.ndarray:
-        """A fresh buffer with the same rows (and the same spare capacity), for a writer that changes existing
-        rows: readers of the old array keep it whole."""
-        buffer = np.empty_like(self._buffer)
-        n = len(self.array)
-        buffer[:n] = self.array
-        self._buffer = buffer
-        self.array = buffer[:n]
         return self.array
 
 

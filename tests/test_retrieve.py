@@ -670,8 +670,8 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 def test_row_level_product_upserts_equal_a_full_rebuild(pipeline):
     """Product upserts redo only their own rows of the signals and the retriever's lookups; after new products,
     a price and stock change, a title change, a category change and a mixed batch, every lookup equals what a
-    full rebuild from the same state gives (bit for bit; codes as the same grouping), and a reader's earlier
-    table is never written to."""
+    full rebuild from the same state gives (bit for bit; codes as the same grouping); a changed row is written
+    in place under the sequence lock and nothing else in the table moves."""
     from rag_rec.retrieve.hybrid import HybridRetriever
     from rag_rec.signals.lexical import _TermTable, lexical_text, tokens
 
@@ -702,9 +702,12 @@ def test_row_level_product_upserts_equal_a_full_rebuild(pipeline):
     table = retriever.scorer.table()
     upsert(as_in(mine[0], price=12.5, in_stock=False))
     assert retriever.scorer.table() is table  # stock and price are not in the item table: nothing copied
-    snapshot = table.rows.copy()
+    snapshot, seq = table.rows.copy(), retriever.scorer.seq
     upsert(as_in(mine[1], title="Zylotronic spare battery for the waterproof housing"))
-    assert retriever.scorer.table() is not table and table.rows.tobytes() == snapshot.tobytes()  # the reader's is whole
+    # in place, under the sequence lock (two windows: the text vector, then the table row)
+    assert retriever.scorer.table() is table and retriever.scorer.seq == seq + 4
+    differ = np.flatnonzero((table.rows.view(np.int32) != snapshot.view(np.int32)).any(axis=1))
+    assert differ.tolist() == [s.vocab.index[mine[1]]]
     upsert(as_in(mine[2], category=["Electronics", "Camera & Photo", "Zylo housings"]))
     upsert({"id": "ROWS-NEW-2", "title": "Zylo floating hand grip"}, as_in(mine[3], price=99.0),
            {"id": "ROWS-NEW-3", "title": "first version", "price": 1.0},
@@ -815,3 +818,50 @@ def test_an_upsert_the_engine_refuses_leaves_current_lookups_and_can_be_retried(
     pipeline.add_products(ProductsIn(products=[item]))
     found = pipeline.retriever.retrieve(RetrievalRequest(need="tripod bag with shoulder strap", k=20))
     assert "REFUSED-ONCE" in [c.id for c in found.candidates]
+
+
+def test_a_request_that_overlaps_in_place_row_writes_is_redone(pipeline, monkeypatch):
+    """The sequence lock: a product's text changing while a request reads the item table makes the request run
+    again, so what it serves is computed from one state; a request that keeps overlapping writes holds them
+    off on its last try."""
+    retriever, store, products = pipeline.retriever, pipeline.store, pipeline.dataset.products
+    anchor = anchors_of(pipeline, 6)[5]
+    original = products[anchor]
+    real_fused_keys = store.fused_keys
+    calls: list[int] = []
+
+    def rename(n: int) -> None:
+        pipeline.add_products(ProductsIn(products=[ProductIn(
+            id=anchor, title=f"{original.title} edition {n}", category=list(original.category), brand=original.brand,
+            price=original.price, in_stock=original.in_stock)]))
+
+    def writes_once(*args, **kwargs):
+        calls.append(retriever.scorer.seq)
+        if len(calls) == 1:
+            rename(1)  # a writer between the request's first reads and its fusion
+        return real_fused_keys(*args, **kwargs)
+
+    try:
+        monkeypatch.setattr(store, "fused_keys", writes_once)
+        served = retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=20))
+        assert len(calls) == 2 and calls[1] > calls[0]  # the overlapped run was redone
+        monkeypatch.setattr(store, "fused_keys", real_fused_keys)
+        again = retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=20))
+        assert [(c.id, c.score) for c in served.candidates] == [(c.id, c.score) for c in again.candidates]
+
+        calls.clear()
+
+        def writes_while_allowed(*args, **kwargs):
+            calls.append(retriever.scorer.seq)
+            if not retriever.scorer._writer.locked():
+                rename(len(calls) + 1)
+            return real_fused_keys(*args, **kwargs)
+
+        monkeypatch.setattr(store, "fused_keys", writes_while_allowed)
+        served = retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=20))
+        assert len(calls) == 4 and served.candidates  # three overlapped tries, then one with writers held off
+    finally:
+        monkeypatch.setattr(store, "fused_keys", real_fused_keys)
+        pipeline.add_products(ProductsIn(products=[ProductIn(
+            id=anchor, title=original.title, category=list(original.category), brand=original.brand,
+            price=original.price, in_stock=original.in_stock)]))

@@ -22,15 +22,6 @@ def test_appends_fill_spare_capacity_and_never_touch_a_readers_view():
     np.testing.assert_array_equal(big[:6], again)
 
 
-def test_copied_gives_the_writer_rows_of_its_own():
-    buffer = RowBuffer(np.zeros((4, 3)))
-    reader = buffer.array
-    mine = buffer.copied()
-    mine[1] = 5
-    assert not reader.any() and mine[1].tolist() == [5, 5, 5]
-    assert buffer.append(np.ones((1, 3))).shape == (5, 3) and not reader.any()
-
-
 def test_patched_grows_fills_and_keeps_the_dtype():
     codes = np.array([3, 1, 2])
     out = patched(codes, 5, np.array([0, 4]), [9, 8], -1)

@@ -4,7 +4,9 @@ co-occurrence graph adds complements, and an explained weighted fusion scores th
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Sequence
@@ -82,6 +84,25 @@ class FusionScorer:
         self._table: tuple[tuple, ItemTable] | None = None
         self._table_rows: RowBuffer | None = None
         self._version = 0
+        self.seq = 0  # odd while rows that readers may be reading are written in place (a sequence lock)
+        self._writer = threading.Lock()
+
+    @contextmanager
+    def writing_rows(self):
+        """Around in-place writes of rows readers may hold (item-table rows, text vectors): a request whose
+        reads overlapped one sees `seq` change and is redone (HybridRetriever.retrieve)."""
+        with self._writer:
+            self.seq += 1
+            try:
+                yield
+            finally:
+                self.seq += 1
+
+    @contextmanager
+    def rows_stable(self):
+        """Hold writers of rows off (for a request that kept overlapping them)."""
+        with self._writer:
+            yield
 
     def _cf_table(self) -> tuple[np.ndarray, np.ndarray]:
         """ALS factor row for every vocab index (-1: no factors), extended when the vocabulary grows (the new
@@ -149,9 +170,9 @@ class FusionScorer:
     def update_rows(self, rows: np.ndarray) -> None:
         """Keep the item table current after product upserts changed vocabulary `rows` (sorted; every row past
         the table's end among them) and nothing else: those rows are rebuilt from the signals; rows that differ
-        go into a copy of the table, appended rows into its spare capacity (readers keep their table whole);
-        rows that did not change cost nothing. A new layout (a wider lexical row) or an invalidate() rebuilds
-        the whole table."""
+        are written in place under `writing_rows` (a request that read them meanwhile is redone), appended rows
+        go into spare capacity (no earlier reader sees them); rows that did not change cost nothing. A new
+        layout (a wider lexical row) or an invalidate() rebuilds the whole table."""
         built = self._table
         if built is None:
             return
@@ -170,17 +191,22 @@ class FusionScorer:
         inside = rows < n_old
         differs = np.zeros(len(rows), dtype=bool)
         differs[inside] = (old.row_ints[rows[inside]] != fresh[inside].view(np.int32)).any(axis=1)
-        buffer = self._table_rows
-        if buffer is None or buffer.array is not old.rows:
-            buffer = RowBuffer(old.rows)
+        has_norms = "text_norms" in old.__dict__
         if differs.any():
-            buffer.copied()[rows[differs]] = fresh[differs]
+            changed = rows[differs]
+            with self.writing_rows():
+                old.rows[changed] = fresh[differs]
+                if has_norms:
+                    old.text_norms[changed] = text_norms(fresh[differs][:, old.text])
+        table = old
         if n > n_old:
-            buffer.append(fresh[~inside])
-        table = old if buffer.array is old.rows else dataclasses.replace(old, rows=buffer.array)
-        if table is not old and "text_norms" in old.__dict__:
-            table.__dict__["text_norms"] = patched(old.text_norms, n, rows, text_norms(fresh[:, old.text]), 0.0)
-        self._table_rows = buffer
+            buffer = self._table_rows
+            if buffer is None or buffer.array is not old.rows:
+                buffer = RowBuffer(old.rows)
+            table = dataclasses.replace(old, rows=buffer.append(fresh[~inside]))
+            if has_norms:
+                table.__dict__["text_norms"] = np.concatenate([old.text_norms, text_norms(fresh[~inside][:, old.text])])
+            self._table_rows = buffer
         self._table = (inputs, table)
 
     def features(self, pool: np.ndarray, anchors: Sequence[str], user_id: str | None,
@@ -432,7 +458,19 @@ class HybridRetriever:
 
     def retrieve(self, request: RetrievalRequest) -> RetrievalResult:
         """One fused engine query (prefetch per vector signal + RRF, under the payload filter) plus the
-        co-occurrence graph's partners; the pool is scored with the explained weighted fusion."""
+        co-occurrence graph's partners; the pool is scored with the explained weighted fusion. Takes no lock: a
+        request that overlapped a product upsert's in-place row writes is redone (after three tries, with the
+        writers held off)."""
+        scorer = self.scorer
+        for _ in range(3):
+            seq = scorer.seq
+            result = self._retrieve(request)
+            if not seq & 1 and scorer.seq == seq:
+                return result
+        with scorer.rows_stable():
+            return self._retrieve(request)
+
+    def _retrieve(self, request: RetrievalRequest) -> RetrievalResult:
         t0 = time.perf_counter()
         s, cfg = self.signals, self.settings
         vocab_index = s.vocab.index
