@@ -182,10 +182,9 @@ def upsert_section(doc: dict) -> list[str]:
                          f"{c['p50_ratio']:.2f}x | {c['product_p95_ms']:.1f} | {r['full_rebuild_p50_ms']:.0f} |")
     return lines + ["", "Before (commit d27fd9a, the same machine, 8 calls each, medians at 92k): new 653 ms, price 192 ms, "
                     "title 182 ms — every upsert rebuilt the lookups and re-coded every product. A text change "
-                    "(title, brand, category, description) still copies the item table once per call, so that a "
-                    "request in flight never reads a half-written row (its p95 is the allocation of ~240 MB); "
-                    "send such changes in batches (up to 500 products share one copy). Stock and price changes "
-                    "touch neither the table nor the text vectors.", ""]
+                    "(title, brand, category, description) writes its item-table row in place under a sequence "
+                    "lock: a request that read the table meanwhile is redone, so no request serves from a "
+                    "half-written row. Stock and price changes touch neither the table nor the text vectors.", ""]
 
 
 def main() -> None:
