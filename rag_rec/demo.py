@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -44,6 +46,12 @@ def run_demo(settings: Settings, *, serve: bool = False, use_llm: bool = True, p
         ("An unknown shopper with no history (cold start)",
          BundleRequest(user_id="new-visitor", need="gaming setup for a teenager", k=2, use_llm=use_llm)),
     ]
+    if use_llm:
+        started = time.perf_counter()
+        composer = pipeline.composer(True)
+        if composer is not pipeline.heuristic:
+            console.print(f"[dim]LLM engine ready in {time.perf_counter() - started:.0f} s (once per process; "
+                          "the times below are per batch of requests)[/dim]")
     responses = pipeline.recommend_many([r for _, r in requests])
     for (heading, _), response in zip(requests, responses):
         show(console, heading, response)

