@@ -65,6 +65,22 @@ def slice_dataset(ds, n_products: int):
                    sessions=sessions, name=f"{ds.name}-{n_products}")
 
 
+def sized(full, size: int):
+    """The whole catalogue, or the slice of its `size` most purchased products."""
+    return full if size >= len(full.products) else slice_dataset(full, size)
+
+
+def machine() -> dict:
+    """Where a benchmark ran (the JSON's header)."""
+    return {"machine": f"{platform.machine()} {platform.processor()}", "cpu": cpu_model(),
+            "python": platform.python_version()}
+
+
+def write_json(path: str, doc: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=2))
+
+
 def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) -> dict:
     from rag_rec.pipeline import BundlePipeline
     from rag_rec.signals.suite import fit_signals
@@ -199,16 +215,12 @@ def main() -> None:
     settings = Settings(llm={"backend": "none"})
     full = load_dunnhumby()
     rng = np.random.default_rng(0)
-    results = {"machine": f"{platform.machine()} {platform.processor()}", "cpu": cpu_model(),
-               "python": platform.python_version(),
-               "retrieval": [], "indexing": None}
+    results = {**machine(), "retrieval": [], "indexing": None}
     for size in args.sizes:
-        ds = full if size >= len(full.products) else slice_dataset(full, size)
-        results["retrieval"].append(bench_retrieval(ds, settings, args.queries, rng, args.rounds))
+        results["retrieval"].append(bench_retrieval(sized(full, size), settings, args.queries, rng, args.rounds))
         console.log(results["retrieval"][-1])
     results["indexing"] = bench_indexing(full, settings, args.index_texts)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     table = Table(title="hybrid retrieval vs bare engine (ms)")
     for col in ("products", "bare p50", "bare p95", "hybrid p50", "hybrid p95", "hybrid p99", "p95 ratio"):
         table.add_column(col, justify="right")

@@ -16,8 +16,6 @@ Calls alternate product / bare per case, same process. Writes bench/results/upse
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -26,10 +24,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench_retrieval import slice_dataset
+from bench_retrieval import machine, sized, write_json
 from rag_rec.data.dunnhumby import load_dunnhumby
 from rag_rec.index.edge import EdgeStore
-from rag_rec.machine import cpu_model
 from rag_rec.schemas import ProductIn, ProductsIn
 from rag_rec.settings import Settings
 
@@ -102,14 +99,11 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(llm={"backend": "none"})
     full = load_dunnhumby()
-    results = {"machine": f"{platform.machine()} {platform.processor()}", "cpu": cpu_model(),
-               "python": platform.python_version(), "sizes": []}
+    results = {**machine(), "sizes": []}
     for size in args.sizes:
-        ds = full if size >= len(full.products) else slice_dataset(full, size)
-        results["sizes"].append(bench_size(ds, settings, args.repeats))
+        results["sizes"].append(bench_size(sized(full, size), settings, args.repeats))
         console.log(results["sizes"][-1])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     table = Table(title="one-product upsert vs bare encode + engine upsert (ms, p50)")
     for col in ("products", "case", "bare", "product", "ratio", "product p95", "full rebuild"):
         table.add_column(col, justify="right")
