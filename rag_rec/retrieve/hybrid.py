@@ -401,13 +401,11 @@ class HybridRetriever:
             return
         grown = np.arange(self._key_rows[0] if self._key_rows is not None else 0, len(self.signals.vocab))
         rows = np.union1d(np.asarray(rows, dtype=np.int64), grown)
-        self._key_table()
-        self._id_array()
         if self._kind_codes is not None:
             self._kinds(rows)
         self._arrays(rows)
         self.scorer.update_rows(rows)
-        self._build_lookups()
+        self._build_lookups()  # the key table and ids extend themselves to the grown vocabulary
 
     def _partner_filter(self, flt: Filter, excluded: Sequence[int]) -> fusion_kernel.PartnerFilter:
         """The stock, price and excluded-id part of `flt` as arrays over vocabulary rows (a price range with
