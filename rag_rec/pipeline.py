@@ -36,6 +36,7 @@ from rag_rec.schemas import (
 from rag_rec.settings import Settings
 from rag_rec.signals.lexical import lexical_text
 from rag_rec.signals.suite import Signals, fit_signals
+from rag_rec.signals.text import bfloat16_grid
 
 
 def to_index_filter(filters: Filters) -> Filter:
@@ -277,7 +278,8 @@ class BundlePipeline:
             encode = [n for n, p in enumerate(new) if not known[n] or before[n] is None or before[n].text() != p.text()]
             encoded = set(encode)
             reword = [p.id for n, p in enumerate(new) if n in encoded or lexical_text(before[n]) != lexical_text(p)]
-            vectors = s.encoder.encode([new[n].text() for n in encode]) if s.encoder and encode else None
+            vectors = (bfloat16_grid(s.encoder.encode([new[n].text() for n in encode])) if s.encoder and encode
+                       else None)
             vector_of = dict(zip(encode, vectors)) if vectors is not None else {}
             for p in new:
                 stored[p.id] = p

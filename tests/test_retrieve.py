@@ -595,8 +595,7 @@ def test_the_anchor_request_kernel_stops_at_rows_beyond_its_snapshot(pipeline):
     beyond = key_rows.copy()
     beyond[keys[5]] = len(table.rows) + 3  # a hit mapped to a row beyond the table
     assert fused(idx, beyond).status == fusion_kernel.STALE
-    smaller = type(table)(table.rows[: len(table.rows) // 2], table.text, table.cf, table.terms, table.weights,
-                          table.code, table.leaf)
+    smaller = dataclasses.replace(table, rows=table.rows[: len(table.rows) // 2])
     assert fused([len(smaller.rows) + 1], key_rows, smaller).status == fusion_kernel.STALE
 
 

@@ -10,7 +10,8 @@ import pytest
 from rag_rec.errors import ModelError
 from rag_rec.settings import EmbeddingSettings
 from rag_rec.signals.base import TextEncoder
-from rag_rec.signals.text import EmbeddingCache, SentenceTransformerEncoder, encode_cached, encode_products
+from rag_rec.signals.text import (EmbeddingCache, SentenceTransformerEncoder, bfloat16_grid, encode_cached,
+                                  encode_products)
 
 
 class HashingEncoder:
@@ -55,8 +56,25 @@ def test_packaged_encoder_gives_384_dim_unit_vectors(encoder, titles):
     vectors = encoder.encode(titles[:50], batch_size=16)
     assert encoder.dim == 384
     assert vectors.shape == (50, 384) and vectors.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not (vectors.view(np.uint32) & 0xFFFF).any()  # on the bfloat16 grid (the item table packs it exactly)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
     assert encoder.encode([]).shape == (0, 384)
+
+
+def test_bfloat16_grid_rounds_to_nearest_even_and_keeps_grid_values():
+    ulp = 2.0 ** -7  # bfloat16 keeps 8 significant bits: the step above 1.0 (2 ** -6 above 2.0)
+    x = np.array([1.0, 1 + ulp / 2, 1 + 1.5 * ulp, 1 + 0.49 * ulp, 1 + 0.51 * ulp, -3 - 0.6 * 2 * ulp],
+                 dtype=np.float32)
+    got = bfloat16_grid(x)
+    # ties go to the even neighbour (1.0, then 1 + 2 ulp); otherwise the nearest
+    np.testing.assert_array_equal(got, np.array([1.0, 1.0, 1 + 2 * ulp, 1.0, 1 + ulp, -3 - 2 * ulp], dtype=np.float32))
+    np.testing.assert_array_equal(bfloat16_grid(got), got)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((20, 384)).astype(np.float32)
+    cos = (v / np.linalg.norm(v, axis=1, keepdims=True)) @ (v / np.linalg.norm(v, axis=1, keepdims=True)).T
+    g = bfloat16_grid(v)
+    cos_g = (g / np.linalg.norm(g, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    assert np.abs(cos - cos_g).max() < 2e-3
 
 
 @pytest.mark.slow
@@ -101,7 +119,7 @@ def test_cache_reuses_vectors_and_encodes_only_misses(tmp_path, titles):
         assert cache.hits == 40 and cache.misses == 20
     assert second.encoded == list(dict.fromkeys(titles[40:60]))
     np.testing.assert_array_equal(mixed[:40], warm)
-    np.testing.assert_allclose(mixed[40:], HashingEncoder().encode(titles[40:60]))
+    np.testing.assert_array_equal(mixed[40:], bfloat16_grid(HashingEncoder().encode(titles[40:60])))  # the grid: see text.py
 
     other_model = HashingEncoder(name="another-model")
     with EmbeddingCache(path) as cache:

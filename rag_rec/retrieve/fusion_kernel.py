@@ -458,10 +458,14 @@ def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col,
         if anchor_rows[a] >= covered or anchor_rows[a] >= cooc_indptr.shape[0] - 1:
             empty = np.empty(0, dtype=np.int64)
             return 2, 0, empty, empty, empty, np.empty((0, RANKED_COLUMNS + name_rows.shape[0]))
+    half = (dt + 1) // 2  # the text vector: bfloat16 pairs, dimension d low and d + half high (item_table.py)
     anchor_vecs = np.empty((n_anchors if has[TEXT] else 0, dt), dtype=np.float32)
     for a in range(anchor_vecs.shape[0]):
-        for d in range(dt):
-            anchor_vecs[a, d] = rows[anchor_rows[a], t0 + d]
+        for x in range(half):
+            bits = np.uint32(row_ints[anchor_rows[a], t0 + x])
+            anchor_vecs[a, x] = np.uint32(bits << np.uint32(16)).view(np.float32)
+            if half + x < dt:
+                anchor_vecs[a, half + x] = np.uint32(bits & np.uint32(0xFFFF0000)).view(np.float32)
     # the anchors' mean lexical row (LexicalSimilarity._query): weights summed per term in anchor order, over the
     # anchors that have words
     with_words = 0
@@ -590,11 +594,17 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
     dim = anchor_vecs.shape[1] if has[TEXT] else need_q.shape[0]
     n_anchors = anchor_vecs.shape[0]
     n_lex = lex_terms.shape[0]
+    half = (dt + 1) // 2
+    vec = np.empty(2 * half, dtype=np.float32)
     cf_top = 0.0
     for p in range(n):
         j = pool[p]
+        if has[TEXT] or has[NEED]:  # unpack the bfloat16 pairs (item_table.py)
+            for x in range(half):
+                bits = np.uint32(row_ints[j, t0 + x])
+                vec[x] = np.uint32(bits << np.uint32(16)).view(np.float32)
+                vec[half + x] = np.uint32(bits & np.uint32(0xFFFF0000)).view(np.float32)
         if has[TEXT]:
-            vec = rows[j, t0:t0 + dim]
             best = -np.inf
             for a in range(n_anchors):
                 acc32 = np.float32(0.0)
@@ -611,7 +621,6 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
                     acc32 += vec[d] * text_q[d]
                 out[TEXT, p] = acc32
         if has[NEED]:
-            vec = rows[j, t0:t0 + need_q.shape[0]]
             acc32 = np.float32(0.0)
             for d in range(need_q.shape[0]):
                 acc32 += vec[d] * need_q[d]
@@ -656,10 +665,9 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
                     break
             out[COOC, p] = min(max(acc, 0.0), 1.0)
         if has[CF]:
-            vec = rows[j, c0:c0 + dc]
             acc32 = np.float32(0.0)
             for d in range(dc):
-                acc32 += vec[d] * cf_q[d]
+                acc32 += rows[j, c0 + d] * cf_q[d]
             out[CF, p] = acc32
             if abs(acc32) > cf_top:
                 cf_top = abs(acc32)

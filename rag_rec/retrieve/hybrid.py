@@ -197,7 +197,7 @@ class FusionScorer:
             with self.writing_rows():
                 old.rows[changed] = fresh[differs]
                 if has_norms:
-                    old.text_norms[changed] = text_norms(fresh[differs][:, old.text])
+                    old.text_norms[changed] = text_norms(old.text_vectors(fresh[differs]))
         table = old
         if n > n_old:
             buffer = self._table_rows
@@ -205,7 +205,7 @@ class FusionScorer:
                 buffer = RowBuffer(old.rows)
             table = dataclasses.replace(old, rows=buffer.append(fresh[~inside]))
             if has_norms:
-                table.__dict__["text_norms"] = np.concatenate([old.text_norms, text_norms(fresh[~inside][:, old.text])])
+                table.__dict__["text_norms"] = np.concatenate([old.text_norms, text_norms(old.text_vectors(fresh[~inside]))])
             self._table_rows = buffer
         self._table = (inputs, table)
 
@@ -216,7 +216,10 @@ class FusionScorer:
         table = self.table()
         block = table.block(pool)
         feats: dict[str, np.ndarray] = {}
-        pool_vecs = block[:, table.text] if s.text_vectors is not None else None
+        pool_vecs = None
+        if s.text_vectors is not None:  # the whole catalogue: the float32 master holds the same (bfloat16-grid) values
+            whole = block is table.rows and len(s.text_vectors) >= len(block)
+            pool_vecs = s.text_vectors[:len(block)] if whole else table.text_vectors(block)
         if pool_vecs is not None and len(idx) == 1:
             anchor_vec = s.text_vectors[idx[0]]
             feats["text_max"] = pool_vecs @ anchor_vec

@@ -17,8 +17,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ItemTable:
-    """Rows in vocabulary order, float32 columns: text vector, ALS factors (zeros: none), lexical term ids (int32
-    bits) and weights, category code and leaf code (int32 bits, -1: none)."""
+    """Rows in vocabulary order, float32 columns: text vector (bfloat16 pairs, `text_dim` dimensions), ALS factors
+    (zeros: none), lexical term ids (int32 bits) and weights, category code and leaf code (int32 bits, -1: none)."""
 
     rows: np.ndarray
     text: slice
@@ -27,6 +27,7 @@ class ItemTable:
     weights: slice
     code: int
     leaf: int
+    text_dim: int
 
     @cached_property
     def row_ints(self) -> np.ndarray:
@@ -36,13 +37,17 @@ class ItemTable:
     @cached_property
     def text_norms(self) -> np.ndarray:
         """|text vector| per row: a one-anchor request's query norm without a reduction over its cold row."""
-        return text_norms(self.rows[:, self.text])
+        return text_norms(self.text_vectors(self.rows))
 
     @cached_property
     def layout(self) -> tuple[int, ...]:
-        """(text start, text width, cf start, cf width, terms start, terms width, weights start, code, leaf)."""
-        return (self.text.start, self.text.stop - self.text.start, self.cf.start, self.cf.stop - self.cf.start,
+        """(text start, text dimensions, cf start, cf width, terms start, terms width, weights start, code, leaf)."""
+        return (self.text.start, self.text_dim, self.cf.start, self.cf.stop - self.cf.start,
                 self.terms.start, self.terms.stop - self.terms.start, self.weights.start, self.code, self.leaf)
+
+    def text_vectors(self, block: np.ndarray) -> np.ndarray:
+        """The text vectors of a block of rows, float32 (n, text_dim)."""
+        return unpack_bfloat16(block[:, self.text], self.text_dim)
 
     def block(self, pool: np.ndarray) -> np.ndarray:
         """The pool's rows: a view of the whole table when the pool is the whole catalogue in order, else a gather."""
@@ -60,6 +65,23 @@ class ItemTable:
         return block[:, column].view(np.int32)
 
 
+def pack_bfloat16(vectors: np.ndarray) -> np.ndarray:
+    """float32 (n, dim) -> float32-typed (n, ceil(dim / 2)) columns of bfloat16 pairs (dimension d in the low 16
+    bits, d + half in the high), rounded to nearest even."""
+    n, dim = vectors.shape
+    half = (dim + 1) // 2
+    bits = np.zeros((n, 2 * half), dtype=np.uint32)
+    bits[:, :dim] = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
+    top = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return (top[:, :half] | (top[:, half:] << np.uint32(16))).view(np.float32)
+
+
+def unpack_bfloat16(packed: np.ndarray, dim: int) -> np.ndarray:
+    """pack_bfloat16's inverse: float32 (n, dim)."""
+    bits = np.ascontiguousarray(packed).view(np.uint32)
+    return np.concatenate([bits << np.uint32(16), bits & np.uint32(0xFFFF0000)], axis=1).view(np.float32)[:, :dim]
+
+
 def text_norms(text: np.ndarray) -> np.ndarray:
     """|row| of each text vector, float64."""
     return np.sqrt(np.einsum("ij,ij->i", text, text)).astype(np.float64)
@@ -73,10 +95,10 @@ def build_item_table(n: int, text_vectors: np.ndarray | None, cf: tuple[np.ndarr
     dim_text = text_vectors.shape[1] if text_vectors is not None else 0
     dim_cf = cf[1].shape[1] if cf is not None else 0
     width_lex = lexical[0].shape[1] if lexical is not None else 0
-    bounds = np.cumsum([0, dim_text, dim_cf, width_lex, width_lex, 1, 1])
+    bounds = np.cumsum([0, (dim_text + 1) // 2, dim_cf, width_lex, width_lex, 1, 1])
     text, cf_cols, terms, weights = (slice(int(a), int(b)) for a, b in zip(bounds[:4], bounds[1:5]))
     table = ItemTable(np.zeros((n, int(bounds[-1])), dtype=np.float32), text, cf_cols, terms, weights,
-                      int(bounds[4]), int(bounds[5]))
+                      int(bounds[4]), int(bounds[5]), dim_text)
     fill_rows(table, table.rows, np.arange(n), text_vectors, cf, lexical, category_codes, leaf_codes)
     return table
 
@@ -88,7 +110,7 @@ def fill_rows(table: ItemTable, out: np.ndarray, rows: np.ndarray, text_vectors:
     the rows' own term ids and weights). Sources shorter than a row leave it zero (codes: -1)."""
     if text_vectors is not None:
         known = rows < len(text_vectors)
-        out[known, table.text] = text_vectors[rows[known]]
+        out[known, table.text] = pack_bfloat16(text_vectors[rows[known]])
     if cf is not None:
         item_rows, matrix = cf
         known = rows < len(item_rows)
