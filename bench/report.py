@@ -80,6 +80,11 @@ def retrieval_section(doc: dict, plt) -> list[str]:
                       "numpy`), same run: p95 " + ", ".join(
             f"{r['hybrid_numpy_fusion_p95_ms']:.2f} ms at {r['products']} ({r['p95_ratio_numpy_fusion']:.2f}x)"
             for r in doc["retrieval"]) + "."]
+    if all("item_table_mb" in r for r in doc["retrieval"]):
+        lines += ["", "Memory of the retriever's item table (everything the fusion reads per candidate; text vectors "
+                      "as bfloat16 pairs since session 13, float32 before): " + ", ".join(
+            f"{r['item_table_mb']:.0f} MB at {r['products']} (text {r['item_table_text_mb']:.0f} MB; the signals' "
+            f"float32 text vectors {r['text_vectors_mb']:.0f} MB)" for r in doc["retrieval"]) + "."]
     probe = RESULTS / "post_engine_probe.json"
     if probe.is_file():
         p = json.loads(probe.read_text())

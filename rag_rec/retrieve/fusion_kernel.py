@@ -444,18 +444,18 @@ def _partners_kernel(cooc_cols, cooc_vals, cooc_offsets, anchor_rows, n, exclude
     return out[:m]
 
 
-def _packed_dot_kernel(packed, q_lo, q_hi):
+def _packed_dot_kernel(packed, q_even, q_odd):
     """float32 dot of a text vector stored as bfloat16 pairs (`packed`: a row's text columns as int32 bits,
-    dimension x in the low half of column x, dimension half + x in the high half) with a query split the same way
-    (q_lo: its first half values, q_hi: the rest). Unpacked in registers; inlined into the callers so the loop
-    vectorises (as a call: ~2x slower)."""
+    dimension 2x in the low half of column x, 2x + 1 in the high half) with a query split the same way (its even
+    and its odd dimensions). Unpacked in registers; inlined into the callers so the loop vectorises (as a call:
+    ~2x slower)."""
     acc = np.float32(0.0)
-    for x in range(q_hi.shape[0]):
+    for x in range(q_odd.shape[0]):
         bits = np.uint32(packed[x])
-        acc += (np.uint32(bits << np.uint32(16)).view(np.float32) * q_lo[x]
-                + np.uint32(bits & np.uint32(0xFFFF0000)).view(np.float32) * q_hi[x])
-    for x in range(q_hi.shape[0], q_lo.shape[0]):  # an odd dimension: the last column's high half is padding
-        acc += np.uint32(np.uint32(packed[x]) << np.uint32(16)).view(np.float32) * q_lo[x]
+        acc += (np.uint32(bits << np.uint32(16)).view(np.float32) * q_even[x]
+                + np.uint32(bits & np.uint32(0xFFFF0000)).view(np.float32) * q_odd[x])
+    for x in range(q_odd.shape[0], q_even.shape[0]):  # an odd dimension: the last column's high half is padding
+        acc += np.uint32(np.uint32(packed[x]) << np.uint32(16)).view(np.float32) * q_even[x]
     return acc
 
 
@@ -475,14 +475,13 @@ def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col,
         if anchor_rows[a] >= covered or anchor_rows[a] >= cooc_indptr.shape[0] - 1:
             empty = np.empty(0, dtype=np.int64)
             return 2, 0, empty, empty, empty, np.empty((0, RANKED_COLUMNS + name_rows.shape[0]))
-    half = (dt + 1) // 2  # the text vector: bfloat16 pairs, dimension d low and d + half high (item_table.py)
     anchor_vecs = np.empty((n_anchors if has[TEXT] else 0, dt), dtype=np.float32)
-    for a in range(anchor_vecs.shape[0]):
-        for x in range(half):
+    for a in range(anchor_vecs.shape[0]):  # the text vector: bfloat16 pairs, 2x low and 2x + 1 high (item_table.py)
+        for x in range((dt + 1) // 2):
             bits = np.uint32(row_ints[anchor_rows[a], t0 + x])
-            anchor_vecs[a, x] = np.uint32(bits << np.uint32(16)).view(np.float32)
-            if half + x < dt:
-                anchor_vecs[a, half + x] = np.uint32(bits & np.uint32(0xFFFF0000)).view(np.float32)
+            anchor_vecs[a, 2 * x] = np.uint32(bits << np.uint32(16)).view(np.float32)
+            if 2 * x + 1 < dt:
+                anchor_vecs[a, 2 * x + 1] = np.uint32(bits & np.uint32(0xFFFF0000)).view(np.float32)
     # the anchors' mean lexical row (LexicalSimilarity._query): weights summed per term in anchor order, over the
     # anchors that have words
     with_words = 0
@@ -610,7 +609,12 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
     scores = np.empty(n)
     n_anchors = anchor_vecs.shape[0]
     n_lex = lex_terms.shape[0]
-    half = (dt + 1) // 2  # text vectors: bfloat16 pairs (item_table.py), queries split at half to match
+    # text vectors are bfloat16 pairs (item_table.py): the queries split into even and odd dimensions to match
+    half = (dt + 1) // 2
+    anchors_even = np.ascontiguousarray(anchor_vecs[:, 0::2])
+    anchors_odd = np.ascontiguousarray(anchor_vecs[:, 1::2])
+    text_even, text_odd = np.ascontiguousarray(text_q[0::2]), np.ascontiguousarray(text_q[1::2])
+    need_even, need_odd = np.ascontiguousarray(need_q[0::2]), np.ascontiguousarray(need_q[1::2])
     cf_top = 0.0
     for p in range(n):
         j = pool[p]
@@ -618,16 +622,16 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
         if has[TEXT]:
             best = -np.inf
             for a in range(n_anchors):
-                acc32 = _packed_dot(packed, anchor_vecs[a, :half], anchor_vecs[a, half:])
+                acc32 = _packed_dot(packed, anchors_even[a], anchors_odd[a])
                 if acc32 > best:
                     best = acc32
             out[TEXT_MAX, p] = best
             if n_anchors == 1:
                 out[TEXT, p] = best / text_div
             else:
-                out[TEXT, p] = _packed_dot(packed, text_q[:half], text_q[half:])
+                out[TEXT, p] = _packed_dot(packed, text_even, text_odd)
         if has[NEED]:
-            out[NEED, p] = _packed_dot(packed, need_q[:half], need_q[half:])
+            out[NEED, p] = _packed_dot(packed, need_even, need_odd)
         if has[LEX]:
             acc = 0.0
             at = 0  # both term lists are sorted (rows padded with a term id above every real one): one merge
