@@ -78,7 +78,7 @@ def pack_bfloat16(vectors: np.ndarray) -> np.ndarray:
     reshuffled (92k x 384: ~45 ms, the grid check included)."""
     n, dim = vectors.shape
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if np.count_nonzero(vectors.view(np.uint16)[:, 0::2]):  # little-endian: the halves bfloat16 drops
+    if np.count_nonzero(vectors.view(np.uint16)[:, 0::2]):  # the halves bfloat16 drops (little-endian hosts)
         from rag_rec.signals.text import bfloat16_grid
 
         vectors = bfloat16_grid(vectors)
