@@ -99,6 +99,15 @@ def retrieval_section(doc: dict, plt) -> list[str]:
                       f"fusion inputs {t['state']} ({t['items']} items) takes {t['arrays_p50_us']:.0f} us p50 / "
                       f"{t['arrays_p95_us']:.0f} us p95 from one array per signal and {t['table_p50_us']:.0f} / "
                       f"{t['table_p95_us']:.0f} us from one row per item."]
+    replay = RESULTS / "kernel_replay.json"
+    if replay.is_file():
+        k = json.loads(replay.read_text())
+        lines += ["", f"Where the compiled call's cold cost goes (`bench/probe_kernel_replay.py`: {k['requests']} captured "
+                      f"requests at {k['products']} products replayed, states interleaved): {k['warm_p50_us']:.0f} us p50 "
+                      f"warm, {k['cold_p50_us']:.0f} us after a {k['sweep_mb']} MB sweep, {k['code_warmed_p50_us']:.0f} us "
+                      f"when a small request of the same types ran first (its machine code warm, this request's data "
+                      f"cold); the small request alone costs {k['small_request_cold_p50_us']:.0f} us cold. Much of the "
+                      "cold cost is instruction fetch."]
     ix = doc.get("indexing")
     if ix:
         lines += ["", f"Indexing ({ix['texts']} fresh product texts): bare encoder {ix['bare_encoder_per_s']:.0f}/s, "

@@ -1,0 +1,188 @@
+"""Where the compiled call's cold cost goes: capture real requests once, then replay them in chosen cache states.
+
+The hybrid retriever spends most of its overhead over the bare engine query in one compiled call after the
+engine (fusion_kernel.fuse_anchor_request). Rebuilding a 92k index to try each idea takes minutes and this
+machine drifts by +-30 us between blocks of calls, so this probe:
+
+- `capture`: builds the 92k Dunnhumby pipeline once and pickles the compiled call's arguments for N real
+  one-anchor requests (the same popular anchors and stock filter as bench_retrieval.py);
+- `replay`: times the compiled call on those arguments, interleaving per request (the order alternates):
+  - warm: straight after the same call;
+  - cold: after a 96 MB memory sweep (no engine: its eviction without its noise);
+  - code warmed: after the sweep, a call on a small request of the same types first (a 2,000-row slice of the
+    table: it warms the machine code, not this request's data);
+  - the small request alone after the sweep.
+
+"cold" minus "code warmed" is what instruction fetch costs a cold call. Writes
+bench/results/kernel_replay.json.
+
+    .venv/bin/python bench/probe_kernel_replay.py capture [--requests 300] [--out PATH]
+    .venv/bin/python bench/probe_kernel_replay.py replay [--rounds 3] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_retrieval import write_json
+
+from rag_rec.machine import cpu_model
+from rag_rec.retrieve import fusion_kernel
+
+console = Console(width=120)
+DEFAULT_CAPTURE = Path.home() / ".cache" / "rag_rec" / "kernel_replay.pkl"
+ARGUMENTS = ("rows row_ints t0 dt c0 dc l0 lw w0 code_col leaf_col category_pairs category_count category_bonus "
+             "cooc_indptr cooc_indices cooc_data norms complement leaf_discount has name_rows weights covered "
+             "key_rows keys k anchor_rows text_q text_div cf_q need_q kinds kind_discount n_partners excluded stock "
+             "want_stock price low high").split()  # fusion_kernel._anchor_request_kernel's signature
+AT = {name: n for n, name in enumerate(ARGUMENTS)}
+BIG = 1 << 20  # arrays above this many bytes are shared by every request: pickled once
+
+
+def capture(requests: int, out: Path) -> None:
+    from rag_rec.data.dunnhumby import load_dunnhumby
+    from rag_rec.index import Filter
+    from rag_rec.index.edge import EdgeStore
+    from rag_rec.pipeline import BundlePipeline
+    from rag_rec.retrieve.base import RetrievalRequest
+    from rag_rec.settings import Settings
+    from rag_rec.signals.suite import fit_signals
+
+    ds = load_dunnhumby()
+    settings = Settings(llm={"backend": "none"})
+    signals = fit_signals(ds, settings, console=console)
+    captured: list[tuple] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EdgeStore(Path(tmp) / "idx", collection="products")
+        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
+            update={"path": Path(tmp)})}), ds, signals, store)
+        pipe.sync_index(rebuild=True, console=console)
+        kernels = fusion_kernel.compiled()
+        anchor_kernel = kernels[2]
+
+        def spy(*args):
+            captured.append(args)
+            return anchor_kernel(*args)
+
+        original = fusion_kernel.compiled
+        fusion_kernel.compiled = lambda: (kernels[0], kernels[1], spy)
+        try:
+            rng = np.random.default_rng(0)
+            popular = np.argsort(-signals.popularity.counts)[:2000]
+            flt = Filter(must_match={"in_stock": True})
+            for i in rng.choice(popular, size=requests):
+                pipe.retriever.retrieve(RetrievalRequest(anchors=(signals.vocab.ids[i],), filter=flt, k=40))
+        finally:
+            fusion_kernel.compiled = original
+        store.close()
+    shared: dict[int, np.ndarray] = {}
+
+    def encode(value):
+        if isinstance(value, np.ndarray) and value.nbytes > BIG:
+            shared.setdefault(id(value), value)
+            return ("shared", id(value))
+        return value
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as f:
+        pickle.dump({"products": len(ds.products), "shared": shared,
+                     "calls": [tuple(encode(v) for v in args) for args in captured]}, f, protocol=5)
+    console.print(f"captured {len(captured)} requests' arguments -> {out}")
+
+
+def load(path: Path) -> tuple[int, list[tuple]]:
+    with path.open("rb") as f:
+        doc = pickle.load(f)
+    shared = doc["shared"]
+    decode = (lambda v: shared[v[1]] if isinstance(v, tuple) and len(v) == 2 and v[0] == "shared" else v)
+    return doc["products"], [tuple(decode(v) for v in args) for args in doc["calls"]]
+
+
+def small_request(args: tuple, rows: int = 2000) -> tuple:
+    """A request of the same argument types over the first `rows` table rows (codes folded into a 500 x 500
+    category block), so calling it runs the same machine code on little data."""
+    small = list(args)
+    table = np.ascontiguousarray(args[AT["rows"]][:rows])
+    small[AT["rows"]], small[AT["row_ints"]] = table, table.view(np.int32)
+    ints = small[AT["row_ints"]]
+    pairs = args[AT["category_pairs"]]
+    if pairs.shape[0]:
+        block = min(500, pairs.shape[0])
+        small[AT["category_pairs"]] = np.ascontiguousarray(pairs[:block, :block])
+        ints[:, args[AT["code_col"]]] %= block
+    ints[:, args[AT["leaf_col"]]] %= 500
+    indptr = args[AT["cooc_indptr"]][:rows + 1].copy()
+    small[AT["cooc_indptr"]] = indptr
+    small[AT["cooc_indices"]] = np.minimum(args[AT["cooc_indices"]][:indptr[-1]], rows - 1)
+    small[AT["cooc_data"]] = args[AT["cooc_data"]][:indptr[-1]].copy()
+    small[AT["norms"]] = args[AT["norms"]][:rows].copy()
+    small[AT["stock"]] = args[AT["stock"]][:rows].copy()
+    small[AT["key_rows"]] = np.arange(rows, dtype=args[AT["key_rows"]].dtype)
+    small[AT["keys"]] = np.arange(80, dtype=np.int64) * 7 % rows
+    small[AT["covered"]] = rows
+    small[AT["anchor_rows"]] = np.array([5], dtype=np.int64)
+    return tuple(small)
+
+
+def replay(path: Path, rounds: int) -> dict:
+    products, calls = load(path)
+    kernel = fusion_kernel.compiled()[2]
+    small = small_request(calls[0])
+    for args in calls[:3]:
+        kernel(*args)
+    kernel(*small)
+    sweep = np.ones((96 << 20) // 8)
+    times: dict[str, list[float]] = {"warm": [], "cold": [], "code_warmed": [], "small_request_cold": []}
+
+    def timed(args: tuple, into: str) -> None:
+        t = time.perf_counter()
+        kernel(*args)
+        times[into].append(time.perf_counter() - t)
+
+    for _ in range(rounds):
+        for n, args in enumerate(calls):
+            for state in (("cold", "code_warmed") if n % 2 else ("code_warmed", "cold")):
+                sweep += 1.0
+                if state == "code_warmed":
+                    kernel(*small)
+                timed(args, state)
+            kernel(*args)
+            timed(args, "warm")
+            sweep += 1.0
+            timed(small, "small_request_cold")
+    result = {"machine": platform.machine(), "cpu": cpu_model(), "products": products, "requests": len(calls),
+              "rounds": rounds, "sweep_mb": 96}
+    for state, values in times.items():
+        result[f"{state}_p50_us"] = float(np.percentile(values, 50) * 1e6)
+        result[f"{state}_p95_us"] = float(np.percentile(values, 95) * 1e6)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", choices=("capture", "replay"))
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DEFAULT_CAPTURE, help="the captured arguments' pickle")
+    args = parser.parse_args()
+    if args.mode == "capture":
+        capture(args.requests, args.out)
+        return
+    result = replay(args.out, args.rounds)
+    write_json(Path(__file__).parent / "results" / "kernel_replay.json", result)
+    console.print_json(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
