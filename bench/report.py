@@ -85,23 +85,20 @@ def retrieval_section(doc: dict, plt) -> list[str]:
                       "as bfloat16 pairs since session 13, float32 before): " + ", ".join(
             f"{r['item_table_mb']:.0f} MB at {r['products']} (text {r['item_table_text_mb']:.0f} MB; the signals' "
             f"float32 text vectors {r['text_vectors_mb']:.0f} MB)" for r in doc["retrieval"]) + "."]
-    probe = RESULTS / "post_engine_probe.json"
-    if probe.is_file():
-        p = json.loads(probe.read_text())
+    p = load("post_engine_probe")
+    if p:
         lines += ["", f"Why the Python after the engine call is dear here (`bench/probe_post_engine.py`): one fixed "
                       f"piece of it ({p['work']}) takes {p['warm_p50_us']:.0f} us warm, {p['after_engine_query_p50_us']:.0f} us right after the "
                       f"engine query and {p['after_32mb_sweep_p50_us']:.0f} us after a 32 MB memory sweep (p50, "
                       f"{p['products']} products): the engine call leaves the caller's memory cold."]
-    table_probe = RESULTS / "item_table_probe.json"
-    if table_probe.is_file():
-        t = json.loads(table_probe.read_text())
+    t = load("item_table_probe")
+    if t:
         lines += ["", f"Why the fusion reads one item table (`bench/probe_item_table.py`): gathering {t['pool']} candidates' "
                       f"fusion inputs {t['state']} ({t['items']} items) takes {t['arrays_p50_us']:.0f} us p50 / "
                       f"{t['arrays_p95_us']:.0f} us p95 from one array per signal and {t['table_p50_us']:.0f} / "
                       f"{t['table_p95_us']:.0f} us from one row per item."]
-    replay = RESULTS / "kernel_replay.json"
-    if replay.is_file():
-        k = json.loads(replay.read_text())
+    k = load("kernel_replay")
+    if k:
         lines += ["", f"Where the compiled call's cold cost goes (`bench/probe_kernel_replay.py`: {k['requests']} captured "
                       f"requests at {k['products']} products replayed, states interleaved): {k['warm_p50_us']:.0f} us p50 "
                       f"warm, {k['cold_p50_us']:.0f} us after a {k['sweep_mb']} MB sweep, {k['code_warmed_p50_us']:.0f} us "

@@ -205,7 +205,8 @@ class FusionScorer:
                 buffer = RowBuffer(old.rows)
             table = dataclasses.replace(old, rows=buffer.append(fresh[~inside]))
             if has_norms:
-                table.__dict__["text_norms"] = np.concatenate([old.text_norms, text_norms(old.text_vectors(fresh[~inside]))])
+                appended = text_norms(old.text_vectors(fresh[~inside]))
+                table.__dict__["text_norms"] = np.concatenate([old.text_norms, appended])
             self._table_rows = buffer
         self._table = (inputs, table)
 
