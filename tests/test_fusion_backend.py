@@ -76,3 +76,34 @@ def test_candidates_read_sources_evidence_and_payload_from_their_ranked_row_when
     assert a.payload["note"] == "kept" and b.evidence == {"co_purchases": 7}
     (c,) = Candidate.from_ranked(["C"], ranked[:1], names, fusion_kernel.RANKED_COLUMNS, found_by, False)
     assert c.evidence == {} and c.payload == {"found_by": ["cooc", "lex"]}
+
+
+numba_only = pytest.mark.skipif(not fusion_kernel.available(), reason="the compiled fusion needs numba")
+
+
+@numba_only
+def test_the_kernels_small_sort_and_search_loops_match_numpy():
+    import numpy as np
+
+    fusion_kernel.compiled()
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 7, 140, 400):
+        ties = rng.integers(0, 5, size=n).astype(np.float64)  # many equal values: their order is the test
+        spread = rng.normal(size=n)
+        spread[rng.random(n) < 0.1] = np.nan
+        spread[rng.random(n) < 0.05] = -np.inf
+        for values in (ties, spread):
+            for m in (0, 1, 40, n, n + 3):
+                expected = np.argsort(-values, kind="mergesort")[:m]
+                assert fusion_kernel._top_order(values, m).tolist() == expected.tolist(), (n, m)
+        ints = rng.integers(0, 20, size=n)
+        assert fusion_kernel._ascending_order(ints).tolist() == np.argsort(ints, kind="stable").tolist()
+        assert fusion_kernel._unique(ints).tolist() == np.unique(ints).tolist()
+        ascending = np.sort(ints)
+        for x in (-1, 0, 5, 19, 25):
+            for lo, hi in ((0, n), (n // 3, n)):
+                assert fusion_kernel._bisect(ascending, lo, hi, x) == lo + np.searchsorted(ascending[lo:hi], x)
+    vector = rng.normal(size=7).astype(np.float32)
+    even, odd = fusion_kernel._split_pairs(vector)
+    assert even.tolist() == vector[0::2].tolist() and odd.tolist() == vector[1::2].tolist()
+    assert [a.tolist() for a in fusion_kernel.split_pairs(vector[None, :])] == [[even.tolist()], [odd.tolist()]]

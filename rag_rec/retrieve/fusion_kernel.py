@@ -221,10 +221,11 @@ def fuse_hits(table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, partners
     status, found, pool, order, chosen, ranked = compiled()[0](
         table.rows, table.row_ints, key_rows, _typed(keys, _I64), _typed(partners, _I64), k, covered(table, q),
         *table.layout,
-        q.has, q.name_rows, q.weights, q.text_q, q.text_div, q.anchor_vecs, q.lex_terms, q.lex_weights,
+        q.has, q.name_rows, q.weights, *split_pairs(q.text_q), q.text_div, *split_pairs(q.anchor_vecs),
+        q.lex_terms, q.lex_weights,
         q.category_pairs, q.category_codes, q.category_div, q.category_bonus_codes, q.category_bonus,
         q.cooc_cols, q.cooc_vals, q.cooc_offsets, q.anchor_norms, q.norms, q.anchor_leaves, q.leaf_discount,
-        q.cf_q, q.need_q, q.kinds, q.anchor_kinds, q.kind_discount)
+        q.cf_q, *split_pairs(q.need_q), q.kinds, q.anchor_kinds, q.kind_discount)
     return Fused(status, pool, found, q.names, order, chosen, ranked)
 
 
@@ -343,7 +344,8 @@ def available() -> bool:
 def compiled():
     """(request kernel, partners kernel, anchor request kernel), compiled on first use and cached on disk by
     numba. The anchor request kernel calls the other two, so they are bound to module globals first."""
-    global _fuse_pool_jit, _partners_jit, _prefetch_row, _packed_dot
+    global _fuse_pool_jit, _partners_jit, _prefetch_row, _packed_dot, _top_order, _ascending_order, _bisect, _unique, \
+        _split_pairs
     try:
         import numba
     except ImportError as e:
@@ -352,11 +354,16 @@ def compiled():
     jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
     _packed_dot = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, inline="always")(
         _packed_dot_kernel)
+    helper = numba.njit(cache=True, nogil=True)
+    _top_order, _ascending_order, _bisect, _unique, _split_pairs = (
+        helper(_top_order_kernel), helper(_ascending_order_kernel), helper(_bisect_kernel), helper(_unique_kernel),
+        helper(_split_pairs_kernel))
     _fuse_pool_jit, _partners_jit = jit(_request_kernel), numba.njit(cache=True, nogil=True)(_partners_kernel)
     return _fuse_pool_jit, _partners_jit, numba.njit(cache=True, nogil=True)(_anchor_request_kernel)
 
 
 _fuse_pool_jit = _partners_jit = _prefetch_row = _packed_dot = None
+_top_order = _ascending_order = _bisect = _unique = _split_pairs = None
 
 
 def _prefetch_row_intrinsic():
@@ -394,6 +401,92 @@ def _prefetch_row_intrinsic():
     return prefetch_row
 
 
+# Small loops in place of numba's generic sorts, partitions and searches. One request touches ~100-200 rows; the
+# generic versions are each kilobytes of machine code, and after the engine call that code is as cold as the data
+# (bench/probe_kernel_replay.py: a call whose code is warm saves ~70 of ~275 us).
+
+def _top_order_kernel(values, m):
+    """Positions of the m largest values, largest first, equal values (and NaNs, last) in position order:
+    np.argsort(-values, kind="mergesort")[:m], by insertion into a buffer of m (short m)."""
+    m = min(m, values.shape[0])
+    order = np.empty(m, dtype=np.int64)
+    n = 0
+    for i in range(values.shape[0]):
+        v = values[i]
+        if v != v:
+            continue
+        if n == m:
+            if m == 0 or v <= values[order[m - 1]]:
+                continue
+            at = m - 1
+        else:
+            at = n
+            n += 1
+        while at > 0 and values[order[at - 1]] < v:
+            order[at] = order[at - 1]
+            at -= 1
+        order[at] = i
+    for i in range(values.shape[0]):
+        if n == m:
+            break
+        if values[i] != values[i]:
+            order[n] = i
+            n += 1
+    return order
+
+
+def _ascending_order_kernel(values):
+    """np.argsort(values, kind="stable") by insertion (a short array)."""
+    order = np.empty(values.shape[0], dtype=np.int64)
+    for i in range(values.shape[0]):
+        at = i
+        while at > 0 and values[order[at - 1]] > values[i]:
+            order[at] = order[at - 1]
+            at -= 1
+        order[at] = i
+    return order
+
+
+def _bisect_kernel(ascending, lo, hi, x):
+    """The first position in ascending[lo:hi] whose value is >= x (hi if none): np.searchsorted's left side."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if ascending[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _unique_kernel(values):
+    """np.unique of a short int64 array."""
+    order = _ascending_order(values)
+    out = np.empty(values.shape[0], dtype=np.int64)
+    m = 0
+    for i in range(values.shape[0]):
+        v = values[order[i]]
+        if m == 0 or out[m - 1] != v:
+            out[m] = v
+            m += 1
+    return out[:m]
+
+
+def _split_pairs_kernel(vector):
+    """(even dimensions, odd dimensions) of a float32 vector: the query layout of the packed dot."""
+    even = np.empty((vector.shape[0] + 1) // 2, dtype=np.float32)
+    odd = np.empty(vector.shape[0] // 2, dtype=np.float32)
+    for x in range(even.shape[0]):
+        even[x] = vector[2 * x]
+    for x in range(odd.shape[0]):
+        odd[x] = vector[2 * x + 1]
+    return even, odd
+
+
+def split_pairs(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_split_pairs_kernel in numpy, for 1-D or 2-D (one vector per row) float32 arrays."""
+    return np.ascontiguousarray(vectors[..., 0::2]), np.ascontiguousarray(vectors[..., 1::2])
+
+
 def _partners_kernel(cooc_cols, cooc_vals, cooc_offsets, anchor_rows, n, excluded, stock, want_stock, price,
                      low, high):
     total = cooc_offsets[-1]
@@ -413,22 +506,22 @@ def _partners_kernel(cooc_cols, cooc_vals, cooc_offsets, anchor_rows, n, exclude
                 cols[m] = c
                 vals[m] = cooc_vals[by_col[i]]
         cols, vals = cols[:m + 1], vals[:m + 1]
-    keep = np.ones(cols.shape[0], dtype=np.bool_)
-    for i in range(cols.shape[0]):
-        for a in range(anchor_rows.shape[0]):
-            if cols[i] == anchor_rows[a]:
-                keep[i] = False
-    cols, vals = cols[keep], vals[keep]
-    if vals.shape[0] > 4 * n and n > 0:  # the n-th largest value bounds the candidates (ties kept)
-        kth = np.partition(vals, vals.shape[0] - n)[vals.shape[0] - n]
-        top = vals >= kth
-        cols, vals = cols[top], vals[top]
-    order = np.argsort(-vals, kind="mergesort")  # cols ascend within a row: ties stay in row order
+    # the n strongest after the anchors are dropped: among the n + anchors strongest
+    order = _top_order(vals, n + anchor_rows.shape[0])  # cols ascend within a row: ties stay in row order
     out = np.empty(min(n, order.shape[0]), dtype=np.int64)
-    m = 0
-    for i in range(out.shape[0]):
+    m = taken = 0
+    for i in range(order.shape[0]):
         j = cols[order[i]]
-        at = np.searchsorted(excluded, j)
+        anchor = False
+        for a in range(anchor_rows.shape[0]):
+            if j == anchor_rows[a]:
+                anchor = True
+        if anchor:
+            continue
+        if taken == n:
+            break
+        taken += 1
+        at = _bisect(excluded, 0, excluded.shape[0], j)
         if at < excluded.shape[0] and excluded[at] == j:
             continue
         if stock.shape[0] and (j >= stock.shape[0] or stock[j] != want_stock):  # a row newer than the arrays fails
@@ -475,13 +568,19 @@ def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col,
         if anchor_rows[a] >= covered or anchor_rows[a] >= cooc_indptr.shape[0] - 1:
             empty = np.empty(0, dtype=np.int64)
             return 2, 0, empty, empty, empty, np.empty((0, RANKED_COLUMNS + name_rows.shape[0]))
-    anchor_vecs = np.empty((n_anchors if has[TEXT] else 0, dt), dtype=np.float32)
-    for a in range(anchor_vecs.shape[0]):  # the text vector: bfloat16 pairs, 2x low and 2x + 1 high (item_table.py)
-        for x in range((dt + 1) // 2):
+    # the text vectors: bfloat16 pairs, 2x low and 2x + 1 high (item_table.py), unpacked into the even and odd
+    # dimensions the packed dot takes
+    half = (dt + 1) // 2
+    anchors_even = np.empty((n_anchors if has[TEXT] else 0, half), dtype=np.float32)
+    anchors_odd = np.empty((anchors_even.shape[0], dt // 2), dtype=np.float32)
+    for a in range(anchors_even.shape[0]):
+        for x in range(half):
             bits = np.uint32(row_ints[anchor_rows[a], t0 + x])
-            anchor_vecs[a, 2 * x] = np.uint32(bits << np.uint32(16)).view(np.float32)
-            if 2 * x + 1 < dt:
-                anchor_vecs[a, 2 * x + 1] = np.uint32(bits & np.uint32(0xFFFF0000)).view(np.float32)
+            anchors_even[a, x] = np.uint32(bits << np.uint32(16)).view(np.float32)
+            if x < anchors_odd.shape[1]:
+                anchors_odd[a, x] = np.uint32(bits & np.uint32(0xFFFF0000)).view(np.float32)
+    text_even, text_odd = _split_pairs(text_q)
+    need_even, need_odd = _split_pairs(need_q)
     # the anchors' mean lexical row (LexicalSimilarity._query): weights summed per term in anchor order, over the
     # anchors that have words
     with_words = 0
@@ -531,7 +630,7 @@ def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col,
     category_div = 1.0
     for a in range(m):
         category_div += category_count[category_codes[a]]
-    bonus_codes = np.unique(category_codes)
+    bonus_codes = _unique(category_codes)
     # the anchors' co-occurrence rows, their norms and leaves
     offsets = np.zeros(n_anchors + 1, dtype=np.int64)
     for a in range(n_anchors):
@@ -552,24 +651,24 @@ def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col,
         if complement and row_ints[i, leaf_col] >= 0:
             leaves[m] = row_ints[i, leaf_col]
             m += 1
-    anchor_leaves = np.unique(leaves[:m])
+    anchor_leaves = _unique(leaves[:m])
     anchor_kinds = np.empty(n_anchors if kinds.shape[0] and kind_discount < 1.0 else 0, dtype=np.int64)
     for a in range(anchor_kinds.shape[0]):
         anchor_kinds[a] = kinds[anchor_rows[a]]
     partners = _partners_jit(cooc_cols, cooc_vals, offsets, anchor_rows, 2 * n_partners, excluded, stock, want_stock,
                              price, low, high)[:n_partners]
     return _fuse_pool_jit(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt, c0, dc, l0, lw, w0,
-                          code_col, leaf_col, has, name_rows, weights, text_q, text_div, anchor_vecs, lex_terms,
-                          lex_weights, category_pairs, category_codes, category_div, bonus_codes, category_bonus,
-                          cooc_cols, cooc_vals, offsets, anchor_norms, norms, anchor_leaves, leaf_discount, cf_q, need_q,
-                          kinds, anchor_kinds, kind_discount)
+                          code_col, leaf_col, has, name_rows, weights, text_even, text_odd, text_div, anchors_even,
+                          anchors_odd, lex_terms, lex_weights, category_pairs, category_codes, category_div,
+                          bonus_codes, category_bonus, cooc_cols, cooc_vals, offsets, anchor_norms, norms,
+                          anchor_leaves, leaf_discount, cf_q, need_even, need_odd, kinds, anchor_kinds, kind_discount)
 
 
 def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt, c0, dc, l0, lw, w0, code_col,
-                    leaf_col, has, name_rows, weights, text_q, text_div, anchor_vecs, lex_terms, lex_weights,
-                    category_pairs, category_codes, category_div, category_bonus_codes, category_bonus,
-                    cooc_cols, cooc_vals, cooc_offsets, anchor_norms, norms, anchor_leaves, leaf_discount,
-                    cf_q, need_q, kinds, anchor_kinds, kind_discount):
+                    leaf_col, has, name_rows, weights, text_even, text_odd, text_div, anchors_even, anchors_odd,
+                    lex_terms, lex_weights, category_pairs, category_codes, category_div, category_bonus_codes,
+                    category_bonus, cooc_cols, cooc_vals, cooc_offsets, anchor_norms, norms, anchor_leaves, leaf_discount,
+                    cf_q, need_even, need_odd, kinds, anchor_kinds, kind_discount):
     cap = keys.shape[0] + partners.shape[0]
     pool = np.empty(cap, dtype=np.int64)
     is_partner = np.zeros(cap, dtype=np.bool_)
@@ -587,11 +686,13 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
         found += 1
     n = found
     if partners.shape[0]:
-        by_row = np.argsort(pool[:found])
-        sorted_rows = pool[:found][by_row]
+        by_row = _ascending_order(pool[:found])
+        sorted_rows = np.empty(found, dtype=np.int64)
+        for i in range(found):
+            sorted_rows[i] = pool[by_row[i]]
         for i in range(partners.shape[0]):
             j = partners[i]
-            at = np.searchsorted(sorted_rows, j)
+            at = _bisect(sorted_rows, 0, found, j)
             if at < found and sorted_rows[at] == j:
                 is_partner[by_row[at]] = True
             else:
@@ -607,14 +708,9 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
         _prefetch_row(norms, pool[p])
     out = np.empty((len(NAMES) + 1, n))
     scores = np.empty(n)
-    n_anchors = anchor_vecs.shape[0]
+    n_anchors = anchors_even.shape[0]
     n_lex = lex_terms.shape[0]
-    # text vectors are bfloat16 pairs (item_table.py): the queries split into even and odd dimensions to match
-    half = (dt + 1) // 2
-    anchors_even = np.ascontiguousarray(anchor_vecs[:, 0::2])
-    anchors_odd = np.ascontiguousarray(anchor_vecs[:, 1::2])
-    text_even, text_odd = np.ascontiguousarray(text_q[0::2]), np.ascontiguousarray(text_q[1::2])
-    need_even, need_odd = np.ascontiguousarray(need_q[0::2]), np.ascontiguousarray(need_q[1::2])
+    half = (dt + 1) // 2  # text vectors are bfloat16 pairs (item_table.py), the queries split to match
     cf_top = 0.0
     for p in range(n):
         j = pool[p]
@@ -661,7 +757,7 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
             acc = 0.0
             for a in range(anchor_norms.shape[0]):
                 start, end = cooc_offsets[a], cooc_offsets[a + 1]
-                lo = start + np.searchsorted(cooc_cols[start:end], j)
+                lo = _bisect(cooc_cols, start, end, j)
                 if lo < end and cooc_cols[lo] == j:
                     acc += cooc_vals[lo] / (anchor_norms[a] * norms[j])
                     out[CO_PURCHASES, p] += cooc_vals[lo]
@@ -696,7 +792,7 @@ def _request_kernel(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt
                     total *= kind_discount
                     break
         scores[p] = total
-    order = np.argsort(-scores, kind="mergesort")[:k]
+    order = _top_order(scores, k)
     picked = np.empty((order.shape[0], RANKED_COLUMNS + name_rows.shape[0]))
     for r in range(order.shape[0]):
         o = order[r]
