@@ -413,7 +413,7 @@ def _top_order_kernel(values, m):
     n = 0
     for i in range(values.shape[0]):
         v = values[i]
-        if v != v:
+        if np.isnan(v):
             continue
         if n == m:
             if m == 0 or v <= values[order[m - 1]]:
@@ -429,7 +429,7 @@ def _top_order_kernel(values, m):
     for i in range(values.shape[0]):
         if n == m:
             break
-        if values[i] != values[i]:
+        if np.isnan(values[i]):
             order[n] = i
             n += 1
     return order
