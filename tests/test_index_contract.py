@@ -16,6 +16,7 @@ from rag_rec.index import (
     open_store,
 )
 from rag_rec.index.base import RRF_K
+from rag_rec.index.common import fusion_weights
 from rag_rec.settings import IndexSettings
 
 TEXT_DIM, CF_DIM = 24, 8
@@ -144,11 +145,13 @@ def expected_top(records, name, query, k, flt=None) -> list[str]:
     return [rid for _, rid in sorted(scored, key=lambda t: -t[0])[:k]]
 
 
-def expected_rrf(records, prefetches, flt=None, k: int = RRF_K) -> dict[str, float]:
+def expected_rrf(records, prefetches, flt=None, k: int = RRF_K, tie_break: bool = True) -> dict[str, float]:
+    """Qdrant's weighted RRF, with the stores' tie-break weights (index.common.fusion_weights) or without."""
     scores: dict[str, float] = {}
-    for p in prefetches:
+    weights = fusion_weights(prefetches) if tie_break else [p.weight for p in prefetches]
+    for p, weight in zip(prefetches, weights):
         for pos, rid in enumerate(expected_top(records, p.using, p.vector, p.limit, flt)):
-            scores[rid] = scores.get(rid, 0.0) + 1.0 / ((pos + 1.0) / p.weight + k - 1.0)
+            scores[rid] = scores.get(rid, 0.0) + 1.0 / ((pos + 1.0) / weight + k - 1.0)
     return scores
 
 
@@ -318,7 +321,7 @@ def test_fused_search_is_rrf_of_the_branches(shared):
 
 
 def test_id_only_fused_search_matches_and_follows_writes(filled):
-    store, records = filled
+    store, _ = filled
     rng = np.random.default_rng(5)
     prefetches = [Prefetch("text", rng.standard_normal(TEXT_DIM), 30), Prefetch("cf", rng.standard_normal(CF_DIM), 30)]
     full = store.fused_search(prefetches, 60, FILTERS[2], exact=True)  # the whole fused pool: ties cannot cut
@@ -335,6 +338,22 @@ def test_id_only_fused_search_matches_and_follows_writes(filled):
                          {"title": "fresh", "in_stock": True, "price": 1.0})])
     top = store.fused_ids(prefetches, 3, None, exact=True)
     assert top[0] == "fresh-item"
+
+
+def test_fused_results_do_not_tie_and_every_call_cuts_them_the_same_way(shared):
+    store, records = shared
+    rng = np.random.default_rng(8)
+    prefetches = [Prefetch("text", rng.standard_normal(TEXT_DIM), 25), Prefetch("cf", rng.standard_normal(CF_DIM), 25)]
+    plain = sorted(expected_rrf(records, prefetches, tie_break=False).values(), reverse=True)[:40]
+    assert len(set(plain)) < len(plain) - 5  # unweighted, rank r in one branch alone scores what rank r in the other does
+    full = store.fused_search(prefetches, 40, None, exact=True)
+    assert len({h.score for h in full}) == len(full) == 40
+    for limit in range(1, 41):  # every cut lands on the same products, in the same order
+        ids = store.fused_ids(prefetches, limit, None, exact=True)
+        assert ids == [h.id for h in full[:limit]], limit
+        assert store.fused_keys(prefetches, limit, None, exact=True).tolist() == store.point_keys(ids).tolist()
+    for _ in range(10):
+        assert [h.id for h in store.fused_search(prefetches, 40, None, exact=True)] == [h.id for h in full]
 
 
 def test_fused_keys_are_the_point_keys_of_fused_ids_and_stay_stable(filled):

@@ -23,6 +23,16 @@ from rag_rec.index.base import (
 )
 
 _POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "rag_rec/product")
+TIE_BREAK = 2.0 ** -12
+
+
+def fusion_weights(prefetches: Sequence) -> list[float]:
+    """Each branch's RRF weight, scaled down by TIE_BREAK per place in the branch order. Unweighted, a hit at rank r
+    in one branch alone scores exactly what rank r in another branch alone scores, and the engine orders tied
+    points differently from one call to the next: the same request could fill its last places with different
+    products (one request in five at 92k products). Scaled, the earlier branch wins such a tie, and a score moves
+    by at most TIE_BREAK / 4 per place (well under the gap between adjacent ranks)."""
+    return [float(p.weight) * (1.0 - b * TIE_BREAK) for b, p in enumerate(prefetches)]
 
 
 def point_uuid(pid: str) -> str:

@@ -31,6 +31,7 @@ from rag_rec.index.common import (
     check_limit,
     check_payload_indexes,
     check_specs,
+    fusion_weights,
     last_per_id,
     payload_links,
     stored_payload,
@@ -524,7 +525,7 @@ class EdgeStore:
         ]
         if limit == 0:
             return []
-        weights = [float(p.weight) for p in prefetches]
+        weights = fusion_weights(prefetches)
         if int(rrf_k) < 1:
             raise IndexStoreError(f"rrf_k must be >= 1, got {rrf_k}")
         fusion = qe.Fusion.Rrf(k=int(rrf_k), weights=None if all(w == 1.0 for w in weights) else weights)

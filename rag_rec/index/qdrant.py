@@ -27,6 +27,7 @@ from rag_rec.index.common import (
     check_limit,
     check_payload_indexes,
     check_specs,
+    fusion_weights,
     last_per_id,
     payload_links,
     point_uuid,
@@ -387,7 +388,7 @@ class QdrantStore:
         ]
         if limit == 0:
             return []
-        weights = [float(p.weight) for p in prefetches]
+        weights = fusion_weights(prefetches)
         if int(rrf_k) < 1:
             raise IndexStoreError(f"rrf_k must be >= 1, got {rrf_k}")
         plain = all(w == 1.0 for w in weights)
