@@ -16,8 +16,15 @@ machine drifts by +-30 us between blocks of calls, so this probe:
 "cold" minus "code warmed" is what instruction fetch costs a cold call. Writes
 bench/results/kernel_replay.json.
 
+- `compare --against FILE`: the same requests through another version of fusion_kernel.py (e.g. `git show
+  REV:rag_rec/retrieve/fusion_kernel.py > /tmp/old_kernel.py`) and the current one, interleaved per request
+  (cold after the sweep, then warm), with the outputs checked equal. Separate replay runs drift by tens of
+  microseconds on this machine; only such paired runs resolve a change of ~10 us. Writes
+  bench/results/kernel_replay_compare.json.
+
     .venv/bin/python bench/probe_kernel_replay.py capture [--requests 300] [--out PATH]
     .venv/bin/python bench/probe_kernel_replay.py replay [--rounds 3] [--out PATH]
+    .venv/bin/python bench/probe_kernel_replay.py compare --against FILE [--rounds 3] [--out PATH]
 """
 
 from __future__ import annotations
@@ -169,15 +176,57 @@ def replay(path: Path, rounds: int) -> dict:
     return result
 
 
+def compare(path: Path, against: Path, rounds: int) -> dict:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fusion_kernel_against", against)
+    other = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = other  # dataclasses look their module up
+    spec.loader.exec_module(other)
+    products, calls = load(path)
+    kernels = {"against": other.compiled()[2], "current": fusion_kernel.compiled()[2]}
+    for args in calls:
+        got, want = kernels["current"](*args), kernels["against"](*args)
+        if not all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b for a, b in zip(got, want)):
+            raise SystemExit("the two kernels return different results on a captured request")
+    sweep = np.ones((96 << 20) // 8)
+    times: dict[str, list[float]] = {f"{name}_{state}": [] for name in kernels for state in ("cold", "warm")}
+    for _ in range(rounds):
+        for n, args in enumerate(calls):
+            for name in (("against", "current") if n % 2 else ("current", "against")):
+                sweep += 1.0
+                for state in ("cold", "warm"):
+                    t = time.perf_counter()
+                    kernels[name](*args)
+                    times[f"{name}_{state}"].append(time.perf_counter() - t)
+    paired = np.array(times["current_cold"]) - np.array(times["against_cold"])
+    result = {"machine": platform.machine(), "cpu": cpu_model(), "products": products, "requests": len(calls),
+              "rounds": rounds, "sweep_mb": 96, "against": str(against),
+              "paired_cold_difference_p50_us": float(np.median(paired) * 1e6),
+              "current_faster_share": float((paired < 0).mean())}
+    for key, values in times.items():
+        result[f"{key}_p50_us"] = float(np.percentile(values, 50) * 1e6)
+        result[f"{key}_p95_us"] = float(np.percentile(values, 95) * 1e6)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=("capture", "replay"))
+    parser.add_argument("mode", choices=("capture", "replay", "compare"))
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=DEFAULT_CAPTURE, help="the captured arguments' pickle")
+    parser.add_argument("--against", type=Path, help="compare: another fusion_kernel.py to time beside this one")
     args = parser.parse_args()
     if args.mode == "capture":
         capture(args.requests, args.out)
+        return
+    if args.mode == "compare":
+        if args.against is None:
+            parser.error("compare needs --against FILE")
+        result = compare(args.out, args.against, args.rounds)
+        write_json(Path(__file__).parent / "results" / "kernel_replay_compare.json", result)
+        console.print_json(json.dumps(result))
         return
     result = replay(args.out, args.rounds)
     write_json(Path(__file__).parent / "results" / "kernel_replay.json", result)
