@@ -105,6 +105,14 @@ def retrieval_section(doc: dict, plt) -> list[str]:
                       f"when a small request of the same types ran first (its machine code warm, this request's data "
                       f"cold); the small request alone costs {k['small_request_cold_p50_us']:.0f} us cold. Much of the "
                       "cold cost is instruction fetch."]
+    c = load("kernel_replay_compare")
+    if c:
+        lines += ["", f"Two kernel versions on the same captured requests (`probe_kernel_replay.py compare`, interleaved "
+                      f"per request, outputs checked equal): {Path(c['against']).name} {c['against_cold_p50_us']:.0f} us "
+                      f"p50 cold / {c['against_warm_p50_us']:.0f} warm, the current kernel "
+                      f"{c['current_cold_p50_us']:.0f} / {c['current_warm_p50_us']:.0f}; per pair the current one is "
+                      f"{-c['paired_cold_difference_p50_us']:.0f} us faster cold (median), and faster in "
+                      f"{100 * c['current_faster_share']:.0f}% of pairs."]
     ix = doc.get("indexing")
     if ix:
         lines += ["", f"Indexing ({ix['texts']} fresh product texts): bare encoder {ix['bare_encoder_per_s']:.0f}/s, "
