@@ -404,6 +404,22 @@ def test_engine_keys_beyond_the_key_map_ask_for_a_rebuild(pipeline):
     assert (np.diff(fused.ranked[:, 0]) <= 0).all() and fused.chosen.tolist() == fused.pool[fused.order].tolist()
 
 
+def test_keys_that_are_their_vocabulary_rows_skip_the_key_table_and_serve_the_same(pipeline, monkeypatch):
+    retriever = pipeline.retriever
+    key_rows = retriever._key_table()
+    assert (key_rows == np.arange(len(key_rows))).all()  # sync_index indexes the catalogue in vocabulary order
+    assert len(retriever._kernel_key_rows()) == 0
+    requests = [RetrievalRequest(anchors=(a,), k=20) for a in anchors_of(pipeline, 15)]
+    direct = [[(c.id, c.score) for c in retriever.retrieve(r).candidates] for r in requests]
+    monkeypatch.setattr(retriever, "_kernel_key_rows", retriever._key_table)
+    assert [[(c.id, c.score) for c in retriever.retrieve(r).candidates] for r in requests] == direct
+    monkeypatch.undo()
+    shuffled = key_rows.copy()
+    shuffled[[0, 1]] = shuffled[[1, 0]]
+    monkeypatch.setattr(retriever, "_key_rows", (retriever._key_rows[0], shuffled))
+    assert retriever._kernel_key_rows() is shuffled  # keys in another order: the kernel maps them
+
+
 def test_category_pairs_are_symmetric_rows_read_contiguously(pipeline):
     pair = pipeline.signals.category.pair
     assert isinstance(pair, np.ndarray) and pair.flags.c_contiguous

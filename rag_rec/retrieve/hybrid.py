@@ -276,6 +276,7 @@ class HybridRetriever:
         self._kind_index: dict[str, int] = {}
         self._stock_price: tuple[np.ndarray, np.ndarray] | None = None
         self._key_rows: tuple[int, np.ndarray] | None = None
+        self._identity_keys: tuple[np.ndarray, bool] | None = None
         self._ids: np.ndarray | None = None
         self._dirty = True
         self.compiled = settings.fusion_backend != "numpy" and (
@@ -354,6 +355,18 @@ class HybridRetriever:
             table = (len(ids), rows)
             self._key_rows = table
         return table[1]
+
+    def _kernel_key_rows(self) -> np.ndarray:
+        """The key table for the compiled fusion, or no table when every store key is its vocabulary row (the
+        catalogue indexed in vocabulary order, as sync_index does): the kernel then takes keys as rows and skips a
+        dependent read per hit; a key beyond the snapshot sends the request to the reference path, which rebuilds
+        the table."""
+        rows = self._key_table()
+        identity = self._identity_keys
+        if identity is None or identity[0] is not rows:
+            identity = (rows, len(rows) == self._key_rows[0] and bool((rows == np.arange(len(rows))).all()))
+            self._identity_keys = identity
+        return _NO_KEY_ROWS if identity[1] else rows
 
     def _rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
         """Vocabulary rows of store keys (one gather); keys of points outside the vocabulary are dropped."""
@@ -544,7 +557,7 @@ class HybridRetriever:
                     self.scorer, table, key_rows, keys, anchor_idx, text_q, norm, need_vector, cf_query, kinds,
                     cfg.substitute_discount, n_partners, partner_filter, request.k)
 
-            fused = fuse(self._key_table())
+            fused = fuse(self._kernel_key_rows())
             if fused.status == fusion_kernel.NEW_KEY:
                 fused = fuse(self._key_table(int(keys.max())))
             if fused.status == fusion_kernel.OK and len(fused.pool):
@@ -613,3 +626,4 @@ class HybridRetriever:
 
 
 _NO_PRODUCT = Product(id="", title="", in_stock=False)
+_NO_KEY_ROWS = np.zeros(0, dtype=np.int64)
