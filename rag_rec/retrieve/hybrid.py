@@ -146,22 +146,24 @@ class FusionScorer:
                 s.lexical._table() if s.lexical is not None else None,
                 s.category.item_code if s.category is not None else None, s.cooc.leaf)
 
-    @staticmethod
-    def _built_from(key: tuple, inputs: tuple) -> bool:
-        """Whether a table built from `key` serves `inputs` (without a lexical signal, features skip the lexical
-        columns: any table will do)."""
-        lexical = inputs[3] if inputs[3] is not None else key[3]
-        return key[0] == inputs[0] and all(a is b for a, b in zip(key[1:], (*inputs[1:3], lexical, *inputs[4:])))
+    def _serves(self, key: tuple) -> bool:
+        """Whether a table built from `key` (an _inputs() tuple) serves the signals now: the same identities, read
+        without building the tuple (every request asks). Without a lexical signal, features skip the lexical
+        columns: any table will do."""
+        s = self.signals
+        return (key[0][0] == len(s.vocab) and key[0][1] == self._version and key[1] is s.text_vectors
+                and key[2] is (self._cf_table() if s.als is not None else None)
+                and (s.lexical is None or key[3] is s.lexical._table())
+                and key[4] is (s.category.item_code if s.category is not None else None) and key[5] is s.cooc.leaf)
 
     def table(self) -> ItemTable:
         """The item table (item_table.py), rebuilt when the vocabulary, a signal's arrays or the version change
         (update_rows keeps it current through product upserts); published as one tuple, so concurrent requests
         see a whole table."""
-        inputs = self._inputs()
         built = self._table
-        if built is None or not self._built_from(built[0], inputs):
+        if built is None or not self._serves(built[0]):
             s = self.signals
-            n = len(s.vocab)
+            inputs, n = self._inputs(), len(s.vocab)
             lexical_rows = s.lexical.table_rows(np.arange(n)) if inputs[3] is not None else None
             built = (inputs, build_item_table(n, s.text_vectors, inputs[2], lexical_rows, inputs[4], inputs[5]))
             self._table = built
@@ -438,6 +440,9 @@ class HybridRetriever:
     @staticmethod
     def _rest_of(flt: Filter) -> Filter | None:
         """The conditions of `flt` that _partner_filter leaves out (other payload fields, category); None if none."""
+        if not flt.category_prefix and flt.ranges.keys() <= _VECTORISED_RANGES and (
+                not flt.must_match or (len(flt.must_match) == 1 and type(flt.must_match.get("in_stock")) is bool)):
+            return None
         match = {k: v for k, v in flt.must_match.items() if not (k == "in_stock" and isinstance(v, bool))}
         ranges = {k: v for k, v in flt.ranges.items() if k != "price"}
         return Filter(match, (), ranges, flt.category_prefix) if match or ranges or flt.category_prefix else None
@@ -490,11 +495,16 @@ class HybridRetriever:
         s, cfg = self.signals, self.settings
         vocab_index = s.vocab.index
         notes: list[str] = []
-        anchors = [a for a in request.anchors if a in vocab_index]
-        unknown = [a for a in request.anchors if a not in vocab_index]
+        anchors, anchor_idx, unknown = [], [], []
+        for a in request.anchors:
+            i = vocab_index.get(a)
+            if i is None:
+                unknown.append(a)
+            else:
+                anchors.append(a)
+                anchor_idx.append(i)
         if unknown:
             notes.append(f"unknown item id(s) ignored: {', '.join(unknown[:5])}")
-        anchor_idx = s.vocab.known(anchors)
         user = request.user_id
         user_known = user is not None and s.als is not None and s.als.user_vector(user) is not None
         if user is not None and not user_known:
@@ -627,3 +637,4 @@ class HybridRetriever:
 
 _NO_PRODUCT = Product(id="", title="", in_stock=False)
 _NO_KEY_ROWS = np.zeros(0, dtype=np.int64)
+_VECTORISED_RANGES = frozenset({"price"})  # the range _partner_filter checks in arrays
