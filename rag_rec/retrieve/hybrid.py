@@ -378,7 +378,7 @@ class HybridRetriever:
     def _build_lookups(self) -> tuple[ItemTable, np.ndarray | None]:
         """Build whatever per-vocabulary lookup is missing or stale: key rows, ids, stock and price, the item table
         and its norms, kinds when the substitute discount is on."""
-        self._key_table()
+        self._kernel_key_rows()  # the key table, and whether its keys are the rows (an O(vocabulary) check)
         self._id_array()
         kinds = self._kinds() if self.settings.substitute_discount < 1.0 else None
         self._arrays()
