@@ -55,6 +55,12 @@ ARGUMENTS = ("rows row_ints t0 dt c0 dc l0 lw w0 code_col leaf_col category_pair
              "want_stock price low high").split()  # fusion_kernel._anchor_request_kernel's signature
 AT = {name: n for n, name in enumerate(ARGUMENTS)}
 BIG = 1 << 20  # arrays above this many bytes are shared by every request: pickled once
+SWEEP_MB = 96  # the memory summed between calls to leave a call's data and code cold
+
+
+def percentiles_us(times: dict[str, list[float]]) -> dict[str, float]:
+    """p50 and p95 in microseconds of each named list of seconds."""
+    return {f"{name}_p{q}_us": float(np.percentile(values, q) * 1e6) for name, values in times.items() for q in (50, 95)}
 
 
 def capture(requests: int, out: Path) -> None:
@@ -149,7 +155,7 @@ def replay(path: Path, rounds: int) -> dict:
     for args in calls[:3]:
         kernel(*args)
     kernel(*small)
-    sweep = np.ones((96 << 20) // 8)
+    sweep = np.ones((SWEEP_MB << 20) // 8)
     times: dict[str, list[float]] = {"warm": [], "cold": [], "code_warmed": [], "small_request_cold": []}
 
     def timed(args: tuple, into: str) -> None:
@@ -169,10 +175,7 @@ def replay(path: Path, rounds: int) -> dict:
             sweep += 1.0
             timed(small, "small_request_cold")
     result = {"machine": platform.machine(), "cpu": cpu_model(), "products": products, "requests": len(calls),
-              "rounds": rounds, "sweep_mb": 96}
-    for state, values in times.items():
-        result[f"{state}_p50_us"] = float(np.percentile(values, 50) * 1e6)
-        result[f"{state}_p95_us"] = float(np.percentile(values, 95) * 1e6)
+              "rounds": rounds, "sweep_mb": SWEEP_MB, **percentiles_us(times)}
     return result
 
 
@@ -189,7 +192,7 @@ def compare(path: Path, against: Path, rounds: int) -> dict:
         got, want = kernels["current"](*args), kernels["against"](*args)
         if not all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b for a, b in zip(got, want)):
             raise SystemExit("the two kernels return different results on a captured request")
-    sweep = np.ones((96 << 20) // 8)
+    sweep = np.ones((SWEEP_MB << 20) // 8)
     times: dict[str, list[float]] = {f"{name}_{state}": [] for name in kernels for state in ("cold", "warm")}
     for _ in range(rounds):
         for n, args in enumerate(calls):
@@ -201,12 +204,9 @@ def compare(path: Path, against: Path, rounds: int) -> dict:
                     times[f"{name}_{state}"].append(time.perf_counter() - t)
     paired = np.array(times["current_cold"]) - np.array(times["against_cold"])
     result = {"machine": platform.machine(), "cpu": cpu_model(), "products": products, "requests": len(calls),
-              "rounds": rounds, "sweep_mb": 96, "against": str(against),
+              "rounds": rounds, "sweep_mb": SWEEP_MB, "against": str(against),
               "paired_cold_difference_p50_us": float(np.median(paired) * 1e6),
-              "current_faster_share": float((paired < 0).mean())}
-    for key, values in times.items():
-        result[f"{key}_p50_us"] = float(np.percentile(values, 50) * 1e6)
-        result[f"{key}_p95_us"] = float(np.percentile(values, 95) * 1e6)
+              "current_faster_share": float((paired < 0).mean()), **percentiles_us(times)}
     return result
 
 
