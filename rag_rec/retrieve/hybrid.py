@@ -444,7 +444,7 @@ class HybridRetriever:
                 not flt.must_match or (len(flt.must_match) == 1 and type(flt.must_match.get("in_stock")) is bool)):
             return None
         match = {k: v for k, v in flt.must_match.items() if not (k == "in_stock" and isinstance(v, bool))}
-        ranges = {k: v for k, v in flt.ranges.items() if k != "price"}
+        ranges = {k: v for k, v in flt.ranges.items() if k not in _VECTORISED_RANGES}
         return Filter(match, (), ranges, flt.category_prefix) if match or ranges or flt.category_prefix else None
 
     def _per_product(self, idx: np.ndarray, flt: Filter) -> np.ndarray:
