@@ -336,3 +336,27 @@ def test_point_ids_are_integers_kept_across_reopen_and_never_reused_while_open(t
         assert store.count() == 5
         hits = store.fused_ids([Prefetch("text", query, 10)], 10, Filter(must_not_ids=("E0", "unknown")))
         assert set(hits) == {"E1", "E2", "E3", "N1"}
+
+
+def _edge_search_threads() -> int:
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                count += f.read().startswith("edge-search")
+        except OSError:  # a thread that ended while listed
+            pass
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_the_search_pool_has_the_configured_threads_on_create_and_on_every_open(tmp_path):
+    before = _edge_search_threads()
+    for threads, expected in ((1, 1), (3, 3)):
+        with EdgeStore(tmp_path / "idx", max_search_threads=threads) as store:
+            store.ensure_collection(SPECS, PRODUCT_PAYLOAD_INDEXES)
+            store.upsert(_records(20))
+            keys = store.fused_keys([Prefetch("text", np.ones(16), 5)], 5)
+            assert len(keys) == 5
+            assert _edge_search_threads() - before == expected, threads
+        assert _edge_search_threads() == before  # closing the store ends its pool

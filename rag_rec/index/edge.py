@@ -114,7 +114,8 @@ class EdgeStore:
     and durable once it returns. HNSW indexes are built by optimize() (edge never optimizes on its own);
     until then searches are exact scans of the appendable segment. Segments whose vectors take less than
     full_scan_threshold_kb are always scanned exactly; indexing_threshold_kb (engine default when None) is the
-    segment size from which optimize() builds HNSW.
+    segment size from which optimize() builds HNSW. max_search_threads sizes the engine's search thread pool (None:
+    the engine's default, derived from the CPUs: 8 threads on a 2-core machine); it applies to every open.
     """
 
     def __init__(
@@ -124,7 +125,7 @@ class EdgeStore:
         collection: str = "products",
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
-        max_search_threads: int | None = None,
+        max_search_threads: int | None = 1,
         full_scan_threshold_kb: int = 10_000,
         indexing_threshold_kb: int | None = None,
     ):
@@ -188,7 +189,19 @@ class EdgeStore:
         self._specs, self._payload_indexes = specs, payload_indexes
         if layout["format"] == 1:
             self._migrate_uuid_points()
-        self._shard = self._engine(lambda: self._qe.EdgeShard.load(str(self.shard_dir)), "open")
+        self._shard = self._load()
+
+    def _load(self):
+        """The shard under shard_dir, open, with this store's search thread pool (the rest of its config as
+        persisted)."""
+        qe, config = self._qe, None
+        if self._max_search_threads is not None:
+            config = qe.EdgeConfig(
+                vectors={s.name: qe.EdgeVectorParams(size=s.dim, distance=self._distance(s.distance))
+                         for s in self._specs.values()},
+                max_search_threads=self._max_search_threads,
+            )
+        return self._engine(lambda: qe.EdgeShard.load(str(self.shard_dir), config), "open")
 
     def _migrate_uuid_points(self) -> None:
         """Rewrite a format-1 index (UUID5 point ids) with integer point ids: copied into a scratch shard, then
@@ -333,7 +346,7 @@ class EdgeStore:
             shutil.rmtree(scratch, ignore_errors=True)
             self._specs, self._payload_indexes = {}, {}
             raise
-        self._shard = self._engine(lambda: self._qe.EdgeShard.load(str(self.shard_dir)), "open")
+        self._shard = self._load()
 
     def _build_empty(self, scratch: Path, specs: dict[str, VectorSpec], indexes: dict[str, str]):
         """An empty shard with this store's vectors, HNSW settings, payload indexes and layout file, open."""
