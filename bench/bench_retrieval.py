@@ -89,7 +89,7 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) 
     signals = fit_signals(ds, settings, console=console)
     fit_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        store = EdgeStore(Path(tmp) / "idx", collection="products")
+        store = EdgeStore(Path(tmp) / "idx", collection="products", max_search_threads=settings.index.search_threads)
         pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
             update={"path": Path(tmp)})}), ds, signals, store)
         t0 = time.perf_counter()
@@ -158,7 +158,7 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) 
         "item_table_mb": round(table.rows.nbytes / 1e6, 1),
         "item_table_text_mb": round(table.rows[:, table.text].nbytes / 1e6, 1),
         "text_vectors_mb": round(signals.text_vectors.nbytes / 1e6, 1),
-        "rounds": len(measured), "p95_ratio_rounds": ratios,
+        "rounds": len(measured), "p95_ratio_rounds": ratios, "search_threads": settings.index.search_threads,
     }
 
 
@@ -214,9 +214,11 @@ def main() -> None:
                              "between runs")
     parser.add_argument("--rounds", type=int, default=5, help="measure the queries this many times; report the median")
     parser.add_argument("--index-texts", type=int, default=3000)
+    parser.add_argument("--search-threads", type=int, default=Settings().index.search_threads,
+                        help="the engine's search pool (index.search_threads); 0: the engine's default")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "retrieval.json"))
     args = parser.parse_args()
-    settings = Settings(llm={"backend": "none"})
+    settings = Settings(llm={"backend": "none"}, index={"search_threads": args.search_threads or None})
     full = load_dunnhumby()
     rng = np.random.default_rng(0)
     results = {**machine(), "retrieval": [], "indexing": None}
