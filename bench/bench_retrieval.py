@@ -89,7 +89,8 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) 
     signals = fit_signals(ds, settings, console=console)
     fit_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        store = EdgeStore(Path(tmp) / "idx", collection="products", max_search_threads=settings.index.search_threads)
+        store = EdgeStore(Path(tmp) / "idx", collection="products",
+                          max_search_threads=settings.index.search_threads or None)
         pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
             update={"path": Path(tmp)})}), ds, signals, store)
         t0 = time.perf_counter()
@@ -218,7 +219,7 @@ def main() -> None:
                         help="the engine's search pool (index.search_threads); 0: the engine's default")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "retrieval.json"))
     args = parser.parse_args()
-    settings = Settings(llm={"backend": "none"}, index={"search_threads": args.search_threads or None})
+    settings = Settings(llm={"backend": "none"}, index={"search_threads": args.search_threads})
     full = load_dunnhumby()
     rng = np.random.default_rng(0)
     results = {**machine(), "retrieval": [], "indexing": None}

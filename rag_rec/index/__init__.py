@@ -40,7 +40,7 @@ def open_store(settings: IndexSettings, *, path_override: str | Path | None = No
             collection=settings.collection,
             hnsw_m=settings.hnsw_m,
             hnsw_ef_construct=settings.hnsw_ef_construct,
-            max_search_threads=settings.search_threads,
+            max_search_threads=settings.search_threads or None,
         )
     from rag_rec.index.qdrant import QdrantStore
 
