@@ -113,6 +113,21 @@ def retrieval_section(doc: dict, plt) -> list[str]:
                       f"{c['current_cold_p50_us']:.0f} / {c['current_warm_p50_us']:.0f}; per pair the current one is "
                       f"{-c['paired_cold_difference_p50_us']:.0f} us faster cold (median), and faster in "
                       f"{100 * c['current_faster_share']:.0f}% of pairs."]
+    threads = {r.get("search_threads") for r in doc["retrieval"]}
+    if threads != {None}:
+        lines += ["", f"The engine's search pool in this run: {', '.join(map(str, sorted(threads, key=str)))} thread(s) "
+                      "(`index.search_threads`, docs/INDEX.md)."]
+    pool = RESULTS / "retrieval_search_threads.json"
+    if pool.exists():
+        runs = json.loads(pool.read_text())
+        lines += ["", "The engine's search pool, back to back on this machine (`bench/results/retrieval_search_threads.json`: "
+                      + runs["how"] + "):", "",
+                  "| search threads | products | bare p50 | bare p95 | hybrid p50 | hybrid p95 | p95 ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for run in runs["runs"]:
+            for r in run["retrieval"]:
+                lines.append(f"| {run['search_threads']} | {r['products']} | {r['bare_p50_ms']:.2f} | {r['bare_p95_ms']:.2f} | "
+                             f"{r['hybrid_p50_ms']:.2f} | {r['hybrid_p95_ms']:.2f} | {r['p95_ratio']:.2f}x |")
     ix = doc.get("indexing")
     if ix:
         lines += ["", f"Indexing ({ix['texts']} fresh product texts): bare encoder {ix['bare_encoder_per_s']:.0f}/s, "
