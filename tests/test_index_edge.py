@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from rag_rec.errors import IndexStoreError
-from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, Record, VectorSpec
+from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, Record, VectorSpec, open_store
 from rag_rec.index.base import Prefetch
 from rag_rec.index.edge import LAYOUT_FILE, EdgeStore
+from rag_rec.settings import IndexSettings
 
 SPECS = [VectorSpec("text", 16), VectorSpec("cf", 4, "dot")]
 
@@ -359,4 +360,10 @@ def test_the_search_pool_has_the_configured_threads_on_create_and_on_every_open(
             keys = store.fused_keys([Prefetch("text", np.ones(16), 5)], 5)
             assert len(keys) == 5
             assert _edge_search_threads() - before == expected, threads
-        assert _edge_search_threads() == before  # closing the store ends its pool
+        deadline = time.monotonic() + 5  # closing the store ends its pool (the threads exit on their own)
+        while _edge_search_threads() != before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _edge_search_threads() == before
+    with open_store(IndexSettings(path=tmp_path / "idx", search_threads=2)) as store:  # the setting's way in
+        store.fused_keys([Prefetch("text", np.ones(16), 5)], 5)
+        assert _edge_search_threads() - before == 2
