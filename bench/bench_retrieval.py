@@ -34,7 +34,7 @@ from rich.table import Table
 
 from rag_rec.data.dunnhumby import load_dunnhumby
 from rag_rec.data.models import Interactions
-from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, VectorSpec
+from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, VectorSpec, open_store
 from rag_rec.index.edge import EdgeStore
 from rag_rec.machine import cpu_model
 from rag_rec.retrieve.base import RetrievalRequest
@@ -89,8 +89,7 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) 
     signals = fit_signals(ds, settings, console=console)
     fit_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        store = EdgeStore(Path(tmp) / "idx", collection="products",
-                          max_search_threads=settings.index.search_threads or None)
+        store = open_store(settings.index, path_override=Path(tmp) / "idx")  # edge, with the settings' search pool
         pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
             update={"path": Path(tmp)})}), ds, signals, store)
         t0 = time.perf_counter()

@@ -117,9 +117,8 @@ def retrieval_section(doc: dict, plt) -> list[str]:
     if threads != {None}:
         lines += ["", f"The engine's search pool in this run: {', '.join(map(str, sorted(threads, key=str)))} thread(s) "
                       "(`index.search_threads`, docs/INDEX.md)."]
-    pool = RESULTS / "retrieval_search_threads.json"
-    if pool.exists():
-        runs = json.loads(pool.read_text())
+    runs = load("retrieval_search_threads")
+    if runs:
         lines += ["", "The engine's search pool, back to back on this machine (`bench/results/retrieval_search_threads.json`: "
                       + runs["how"] + "):", "",
                   "| search threads | products | bare p50 | bare p95 | hybrid p50 | hybrid p95 | p95 ratio |",

@@ -196,11 +196,8 @@ class EdgeStore:
         persisted)."""
         qe, config = self._qe, None
         if self._max_search_threads is not None:
-            config = qe.EdgeConfig(
-                vectors={s.name: qe.EdgeVectorParams(size=s.dim, distance=self._distance(s.distance))
-                         for s in self._specs.values()},
-                max_search_threads=self._max_search_threads,
-            )
+            config = qe.EdgeConfig(vectors=self._vector_params(self._specs),
+                                   max_search_threads=self._max_search_threads)
         return self._engine(lambda: qe.EdgeShard.load(str(self.shard_dir), config), "open")
 
     def _migrate_uuid_points(self) -> None:
@@ -291,6 +288,11 @@ class EdgeStore:
 
     # ---- schema -----------------------------------------------------------------------------------------
 
+    def _vector_params(self, specs: dict[str, VectorSpec]) -> dict:
+        """The engine's named-vector config for `specs`."""
+        return {s.name: self._qe.EdgeVectorParams(size=s.dim, distance=self._distance(s.distance))
+                for s in specs.values()}
+
     def _distance(self, name: str):
         d = self._qe.Distance
         return {"cosine": d.Cosine, "dot": d.Dot, "euclid": d.Euclid}[name]
@@ -358,10 +360,7 @@ class EdgeStore:
             else qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb)
         )
         config = qe.EdgeConfig(
-            vectors={
-                s.name: qe.EdgeVectorParams(size=s.dim, distance=self._distance(s.distance))
-                for s in specs.values()
-            },
+            vectors=self._vector_params(specs),
             hnsw_config=qe.HnswIndexConfig(
                 m=m, ef_construct=ef_construct, full_scan_threshold=full_scan_threshold_kb
             ),
