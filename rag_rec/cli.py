@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import sys
+import threading
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,7 +49,10 @@ def cmd_serve(args) -> int:
     settings = _settings(args)
     if args.port:
         settings.serve.port = args.port
-    return serve_main(settings, BundlePipeline.from_settings(settings)) or 0
+    pipeline = BundlePipeline.from_settings(settings)
+    if settings.llm.backend != "none":  # start the engine now, not on the first shopper's request
+        threading.Thread(target=pipeline.composer, args=(True,), name="llm-start", daemon=True).start()
+    return serve_main(settings, pipeline) or 0
 
 
 def cmd_index(args) -> int:

@@ -37,6 +37,7 @@ from rag_rec.settings import Settings
 from rag_rec.signals.lexical import lexical_text
 from rag_rec.signals.suite import Signals, fit_signals
 from rag_rec.signals.text import bfloat16_grid
+from rag_rec.slots import waiting
 
 
 def to_index_filter(filters: Filters) -> Filter:
@@ -67,6 +68,7 @@ class BundlePipeline:
         self._llm_error: str | None = None
         self._llm_composer = None
         self._lock = threading.RLock()
+        self._llm_start = threading.Lock()  # concurrent first LLM requests start one engine
         self._history = self._histories(dataset.interactions.frame)
         self._event_log: list[dict] = []  # events added through add_events, appended (see `interactions`)
         self._text_rows: RowBuffer | None = None  # the text vectors' spare capacity for appended products
@@ -166,17 +168,22 @@ class BundlePipeline:
         if not use_llm or self.settings.llm.backend == "none":
             return self.heuristic
         if self._llm_composer is None and self._llm_error is None:
-            try:
-                from rag_rec.compose.llm_composer import LLMComposer
-
-                if self._llm is None:
-                    from rag_rec.llm import make_llm
-
-                    self._llm = make_llm(self.settings.llm)
-                self._llm_composer = LLMComposer(self._llm, self.settings.llm, fallback=self.heuristic)
-            except Exception as exc:  # missing extra, missing model: keep serving grounded heuristic bundles
-                self._llm_error = f"{type(exc).__name__}: {exc}"
+            with waiting(), self._llm_start:  # the engine takes a minute to start on CPU: the slot serves others
+                if self._llm_composer is None and self._llm_error is None:
+                    self._start_llm()
         return self._llm_composer or self.heuristic
+
+    def _start_llm(self) -> None:
+        try:
+            from rag_rec.compose.llm_composer import LLMComposer
+
+            if self._llm is None:
+                from rag_rec.llm import make_llm
+
+                self._llm = make_llm(self.settings.llm)
+            self._llm_composer = LLMComposer(self._llm, self.settings.llm, fallback=self.heuristic)
+        except Exception as exc:  # noqa: BLE001 - missing extra or model: keep serving grounded heuristic bundles
+            self._llm_error = f"{type(exc).__name__}: {exc}"
 
     # ---- BundleService ----
 

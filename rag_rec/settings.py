@@ -109,6 +109,8 @@ class LLMSettings(_Section):
                        "and on CPUs with native bf16 (AVX512-BF16 or AMX), else float32 (emulated bf16 on an AVX2 "
                        "CPU derails small models' greedy answers); or any dtype vLLM takes")
     max_candidates: int = 30
+    max_batch: int = Field(default=64, ge=1, description="Most requests the in-process engine decodes in one batch "
+                           "when callers on several threads wait at once")
     judge_model: str | None = Field(default=None, description="Model of the LLM judge (default: `model`)")
 
 
@@ -119,6 +121,10 @@ class ServeSettings(_Section):
     max_body_bytes: int = 64 * 1024
     rate_limit_per_minute: int = 600
     max_concurrency: int = 32
+    compute_threads: int = Field(default=1, ge=1, description="Requests that run service code at once; the rest "
+                                 "queue without taking GIL turns from the event loop, and a request waiting on the "
+                                 "LLM frees its slot. Service code holds the GIL (the embedded engine too), so more "
+                                 "slots mostly delay the loop (bench/results/load.json); scale out with replicas")
     keep_alive_s: int = Field(default=75, description="Idle keep-alive of client connections; longer than clients' "
                               "and load balancers' idle expiry (httpx: 5 s), so a reused connection is never closed "
                               "under a request")

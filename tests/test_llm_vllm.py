@@ -87,6 +87,33 @@ def test_engine_dtype_follows_the_cpu(engine):
     assert engine.llm.llm_engine.model_config.dtype == getattr(torch, engine.dtype)
 
 
+def test_callers_on_several_threads_each_get_their_own_answer(engine):
+    """vllm.LLM called from two threads at once corrupts its engine messages and every caller hangs; the engine
+    thread batches concurrent callers instead."""
+    import threading
+
+    answers: dict[int, object] = {}
+
+    def call(n: int) -> None:
+        try:
+            answers[n] = engine.generate([bundle_request(CATALOGUES[n])])[0]
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            answers[n] = exc
+
+    rounds = engine._batches.rounds
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(len(CATALOGUES))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)  # ~20 s when batched; without the engine thread the callers never return
+    assert not any(t.is_alive() for t in threads), "a caller hung"
+    for n, catalogue in enumerate(CATALOGUES):
+        gen = answers[n]
+        assert not isinstance(gen, Exception), gen
+        assert set(json.loads(gen.text)["items"]) <= set(catalogue), (n, gen.text)
+    assert engine._batches.rounds - rounds < len(CATALOGUES)  # callers that waited together shared a batch
+
+
 def test_close_stops_the_engine_process(engine):
     children = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ["VLLM::EngineCore"]
                 or p.cmdline()[:1] == ["VLLM::Worker"]]

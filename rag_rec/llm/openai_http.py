@@ -10,6 +10,7 @@ from typing import Any, Self
 from rag_rec.errors import require
 from rag_rec.llm.base import Generation, GenerationRequest, LLMUnavailable
 from rag_rec.settings import LLMSettings
+from rag_rec.slots import waiting
 
 RETRY_STATUS = {502, 503, 504}
 
@@ -66,9 +67,10 @@ class OpenAIBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         if not requests:
             return []
-        model = self.served_model()
-        with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(requests))) as pool:
-            return list(pool.map(lambda r: self._complete(r, model), requests))
+        with waiting():  # a request thread's compute slot is free while the server works
+            model = self.served_model()
+            with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(requests))) as pool:
+                return list(pool.map(lambda r: self._complete(r, model), requests))
 
     def _complete(self, request: GenerationRequest, model: str) -> Generation:
         reply = self._request("POST", "/chat/completions", json=self.body(request, model))

@@ -10,6 +10,7 @@ from typing import Any, Self
 
 from rag_rec.errors import require
 from rag_rec.llm.base import Generation, GenerationRequest, LLMUnavailable
+from rag_rec.llm.batching import BatchQueue
 from rag_rec.machine import cpu_flags
 from rag_rec.settings import LLMSettings
 
@@ -51,7 +52,10 @@ STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": Tr
 
 
 class VLLMEngine:
-    """Batched chat generation on a `vllm.LLM`, with JSON-schema structured outputs and prefix caching."""
+    """Batched chat generation on a `vllm.LLM`, with JSON-schema structured outputs and prefix caching.
+
+    Safe to share between threads: `vllm.LLM` is not, so one engine thread makes every call, and requests that
+    arrive from several threads while it is busy are decoded together in its next batch (BatchQueue)."""
 
     def __init__(self, settings: LLMSettings, *, model_path: str | Path | None = None, **engine_kwargs: Any):
         vllm = require("vllm", "llm")
@@ -81,6 +85,7 @@ class VLLMEngine:
         except Exception as exc:
             raise LLMUnavailable(f"vLLM could not start on {self.model_path}: {type(exc).__name__}: {exc}") from exc
         self._vllm = vllm
+        self._batches = BatchQueue(self._generate_now, max_batch=settings.max_batch, name="vllm-batches")
 
     def sampling_params(self, request: GenerationRequest):
         from vllm.sampling_params import SamplingParams, StructuredOutputsParams
@@ -93,8 +98,9 @@ class VLLMEngine:
                               repetition_penalty=request.repetition_penalty)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        if not requests:
-            return []
+        return self._batches.submit(requests)
+
+    def _generate_now(self, requests: list[GenerationRequest]) -> list[Generation]:
         if self.llm is None:
             raise LLMUnavailable("the vLLM engine is closed")
         try:
@@ -117,6 +123,9 @@ class VLLMEngine:
         return generations
 
     def close(self) -> None:
+        batches = getattr(self, "_batches", None)
+        if batches is not None:
+            batches.close(timeout_s=self.settings.timeout_s)  # a round in progress finishes first
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
