@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import httpx
 import pytest
@@ -254,7 +255,7 @@ def test_rate_limit_is_per_client_with_retry_after(live_server, recording_servic
 
 
 def test_concurrency_limit_sheds_load_with_503(live_server, recording_service):
-    settings = ServeSettings(max_concurrency=2)
+    settings = ServeSettings(max_concurrency=2, compute_threads=2)
     base = live_server(recording_service, settings)
     recording_service.gate = threading.Event()
     results: list[int] = []
@@ -280,6 +281,53 @@ def test_concurrency_limit_sheds_load_with_503(live_server, recording_service):
             w.join(timeout=30)
     assert results == [200, 200]
     assert client.post(f"{base}/v1/bundles", json={"need": "headphones"}).status_code == 200
+
+
+def test_requests_beyond_the_compute_slots_queue_and_report_their_wait(live_server, recording_service):
+    base = live_server(recording_service, ServeSettings(max_concurrency=8, compute_threads=1))
+    recording_service.gate = threading.Event()
+    replies: dict[str, httpx.Response] = {}
+
+    def call(name: str) -> None:
+        replies[name] = client.post(f"{base}/v1/bundles", json={"need": "headphones"}, timeout=30)
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    assert recording_service.entered.acquire(timeout=10)
+    second = threading.Thread(target=call, args=("second",))
+    second.start()
+    try:
+        assert not recording_service.entered.acquire(timeout=0.6), "a second request ran beside the first"
+        assert client.get(f"{base}/healthz").status_code == 200
+    finally:
+        recording_service.gate.set()
+        first.join(timeout=30)
+        second.join(timeout=30)
+    assert replies["first"].status_code == replies["second"].status_code == 200
+    waited = {name: float(r.headers["server-timing"].removeprefix("slot;dur=")) for name, r in replies.items()}
+    assert waited["second"] >= 500 > waited["first"], waited
+    assert "rag_rec_compute_slot_wait_seconds_count 2.0" in client.get(f"{base}/metrics").text
+
+
+def test_health_checks_answer_while_more_requests_wait_for_a_slot_than_the_threadpool_has_threads(
+        live_server, recording_service):
+    base = live_server(recording_service, ServeSettings(max_concurrency=64, compute_threads=1))
+    recording_service.gate = threading.Event()
+    workers = [threading.Thread(target=lambda: client.post(f"{base}/v1/bundles", json={"need": "tripod"}, timeout=60))
+               for _ in range(45)]  # anyio's default threadpool has 40 threads
+    for w in workers:
+        w.start()
+    try:
+        assert recording_service.entered.acquire(timeout=10)
+        time.sleep(0.5)  # the others queue for the slot
+        t0 = time.perf_counter()
+        assert client.get(f"{base}/healthz", timeout=10).status_code == 200
+        assert time.perf_counter() - t0 < 5
+    finally:
+        recording_service.gate.set()
+        for w in workers:
+            w.join(timeout=60)
+    assert len(recording_service.requests) == 45
 
 
 @pytest.mark.parametrize("error, status, code", [
@@ -351,3 +399,42 @@ def test_every_server_of_the_app_takes_keep_alive_from_settings():
     config = uvicorn_config(object(), ServeSettings(keep_alive_s=33), log_level="warning")
     assert config.timeout_keep_alive == 33 and config.proxy_headers and config.log_level == "warning"
     assert uvicorn_config(object(), ServeSettings()).timeout_keep_alive == ServeSettings().keep_alive_s > 5
+
+
+def test_a_request_starting_the_llm_engine_frees_its_compute_slot(bundle_service, monkeypatch):
+    """The first LLM request starts the engine (a minute on CPU); meanwhile other requests use the slot."""
+    import copy
+
+    import rag_rec.llm
+    from rag_rec.slots import ComputeSlots
+
+    pipeline = copy.copy(bundle_service)
+    pipeline.settings = bundle_service.settings.model_copy(
+        update={"llm": bundle_service.settings.llm.model_copy(update={"backend": "vllm"})})
+    pipeline._llm = pipeline._llm_composer = pipeline._llm_error = None
+    pipeline._llm_start = threading.Lock()
+    starting, started = threading.Event(), threading.Event()
+    made: list[str] = []
+
+    def slow_engine(settings):
+        made.append(settings.model)
+        starting.set()
+        assert started.wait(10)
+        raise rag_rec.llm.LLMUnavailable("no engine in this test")
+
+    monkeypatch.setattr(rag_rec.llm, "make_llm", slow_engine)
+    slots = ComputeSlots(1)
+    first = threading.Thread(target=slots.run, args=(pipeline.composer, True))
+    second = threading.Thread(target=slots.run, args=(pipeline.composer, True))
+    first.start()
+    assert starting.wait(10)
+    second.start()
+    try:
+        _, queued = slots.run(lambda: None)
+        assert queued < 2.0, "the slot stayed with the request that starts the engine"
+    finally:
+        started.set()
+        first.join(10)
+        second.join(10)
+    assert made == ["smollm2-135m"], "one engine start for simultaneous first requests"
+    assert pipeline.composer(True) is pipeline.heuristic and "no engine" in pipeline._llm_error

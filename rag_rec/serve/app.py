@@ -10,9 +10,11 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from fastapi import FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
@@ -52,6 +54,7 @@ from rag_rec.serve.models import (
 )
 from rag_rec.service import BundleService
 from rag_rec.settings import ServeSettings, Settings
+from rag_rec.slots import ComputeSlots
 
 log = logging.getLogger("rag_rec.serve")
 
@@ -259,6 +262,18 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
     serve = settings.serve if isinstance(settings, Settings) else settings
     metrics = ServeMetrics()
     policy = ChatPolicy()
+    slots = ComputeSlots(serve.compute_threads)
+    # threads of their own (one per admitted request), so requests queued for a slot never hold the threads that
+    # health checks and product lookups use
+    slot_threads = anyio.CapacityLimiter(max(serve.max_concurrency, 1))
+
+    async def compute(fn, *args, response: Response | None = None):
+        """fn(*args) on a thread once a compute slot is free; the wait goes to Server-Timing (`slot`)."""
+        value, queued = await anyio.to_thread.run_sync(partial(slots.run, fn, *args), limiter=slot_threads)
+        metrics.slot_wait.observe(queued)
+        if response is not None:
+            response.headers["Server-Timing"] = f"slot;dur={queued * 1000:.1f}"
+        return value
 
     app = FastAPI(
         title="rag_rec bundle API",
@@ -315,8 +330,8 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
               description="Bundles for a user, anchor items and/or a need in words. Unknown ids are reported in "
                           "`notes`, never as errors. `produced_by` says which path composed the answer.",
               responses=READ_ERRORS, tags=["bundles"])
-    async def bundles(request: BundleRequest) -> BundleResponse:
-        response = await run_in_threadpool(service.recommend, request)
+    async def bundles(request: BundleRequest, http: Response) -> BundleResponse:
+        response = await compute(service.recommend, request, response=http)
         metrics.composed("bundles", response.produced_by)
         return response
 
@@ -324,7 +339,7 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
               responses={**READ_ERRORS, **_errors(404)}, tags=["bundles"])
     async def copy(request: Request, body: CopyRequest) -> CopyResponse:
         try:
-            response = await run_in_threadpool(service.copy, body)
+            response = await compute(service.copy, body)
         except KeyError as exc:
             detail = exc.args[0] if exc.args else "unknown product id"
             return _error_response(404, str(detail), _request_id(request.scope), error="unknown_product")
@@ -341,10 +356,10 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
         async def events() -> AsyncIterator[bytes]:
             started = time.perf_counter()
             try:
-                plan = await run_in_threadpool(policy.plan, body, service.product)
+                plan = await compute(policy.plan, body, service.product)
                 if isinstance(plan, Answer):
                     yield _sse("message", ChatTextEvent(text=policy.preamble(plan)))
-                    response = await run_in_threadpool(service.recommend, plan.request)
+                    response = await compute(service.recommend, plan.request)
                     metrics.composed("chat", response.produced_by)
                     for chunk in text_chunks(policy.reply(plan, response)):
                         yield _sse("message", ChatTextEvent(text=chunk))
@@ -365,7 +380,7 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
               responses=WRITE_ERRORS, tags=["ingest"], dependencies=[Security(require_api_key)])
     async def events(request: Request, body: EventsIn) -> UpsertResult:
         try:
-            return await run_in_threadpool(service.add_events, body)
+            return await compute(service.add_events, body)
         except KeyError as exc:  # nothing of the batch was stored: the caller fixes the named rows and resends
             detail = exc.args[0] if exc.args else "unknown product id"
             return _error_response(422, str(detail), _request_id(request.scope), error="unknown_product")
@@ -373,19 +388,19 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
     @app.post("/v1/products", response_model=UpsertResult, summary="Upsert products into catalogue and index",
               responses=WRITE_ERRORS, tags=["ingest"], dependencies=[Security(require_api_key)])
     async def products(body: ProductsIn) -> UpsertResult:
-        return await run_in_threadpool(service.add_products, body)
+        return await compute(service.add_products, body)
 
     @app.get("/v1/products/search", response_model=list[ItemOut], summary="Text search over the catalogue",
              responses=READ_ERRORS, tags=["catalogue"])
     async def search(q: Annotated[str, Query(min_length=1, max_length=200, description="Search text")],
                      k: Annotated[int, Query(ge=1, le=50)] = 10) -> list[ItemOut]:
-        return await run_in_threadpool(service.search_products, q, k)
+        return await compute(service.search_products, q, k)
 
     @app.get("/v1/products/{item_id}", response_model=ItemOut, summary="One product by id",
              responses={**READ_ERRORS, **_errors(404)}, tags=["catalogue"])
     async def product(request: Request,
                       item_id: Annotated[str, PathParam(min_length=1, max_length=128)]) -> Any:
-        item = await run_in_threadpool(service.product, item_id)
+        item = await compute(service.product, item_id)
         if item is None:
             return _error_response(404, f"unknown product id {item_id!r}", _request_id(request.scope),
                                    error="unknown_product")

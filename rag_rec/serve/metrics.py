@@ -27,6 +27,8 @@ class ServeMetrics:
                                registry=self.registry)
         self.rejected = Counter("rag_rec_http_rejected", "Requests refused by admission control",
                                 ["reason"], registry=self.registry)
+        self.slot_wait = Histogram("rag_rec_compute_slot_wait_seconds", "Time a request queued for a compute slot "
+                                   "(serve.compute_threads)", buckets=LATENCY_BUCKETS, registry=self.registry)
         self.compose = Counter("rag_rec_compose", "Responses by the path that composed them",
                                ["endpoint", "produced_by"], registry=self.registry)
 
