@@ -245,3 +245,22 @@ def test_fallback_title_leaves_out_products_without_a_category():
     products = {**P, "x": Product("x", "item B009654JW0"), "y": Product("y", "item B003V6OY34")}
     assert fallback_title(["bat", "x"], products) == "Batteries"
     assert fallback_title(["x", "y"], products) == "Bundle of 2 products"
+
+
+def test_candidates_reach_the_prompt_one_kind_at_a_time():
+    """A bundle holds one product per kind; small models pick from the top of the list, so the list deals each
+    kind's best first (here the two memory cards are one kind, and the camera's kind goes last)."""
+    from rag_rec.compose.llm_composer import spread_by_kind
+
+    products = {**P, "cam2": Product("cam2", "Canon EOS Rebel", P["cam"].category)}
+    ranked = ["cam2", "sd", "sd2", "bat", "bag"]
+    assert spread_by_kind(ranked, products, taken=["cam"]) == ["sd", "bat", "bag", "cam2", "sd2"]
+    assert spread_by_kind(ranked, products) == ["cam2", "sd", "bat", "bag", "sd2"]
+
+    ctx = ComposeContext([Candidate(i, 1.0 - n / 10) for n, i in enumerate(ranked)], products, anchors=("cam",),
+                         k=2, bundle_size=3)
+    request, key_to_id = LLMComposer(ScriptedLLM(), LLMSettings()).build_request(ctx)
+    listed = list(key_to_id.values())
+    assert listed == ["cam", "sd", "bat", "bag", "cam2", "sd2"]
+    prompt = request.messages[-1]["content"]
+    assert prompt.index(products["bag"].title) < prompt.index(products["cam2"].title)

@@ -3,12 +3,15 @@ grounding -> one repair retry -> fallback to the heuristic composer. Batched acr
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from typing import Sequence
 
 from rag_rec.compose.base import ComposeContext, ComposeResult
 from rag_rec.compose.grounding import GroundingReport, bundles_schema, ground_bundles, keyed
-from rag_rec.compose.heuristic import HeuristicComposer
+from rag_rec.compose.heuristic import HeuristicComposer, kind_of
 from rag_rec.compose.prompts import load_prompt
+from rag_rec.data.models import Product
 from rag_rec.errors import LLMOutputError
 from rag_rec.llm.base import GenerationRequest, LLMBackend
 from rag_rec.settings import LLMSettings
@@ -39,8 +42,8 @@ class LLMComposer:
 
     def build_request(self, context: ComposeContext) -> tuple[GenerationRequest, dict[str, str]]:
         cands = [c.id for c in context.candidates if c.id in context.products][: self.settings.max_candidates]
-        ids = list(dict.fromkeys(list(context.anchors) + cands))
-        ids = [i for i in ids if i in context.products]
+        anchors = [a for a in context.anchors if a in context.products]
+        ids = list(dict.fromkeys(anchors + spread_by_kind(cands, context.products, anchors)))
         key_to_id = keyed(ids)
         id_to_key = {v: k for k, v in key_to_id.items()}
         products = context.products
@@ -118,3 +121,16 @@ class LLMComposer:
         result.produced_by = "fallback"
         result.notes = [f"LLM output rejected, served the heuristic composer: {why}"] + result.notes
         return result
+
+
+def spread_by_kind(ids: Sequence[str], products: Mapping[str, Product], taken: Sequence[str] = ()) -> list[str]:
+    """`ids` (in rank order) dealt one kind at a time: each kind's best, then each kind's second best, and so on;
+    the kinds of `taken` (the anchors) start a round later. A bundle holds one product per kind, so the first
+    candidates a model reads are ones it can combine; small models pick mostly from the top of the list."""
+    dealt = Counter(kind_of(products[i]) for i in taken)
+    order = []
+    for rank, i in enumerate(ids):
+        kind = kind_of(products[i])
+        order.append((dealt[kind], rank, i))
+        dealt[kind] += 1
+    return [i for _, _, i in sorted(order)]
