@@ -169,6 +169,21 @@ def llm_section(doc: dict) -> list[str]:
     return lines
 
 
+def arrivals_section(doc: dict) -> list[str]:
+    s, ratio = doc["summary"], doc["engine_over_rounds"]
+    lines = ["## Requests arriving one by one: continuous batching vs rounds", "",
+             f"Model {doc['model']}, the same {doc['requests']} prompts arriving at Poisson times (mean gap "
+             f"{doc['mean_gap_s']} s); latency = answer time - arrival time, pooled over the alternating phases. "
+             "`rounds` drives the same engine the way a single-owner loop without continuous batching does: one "
+             "`LLM.chat` for everything that has arrived, later arrivals wait for the next call. Source: "
+             "`bench/bench_llm_arrivals.py`.", "",
+             "| mode | p50 s | p95 s | max s |", "|---|---|---|---|"]
+    for mode, label in (("rounds", "rounds of bare `LLM.chat`"), ("engine", "`VLLMEngine` (continuous batching)")):
+        lines.append(f"| {label} | {s[mode]['p50_s']:.2f} | {s[mode]['p95_s']:.2f} | {s[mode]['max_s']:.2f} |")
+    lines += ["", f"Continuous / rounds: p50 {ratio['p50_s']:.2f}, p95 {ratio['p95_s']:.2f}.", ""]
+    return lines
+
+
 def compose_section(doc: dict) -> list[str]:
     ratio = doc["ratio_product_over_bare"]
     return ["## Composition through the product vs bare vLLM (same prompts, same engine)", "",
@@ -245,7 +260,8 @@ def main() -> None:
         doc = load(name)
         if doc:
             lines += section(doc, plt)
-    for name, section in (("upsert", upsert_section), ("llm", llm_section), ("compose", compose_section),
+    for name, section in (("upsert", upsert_section), ("llm", llm_section), ("llm_arrivals", arrivals_section),
+                          ("compose", compose_section),
                           ("load", load_section)):
         doc = load(name)
         if doc:

@@ -1,5 +1,5 @@
 """`rag-rec bench`: run every benchmark, then regenerate docs/BENCHMARKS.md. Pass names to run a subset:
-index retrieval upsert llm compose load."""
+index retrieval upsert llm llm_arrivals compose load."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = {"index": "bench_index.py", "retrieval": "bench_retrieval.py", "upsert": "bench_upsert.py",
-           "llm": "bench_llm.py",
+           "llm": "bench_llm.py", "llm_arrivals": "bench_llm_arrivals.py",
            "compose": "bench_compose.py", "load": "load_test.py"}
 
 if __name__ == "__main__":

@@ -109,8 +109,8 @@ class LLMSettings(_Section):
                        "and on CPUs with native bf16 (AVX512-BF16 or AMX), else float32 (emulated bf16 on an AVX2 "
                        "CPU derails small models' greedy answers); or any dtype vLLM takes")
     max_candidates: int = 30
-    max_batch: int = Field(default=64, ge=1, description="Most requests the in-process engine decodes in one batch "
-                           "when callers on several threads wait at once")
+    max_batch: int = Field(default=64, ge=1, description="Most requests the in-process engine decodes at once; "
+                           "requests beyond it wait for running ones to finish (continuous batching)")
     judge_model: str | None = Field(default=None, description="Model of the LLM judge (default: `model`)")
 
 

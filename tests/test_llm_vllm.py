@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import jsonschema
 import psutil
@@ -90,8 +92,6 @@ def test_engine_dtype_follows_the_cpu(engine):
 def test_callers_on_several_threads_each_get_their_own_answer(engine):
     """vllm.LLM called from two threads at once corrupts its engine messages and every caller hangs; the engine
     thread batches concurrent callers instead."""
-    import threading
-
     answers: dict[int, object] = {}
 
     def call(n: int) -> None:
@@ -100,7 +100,6 @@ def test_callers_on_several_threads_each_get_their_own_answer(engine):
         except Exception as exc:  # noqa: BLE001 - asserted below
             answers[n] = exc
 
-    rounds = engine._batches.rounds
     threads = [threading.Thread(target=call, args=(n,)) for n in range(len(CATALOGUES))]
     for t in threads:
         t.start()
@@ -111,7 +110,38 @@ def test_callers_on_several_threads_each_get_their_own_answer(engine):
         gen = answers[n]
         assert not isinstance(gen, Exception), gen
         assert set(json.loads(gen.text)["items"]) <= set(catalogue), (n, gen.text)
-    assert engine._batches.rounds - rounds < len(CATALOGUES)  # callers that waited together shared a batch
+    assert engine._batches.most_in_flight > 1  # callers that waited together decoded together
+
+
+def test_a_short_request_joins_a_long_generation_and_is_answered_first(engine):
+    """Continuous batching: a request that arrives while another decodes joins it at the next step instead of
+    waiting for it to finish."""
+    long = GenerationRequest(
+        [{"role": "user", "content": "Describe a camping tent in detail."}],
+        json_schema={"type": "object", "properties": {"text": {"type": "string", "minLength": 1000}},
+                     "required": ["text"], "additionalProperties": False},
+        max_tokens=120)  # the schema keeps it writing until the token limit
+    short = GenerationRequest([{"role": "user", "content": "What is the capital of France?"}], max_tokens=3)
+    finished: dict[str, tuple[object, float]] = {}
+
+    def call(name: str, request: GenerationRequest) -> None:
+        finished[name] = (engine.generate([request])[0], time.monotonic())
+
+    batches = engine._batches
+    steps = batches.steps
+    long_thread = threading.Thread(target=call, args=("long", long))
+    long_thread.start()
+    deadline = time.monotonic() + 60
+    while batches.steps < steps + 5:
+        assert time.monotonic() < deadline, "the long request did not start decoding"
+        time.sleep(0.01)
+    short_thread = threading.Thread(target=call, args=("short", short))
+    short_thread.start()
+    short_thread.join(60)
+    assert "short" in finished and long_thread.is_alive(), "the short request waited for the long one"
+    long_thread.join(120)
+    assert finished["long"][0].finish_reason == "length" and finished["long"][0].completion_tokens == 120
+    assert finished["short"][1] < finished["long"][1]
 
 
 def test_close_stops_the_engine_process(engine):

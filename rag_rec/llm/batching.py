@@ -1,19 +1,21 @@
-"""One engine thread for a generate function that must not run on several threads at once.
+"""Continuous batching on one engine thread, for an engine that must not be called from several threads at once.
 
 vLLM's in-process `LLM` is not thread-safe: two request threads calling it together corrupt the messages to its
-engine process, which then stops answering (every caller hangs). `BatchQueue` gives the function one owner
-thread. Callers on any thread submit their requests and wait; each round the thread takes everything queued and
-makes one call, so concurrent users are decoded as one batch (vLLM on CPU: ~60 tok/s at batch 8 against ~11
-for one stream).
+engine process, which then stops answering (every caller hangs). `ContinuousBatcher` gives the engine one owner
+thread. Callers on any thread submit their requests and wait. Between two decoding steps the thread admits
+everything queued, so a request joins the running batch at the next step instead of waiting for the whole batch
+to finish (vLLM on CPU: ~60 tok/s at batch 8 against ~11 for one stream), and each caller is answered as soon
+as its own requests finish.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from rag_rec.llm.base import LLMUnavailable
 from rag_rec.slots import waiting
@@ -22,38 +24,55 @@ Request = TypeVar("Request")
 Output = TypeVar("Output")
 
 
+class SteppedEngine(Protocol[Request, Output]):
+    """An engine that decodes the requests added between its steps together."""
+
+    def add(self, requests: list[Request]) -> list[Hashable]:
+        """Start decoding `requests`; one key per request (all or none are added)."""
+
+    def step(self) -> list[tuple[Hashable, Output]]:
+        """One decoding step; (key, output) for each request that finished in it."""
+
+    def has_unfinished(self) -> bool: ...
+
+    def abort(self, keys: list[Hashable]) -> None:
+        """Stop decoding these requests (their callers were answered with an error)."""
+
+
 @dataclass(eq=False)
 class _Job(Generic[Request, Output]):
     requests: list[Request]
     done: threading.Event = field(default_factory=threading.Event)
-    outputs: list[Output] | None = None
+    outputs: list[Output | None] = field(default_factory=list)
+    remaining: int = 0
     error: BaseException | None = None
 
-    def finish(self, outputs: list[Output] | None = None, error: BaseException | None = None) -> None:
-        self.outputs, self.error = outputs, error
+    def finish(self, error: BaseException | None = None) -> None:
+        self.error = error
         self.done.set()
 
 
 _STOP = object()
 
 
-class BatchQueue(Generic[Request, Output]):
-    """Runs `generate(requests) -> outputs` (one output per request, in order) on its own thread only.
+class ContinuousBatcher(Generic[Request, Output]):
+    """Runs a SteppedEngine on its own thread only.
 
-    `submit` blocks until its requests are answered; requests queued by other callers meanwhile go into the same
-    call, up to `max_batch` requests a round (one caller's list is never split). An exception from `generate`
-    reaches every caller of that round. After `close`, queued and new callers get LLMUnavailable.
+    `submit` blocks until its requests are answered. Requests are admitted between steps while fewer than
+    `max_batch` are decoding (a caller's list is admitted whole, alone if it is larger). An exception from a step
+    reaches every caller with requests in flight; one from `add` reaches that caller only. `close` lets the
+    requests in flight finish; queued and later callers get LLMUnavailable.
     """
 
-    def __init__(self, generate: Callable[[list[Request]], list[Output]], *, max_batch: int = 64,
-                 name: str = "llm-batches"):
+    def __init__(self, engine: SteppedEngine[Request, Output], *, max_batch: int = 64, name: str = "llm-batches"):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self._generate, self.max_batch = generate, max_batch
+        self._engine, self.max_batch = engine, max_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
-        self.rounds = 0
+        self.steps = 0
+        self.most_in_flight = 0  # the most requests decoding together so far
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -69,11 +88,10 @@ class BatchQueue(Generic[Request, Output]):
             job.done.wait()
         if job.error is not None:
             raise job.error
-        assert job.outputs is not None
-        return job.outputs
+        return job.outputs  # type: ignore[return-value]
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Answer the round in progress, fail the callers still queued, stop the thread."""
+        """Finish the requests in flight, fail the callers still queued, stop the thread."""
         with self._close_lock:
             if self._closed:
                 return
@@ -82,53 +100,86 @@ class BatchQueue(Generic[Request, Output]):
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
 
-    def _take_round(self, first: _Job) -> tuple[list[_Job], bool]:
-        jobs, size, stop = [first], len(first.requests), False
-        while size < self.max_batch:
+    def _run(self) -> None:
+        held: deque[_Job] = deque()  # queued callers that did not fit under max_batch yet
+        owners: dict[Hashable, tuple[_Job, int]] = {}
+        stopping = False
+        while True:
+            idle = not owners and not held
+            if idle and stopping:
+                break
+            stopping |= self._collect(held, block=idle and not stopping)
+            if stopping:
+                for job in held:
+                    job.finish(LLMUnavailable("the LLM engine is closed"))
+                held.clear()
+            self._admit(held, owners)
+            if owners:
+                self._step(owners)
+        self._drain()
+
+    def _collect(self, held: deque, block: bool) -> bool:
+        """Move queued callers to `held`; True once close was asked."""
+        while True:
+            try:
+                job = self._queue.get() if block else self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            block = False
+            if job is _STOP:
+                return True
+            held.append(job)
+
+    def _admit(self, held: deque, owners: dict) -> None:
+        in_flight = len(owners)
+        while held and (not in_flight or in_flight + len(held[0].requests) <= self.max_batch):
+            job = held.popleft()
+            try:
+                keys = self._engine.add(job.requests)
+                if len(keys) != len(job.requests):
+                    raise LLMUnavailable(f"the LLM engine took {len(keys)} of {len(job.requests)} requests")
+            except BaseException as exc:  # noqa: BLE001 - this caller's requests were refused
+                job.finish(exc)
+                continue
+            job.outputs, job.remaining = [None] * len(keys), len(keys)
+            for i, key in enumerate(keys):
+                owners[key] = (job, i)
+            in_flight += len(keys)
+        self.most_in_flight = max(self.most_in_flight, in_flight)
+
+    def _step(self, owners: dict) -> None:
+        self.steps += 1
+        try:
+            finished = self._engine.step()
+        except BaseException as exc:  # noqa: BLE001 - every caller in flight gets it
+            self._fail_in_flight(owners, exc)
+            return
+        for key, output in finished:
+            owner = owners.pop(key, None)
+            if owner is None:
+                continue
+            job, i = owner
+            job.outputs[i] = output
+            job.remaining -= 1
+            if not job.remaining:
+                job.finish()
+        if owners and not self._engine.has_unfinished():
+            self._fail_in_flight(owners, LLMUnavailable("the LLM engine dropped requests without an answer"))
+
+    def _fail_in_flight(self, owners: dict, error: BaseException) -> None:
+        try:
+            self._engine.abort(list(owners))
+        except Exception:  # noqa: BLE001 - a dead engine has nothing left to abort
+            pass
+        for job in {job for job, _ in owners.values()}:
+            job.finish(error)
+        owners.clear()
+
+    def _drain(self) -> None:
+        while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
-                break
-            if job is _STOP:
-                stop = True
-                break
-            jobs.append(job)
-            size += len(job.requests)
-        return jobs, stop
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP or self._closed:  # no round starts after close
-                self._fail(first)
-                break
-            jobs, stop = self._take_round(first)
-            self._answer(jobs)
-            if stop:
-                break
-        while True:
-            try:
-                self._fail(self._queue.get_nowait())
-            except queue.Empty:
                 return
-
-    @staticmethod
-    def _fail(job) -> None:
-        if job is not _STOP:
-            job.finish(error=LLMUnavailable("the LLM engine is closed"))
-
-    def _answer(self, jobs: list[_Job]) -> None:
-        self.rounds += 1
-        requests = [r for job in jobs for r in job.requests]
-        try:
-            outputs = self._generate(requests)
-            if len(outputs) != len(requests):
-                raise LLMUnavailable(f"the LLM returned {len(outputs)} outputs for {len(requests)} requests")
-        except BaseException as exc:  # noqa: BLE001 - every caller of the round gets it
-            for job in jobs:
-                job.finish(error=exc)
-            return
-        start = 0
-        for job in jobs:
-            job.finish(outputs=list(outputs[start:start + len(job.requests)]))
-            start += len(job.requests)
+            if job is not _STOP:
+                job.finish(LLMUnavailable("the LLM engine is closed"))

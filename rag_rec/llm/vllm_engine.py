@@ -10,7 +10,7 @@ from typing import Any, Self
 
 from rag_rec.errors import require
 from rag_rec.llm.base import Generation, GenerationRequest, LLMUnavailable
-from rag_rec.llm.batching import BatchQueue
+from rag_rec.llm.batching import ContinuousBatcher
 from rag_rec.machine import cpu_flags
 from rag_rec.settings import LLMSettings
 
@@ -54,8 +54,9 @@ STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": Tr
 class VLLMEngine:
     """Batched chat generation on a `vllm.LLM`, with JSON-schema structured outputs and prefix caching.
 
-    Safe to share between threads: `vllm.LLM` is not, so one engine thread makes every call, and requests that
-    arrive from several threads while it is busy are decoded together in its next batch (BatchQueue)."""
+    Safe to share between threads: `vllm.LLM` is not, so one engine thread makes every call (ContinuousBatcher).
+    Requests from any thread join the running batch at the engine's next step, and each caller is answered as
+    soon as its own requests finish."""
 
     def __init__(self, settings: LLMSettings, *, model_path: str | Path | None = None, **engine_kwargs: Any):
         vllm = require("vllm", "llm")
@@ -85,7 +86,7 @@ class VLLMEngine:
         except Exception as exc:
             raise LLMUnavailable(f"vLLM could not start on {self.model_path}: {type(exc).__name__}: {exc}") from exc
         self._vllm = vllm
-        self._batches = BatchQueue(self._generate_now, max_batch=settings.max_batch, name="vllm-batches")
+        self._batches = ContinuousBatcher(_Steps(self), max_batch=settings.max_batch, name="vllm-batches")
 
     def sampling_params(self, request: GenerationRequest):
         from vllm.sampling_params import SamplingParams, StructuredOutputsParams
@@ -100,32 +101,10 @@ class VLLMEngine:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         return self._batches.submit(requests)
 
-    def _generate_now(self, requests: list[GenerationRequest]) -> list[Generation]:
-        if self.llm is None:
-            raise LLMUnavailable("the vLLM engine is closed")
-        try:
-            outputs = self.llm.chat([list(r.messages) for r in requests],
-                                    [self.sampling_params(r) for r in requests], use_tqdm=False)
-        except Exception as exc:
-            if type(exc).__name__ == "EngineDeadError":
-                raise LLMUnavailable(f"the vLLM engine died: {exc}") from exc
-            raise
-        generations = []
-        for out in outputs:
-            completion = out.outputs[0]
-            generations.append(Generation(
-                text=completion.text,
-                prompt_tokens=len(out.prompt_token_ids or ()),
-                completion_tokens=len(completion.token_ids),
-                finish_reason=completion.finish_reason or "stop",
-                extra={"model": self.name},
-            ))
-        return generations
-
     def close(self) -> None:
         batches = getattr(self, "_batches", None)
         if batches is not None:
-            batches.close(timeout_s=self.settings.timeout_s)  # a round in progress finishes first
+            batches.close(timeout_s=self.settings.timeout_s)  # the requests in flight finish first
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
@@ -140,3 +119,52 @@ class VLLMEngine:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _Steps:
+    """A VLLMEngine's `vllm.LLM` as a SteppedEngine; only the batcher's thread calls it."""
+
+    def __init__(self, engine: VLLMEngine):
+        self.engine = engine
+
+    def _llm(self):
+        llm = self.engine.llm
+        if llm is None:
+            raise LLMUnavailable("the vLLM engine is closed")
+        return llm
+
+    def add(self, requests: list[GenerationRequest]) -> list[str]:
+        ids = self._llm().enqueue_chat([list(r.messages) for r in requests],
+                                       [self.engine.sampling_params(r) for r in requests], use_tqdm=False)
+        return [external_id(i) for i in ids]
+
+    def step(self) -> list[tuple[str, Generation]]:
+        try:
+            outputs = self._llm().llm_engine.step()
+        except Exception as exc:
+            if type(exc).__name__ == "EngineDeadError":
+                raise LLMUnavailable(f"the vLLM engine died: {exc}") from exc
+            raise
+        return [(out.request_id, self._generation(out)) for out in outputs if out.finished]
+
+    def has_unfinished(self) -> bool:
+        return self._llm().llm_engine.has_unfinished_requests()
+
+    def abort(self, keys: list[str]) -> None:
+        self._llm().llm_engine.abort_request(list(keys))
+
+    def _generation(self, out) -> Generation:
+        completion = out.outputs[0]
+        return Generation(
+            text=completion.text,
+            prompt_tokens=len(out.prompt_token_ids or ()),
+            completion_tokens=len(completion.token_ids),
+            finish_reason=completion.finish_reason or "stop",
+            extra={"model": self.engine.name},
+        )
+
+
+def external_id(request_id: str) -> str:
+    """The id `vllm.LLM` numbered a request with (outputs carry it) from the engine's internal id, which appends
+    a random suffix after a dash."""
+    return request_id.split("-", 1)[0]
