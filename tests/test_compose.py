@@ -64,6 +64,13 @@ def test_schema_restricts_items_to_candidate_keys():
     assert items["items"]["enum"] == ["P1", "P2"] and items["maxItems"] == 3
 
 
+def test_bundle_requests_and_their_repairs_rule_out_emoji():
+    composer = LLMComposer(ScriptedLLM(), LLMSettings())
+    composer.llm.outputs = ["not json", "still not json"]
+    composer.compose(context())
+    assert [r.no_emoji for batch in composer.llm.requests for r in batch] == [True, True]
+
+
 def test_valid_output_is_grounded_and_mapped_back():
     composer = LLMComposer(ScriptedLLM(), LLMSettings())
     k = keys_for(composer, context())

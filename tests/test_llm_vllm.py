@@ -80,6 +80,20 @@ def test_plain_chat_and_token_limit(engine):
     assert truncated.finish_reason == "length" and truncated.completion_tokens == 8
 
 
+def test_no_emoji_rules_out_four_byte_characters_and_keeps_other_scripts(engine):
+    """Small models' runaway bundle reasons are emoji that fill the token budget before the JSON closes."""
+    ask = [{"role": "user", "content": "Copy this line: \U0001f43c\U0001f43c\U0001f43c\U0001f43c\U0001f43c\U0001f43c"}]
+    free, plain = engine.generate([GenerationRequest(ask, max_tokens=24), GenerationRequest(ask, max_tokens=24,
+                                                                                           no_emoji=True)])
+    assert any(ord(c) >= 0x10000 for c in free.text), free.text  # the model does answer with emoji
+    assert plain.text and not any(ord(c) >= 0x10000 for c in plain.text), plain.text
+    tokenizer = engine.llm.get_tokenizer()
+    banned = engine.no_emoji_bias()
+    assert banned and all(v == -100.0 for v in banned.values())
+    for text in ("Zelt für kalte Nächte", "Палатка", "テントと寝袋", "帐篷和睡袋"):
+        assert not set(tokenizer.encode(text, add_special_tokens=False)) & set(banned), text
+
+
 def test_engine_dtype_follows_the_cpu(engine):
     import torch
 

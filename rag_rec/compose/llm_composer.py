@@ -61,7 +61,7 @@ class LLMComposer:
         )
         schema = bundles_schema(list(key_to_id), context.k, context.bundle_size)
         return GenerationRequest(messages, schema, self.settings.max_tokens, self.settings.temperature,
-                                 repetition_penalty=self.settings.repetition_penalty), key_to_id
+                                 repetition_penalty=self.settings.repetition_penalty, no_emoji=True), key_to_id
 
     def compose(self, context: ComposeContext) -> ComposeResult:
         return self.compose_many([context])[0]
@@ -90,7 +90,8 @@ class LLMComposer:
                     {"role": "user", "content": f"That answer was rejected: {errors[n]}. Answer again with JSON "
                                                 f"only, using only the product keys listed."}]
                 repair_requests.append(GenerationRequest(messages, req.json_schema, req.max_tokens, req.temperature,
-                                                         repetition_penalty=req.repetition_penalty))
+                                                         repetition_penalty=req.repetition_penalty,
+                                                         no_emoji=req.no_emoji))
             try:
                 repaired = self.llm.generate(repair_requests)
             except Exception as exc:

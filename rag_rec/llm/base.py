@@ -21,6 +21,7 @@ class GenerationRequest:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     repetition_penalty: float = 1.0
+    no_emoji: bool = False  # no emoji or other 4-byte characters: small models' runaways (in-process engine only)
 
 
 @dataclass(frozen=True)

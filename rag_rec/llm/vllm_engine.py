@@ -86,6 +86,7 @@ class VLLMEngine:
         except Exception as exc:
             raise LLMUnavailable(f"vLLM could not start on {self.model_path}: {type(exc).__name__}: {exc}") from exc
         self._vllm = vllm
+        self._no_emoji_bias: dict[int, float] | None = None
         self._batches = ContinuousBatcher(_Steps(self), max_batch=settings.max_batch, name="vllm-batches")
 
     def sampling_params(self, request: GenerationRequest):
@@ -96,7 +97,21 @@ class VLLMEngine:
             structured = StructuredOutputsParams(json=request.json_schema, disable_any_whitespace=True)
         return SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
                               stop=list(request.stop) or None, structured_outputs=structured,
-                              repetition_penalty=request.repetition_penalty)
+                              repetition_penalty=request.repetition_penalty,
+                              logit_bias=self.no_emoji_bias() if request.no_emoji else None)
+
+    def no_emoji_bias(self) -> dict[int, float]:
+        """A logit bias that rules out every token holding a lead byte of a 4-byte UTF-8 character (emoji and
+        other symbols outside the Basic Multilingual Plane; letters of every living script stay). Small models'
+        runaway answers are emoji sequences that fill the token budget inside a JSON string (SmolLM2: 5 of 96
+        bundle answers), and a JSON schema cannot rule them out: xgrammar 0.2.8 ignores maxLength beside a pattern
+        and mis-masks bounded repeats over 128 characters."""
+        if self._no_emoji_bias is None:
+            import xgrammar
+
+            vocab = xgrammar.TokenizerInfo.from_huggingface(self.llm.get_tokenizer()).decoded_vocab
+            self._no_emoji_bias = {i: -100.0 for i, token in enumerate(vocab) if any(0xF0 <= b <= 0xF4 for b in token)}
+        return self._no_emoji_bias
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         return self._batches.submit(requests)
