@@ -221,6 +221,35 @@ def test_requests_the_engine_drops_are_an_error_not_a_hang():
     batcher.close()
 
 
+def test_an_engine_that_cannot_say_whether_it_is_busy_fails_its_callers_instead_of_hanging_them():
+    class Broken(Engine):
+        def has_unfinished(self) -> bool:
+            raise RuntimeError("engine closed under the batcher")
+
+    batcher = ContinuousBatcher(Broken())
+    with pytest.raises(RuntimeError, match="closed under"):
+        batcher.submit(["slow:3"])
+    assert batcher.submit(["fast"]) == ["answer to fast"]  # finished in its first step: nothing left to ask
+    batcher.close()
+
+
+def test_a_bug_in_the_engine_thread_is_logged_and_fails_every_waiting_caller_and_later_ones(caplog):
+    engine = Engine(gated=True)
+    batcher = ContinuousBatcher(engine, max_batch=1)
+    running, running_threads = submit_all(batcher, {"running": ["r:3"]})
+    until(lambda: engine.waiting, "the first request did not start")
+    held, held_threads = submit_all(batcher, {"held": ["h"]})
+    time.sleep(0.05)
+    batcher._admit = None  # the thread's next admission raises TypeError outside any handler
+    engine.allow(1)
+    join(running_threads + held_threads)
+
+    assert isinstance(running["running"], LLMUnavailable) and isinstance(held["held"], LLMUnavailable)
+    assert "the LLM engine thread failed" in caplog.text and "TypeError" in caplog.text
+    with pytest.raises(LLMUnavailable, match="closed"):
+        batcher.submit(["after"])
+
+
 def test_close_lets_requests_in_flight_finish_and_fails_the_callers_not_yet_admitted():
     engine = Engine(gated=True)
     batcher = ContinuousBatcher(engine, max_batch=1)

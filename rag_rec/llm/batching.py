@@ -10,6 +10,7 @@ as its own requests finish.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import deque
@@ -20,6 +21,7 @@ from typing import Generic, Protocol, TypeVar
 from rag_rec.llm.base import LLMUnavailable
 from rag_rec.slots import waiting
 
+log = logging.getLogger(__name__)
 Request = TypeVar("Request")
 Output = TypeVar("Output")
 
@@ -103,6 +105,20 @@ class ContinuousBatcher(Generic[Request, Output]):
     def _run(self) -> None:
         held: deque[_Job] = deque()  # queued callers that did not fit under max_batch yet
         owners: dict[Hashable, tuple[_Job, int]] = {}
+        try:
+            self._serve(held, owners)
+        except BaseException:  # noqa: BLE001 - a bug: logged, and every waiting caller is answered below
+            log.exception("the LLM engine thread failed")
+        finally:  # nobody waits forever
+            with self._close_lock:
+                self._closed = True
+            gone = LLMUnavailable("the LLM engine thread stopped")
+            for job in [*held, *{job for job, _ in owners.values()}]:
+                if not job.done.is_set():
+                    job.finish(gone)
+            self._drain()
+
+    def _serve(self, held: deque, owners: dict) -> None:
         stopping = False
         while True:
             idle = not owners and not held
@@ -116,7 +132,6 @@ class ContinuousBatcher(Generic[Request, Output]):
             self._admit(held, owners)
             if owners:
                 self._step(owners)
-        self._drain()
 
     def _collect(self, held: deque, block: bool) -> bool:
         """Move queued callers to `held`; True once close was asked."""
@@ -150,21 +165,19 @@ class ContinuousBatcher(Generic[Request, Output]):
     def _step(self, owners: dict) -> None:
         self.steps += 1
         try:
-            finished = self._engine.step()
+            for key, output in self._engine.step():
+                owner = owners.pop(key, None)
+                if owner is None:
+                    continue
+                job, i = owner
+                job.outputs[i] = output
+                job.remaining -= 1
+                if not job.remaining:
+                    job.finish()
+            if owners and not self._engine.has_unfinished():
+                raise LLMUnavailable("the LLM engine dropped requests without an answer")
         except BaseException as exc:  # noqa: BLE001 - every caller in flight gets it
             self._fail_in_flight(owners, exc)
-            return
-        for key, output in finished:
-            owner = owners.pop(key, None)
-            if owner is None:
-                continue
-            job, i = owner
-            job.outputs[i] = output
-            job.remaining -= 1
-            if not job.remaining:
-                job.finish()
-        if owners and not self._engine.has_unfinished():
-            self._fail_in_flight(owners, LLMUnavailable("the LLM engine dropped requests without an answer"))
 
     def _fail_in_flight(self, owners: dict, error: BaseException) -> None:
         try:
