@@ -81,6 +81,13 @@ def bench_md() -> str:
         doc = json.loads(comp.read_text())
         out.append(f"| composition vs bare vLLM ({doc['model']}) | {doc['ratio_product_over_bare']:.2f}x, "
                    f"{doc['product_bundles_per_s']:.2f} bundles/s | >= 0.8x |")
+    arrivals = REPO / "bench" / "results" / "llm_arrivals.json"
+    if arrivals.is_file():
+        doc = json.loads(arrivals.read_text())
+        s, ratio = doc["summary"], doc["engine_over_rounds"]
+        out.append(f"| LLM latency, {doc['requests']} requests arriving {doc['mean_gap_s']} s apart: continuous batching "
+                   f"vs rounds ({doc['model']}) | p50 {s['engine']['p50_s']:.1f} vs {s['rounds']['p50_s']:.1f} s, p95 "
+                   f"{s['engine']['p95_s']:.1f} vs {s['rounds']['p95_s']:.1f} s ({ratio['p95_s']:.2f}x) | no target |")
     load = REPO / "bench" / "results" / "load.json"
     if load.is_file():
         doc = json.loads(load.read_text())
