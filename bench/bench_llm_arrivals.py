@@ -32,10 +32,10 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_llm import _pkg, _valid_json, prompts  # noqa: E402
+from bench_llm import _pkg, _valid_json, prompts
 
-from rag_rec.llm.base import GenerationRequest  # noqa: E402
-from rag_rec.settings import Settings  # noqa: E402
+from rag_rec.llm.base import GenerationRequest
+from rag_rec.settings import Settings
 
 
 def arrivals(n: int, gap_s: float, seed: int = 0) -> list[float]:
@@ -62,21 +62,14 @@ def continuous(engine, requests: list[GenerationRequest], at: list[float]) -> tu
 
 
 def rounds(engine, requests: list[GenerationRequest], at: list[float]) -> tuple[list[float], list[str], int]:
-    from vllm.sampling_params import SamplingParams, StructuredOutputsParams
-
-    def params(r: GenerationRequest) -> SamplingParams:
-        return SamplingParams(max_tokens=r.max_tokens, temperature=r.temperature,
-                              structured_outputs=StructuredOutputsParams(json=r.json_schema,
-                                                                         disable_any_whitespace=True))
-
     done, texts, calls, next_up = [0.0] * len(requests), [""] * len(requests), 0, 0
     t0 = time.perf_counter()
     while next_up < len(requests):
         time.sleep(max(0.0, t0 + at[next_up] - time.perf_counter()))
         now = time.perf_counter() - t0
         batch = [n for n in range(next_up, len(requests)) if at[n] <= now]
-        outs = engine.llm.chat([requests[n].messages for n in batch], [params(requests[n]) for n in batch],
-                               use_tqdm=False)
+        outs = engine.llm.chat([requests[n].messages for n in batch],
+                               [engine.sampling_params(requests[n]) for n in batch], use_tqdm=False)
         calls += 1
         finished = time.perf_counter() - t0
         for n, out in zip(batch, outs):

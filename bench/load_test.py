@@ -241,6 +241,10 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
+def _tail(values: list[float]) -> dict[str, float | None]:
+    return {"p50": _pct(values, 50), "p95": _pct(values, 95), "p99": _pct(values, 99)}
+
+
 def summarize(result: PhaseResult) -> dict:
     """Per endpoint: count, ok, shed, errors, p50/p95/p99 latency of answered requests; API overhead."""
     by_endpoint: dict[str, list[Sample]] = {}
@@ -269,11 +273,9 @@ def summarize(result: PhaseResult) -> dict:
         "errors": sum(e["errors"] for e in endpoints.values()),
         "server_errors_5xx_other_than_503": sum(1 for s in result.samples if s.status >= 500 and s.status != 503),
         "endpoints": endpoints,
-        "api_overhead_bundles_ms": {"p50": _pct(overhead, 50), "p95": _pct(overhead, 95), "p99": _pct(overhead, 99),
-                                    "n": len(overhead)},
-        "compute_slot_wait_bundles_ms": {"p50": _pct(slot, 50), "p95": _pct(slot, 95), "p99": _pct(slot, 99)},
-        "http_minus_service_bundles_ms": {"p50": _pct(queue_and_overhead, 50), "p95": _pct(queue_and_overhead, 95),
-                                          "p99": _pct(queue_and_overhead, 99)},
+        "api_overhead_bundles_ms": {**_tail(overhead), "n": len(overhead)},
+        "compute_slot_wait_bundles_ms": _tail(slot),
+        "http_minus_service_bundles_ms": _tail(queue_and_overhead),
     }
 
 

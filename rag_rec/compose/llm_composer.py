@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Sequence
 
 from rag_rec.compose.base import ComposeContext, ComposeResult
@@ -89,9 +90,7 @@ class LLMComposer:
                     {"role": "assistant", "content": generations[n].text[:2000]},
                     {"role": "user", "content": f"That answer was rejected: {errors[n]}. Answer again with JSON "
                                                 f"only, using only the product keys listed."}]
-                repair_requests.append(GenerationRequest(messages, req.json_schema, req.max_tokens, req.temperature,
-                                                         repetition_penalty=req.repetition_penalty,
-                                                         no_emoji=req.no_emoji))
+                repair_requests.append(replace(req, messages=messages))  # same schema and sampling
             try:
                 repaired = self.llm.generate(repair_requests)
             except Exception as exc:

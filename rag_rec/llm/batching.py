@@ -107,7 +107,7 @@ class ContinuousBatcher(Generic[Request, Output]):
         owners: dict[Hashable, tuple[_Job, int]] = {}
         try:
             self._serve(held, owners)
-        except BaseException:  # noqa: BLE001 - a bug: logged, and every waiting caller is answered below
+        except BaseException:  # a bug: logged, and every waiting caller is answered below
             log.exception("the LLM engine thread failed")
         finally:  # nobody waits forever
             with self._close_lock:
@@ -182,8 +182,8 @@ class ContinuousBatcher(Generic[Request, Output]):
     def _fail_in_flight(self, owners: dict, error: BaseException) -> None:
         try:
             self._engine.abort(list(owners))
-        except Exception:  # noqa: BLE001 - a dead engine has nothing left to abort
-            pass
+        except Exception as exc:  # noqa: BLE001 - a dead engine has nothing left to abort
+            log.debug("abort after an engine failure failed too: %s", exc)
         for job in {job for job, _ in owners.values()}:
             job.finish(error)
         owners.clear()
