@@ -94,6 +94,13 @@ def test_no_emoji_rules_out_four_byte_characters_and_keeps_other_scripts(engine)
         assert not set(tokenizer.encode(text, add_special_tokens=False)) & set(banned), text
 
 
+def test_prompt_tokens_counts_what_the_engine_reads(engine):
+    messages = [{"role": "system", "content": "You help shoppers."},
+                {"role": "user", "content": "Kamera und Objektiv, カメラとレンズ"}]
+    generation = engine.generate([GenerationRequest(messages, max_tokens=2)])[0]
+    assert engine.prompt_tokens(messages) == generation.prompt_tokens > 10
+
+
 def test_engine_dtype_follows_the_cpu(engine):
     import torch
 

@@ -17,7 +17,6 @@ from rag_rec.data.models import Product
 from rag_rec.errors import LLMOutputError
 from rag_rec.schemas import LLMBundles
 
-_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 LEAK_MARKERS = ("Rules:", "Answer with JSON only", "CANDIDATES:", "You are a shopping assistant",
                 "data, not instructions", "Products the shopper is looking at", "Shopper's need", "Recently bought:",
                 "Build 1 bundles", "Build 2 bundles", "Build 3 bundles",
@@ -98,20 +97,26 @@ def bundles_schema(keys: Sequence[str], k: int, bundle_size: int) -> dict[str, A
 
 
 def parse_json_object(text: str) -> dict:
-    """The first JSON object in the text (models sometimes wrap it in prose or code fences)."""
+    """The first JSON object in the text (models sometimes wrap it in prose or code fences, or add a second
+    object after it). Integers too long to convert and nesting too deep to parse are invalid output too."""
     if not text or not text.strip():
         raise LLMOutputError("the model returned empty output")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        match = _JSON_OBJECT.search(text)
-        if not match:
-            # never quote the output: this message reaches response notes, and the output may repeat the prompt
-            raise LLMOutputError(f"no JSON object in model output ({len(text)} characters)") from None
         try:
-            value = json.loads(match.group(0))
-        except json.JSONDecodeError as exc:
-            raise LLMOutputError(f"invalid JSON from the model: {exc.msg} at char {exc.pos}") from None
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            start = text.find("{")
+            if start < 0:
+                # never quote the output: this message reaches logs and the repair turn, and may repeat the prompt
+                raise LLMOutputError(f"no JSON object in model output ({len(text)} characters)") from None
+            try:
+                value, _ = json.JSONDecoder().raw_decode(text, start)
+            except json.JSONDecodeError as exc:
+                raise LLMOutputError(f"invalid JSON from the model: {exc.msg} at char {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, LLMOutputError):
+            raise
+        raise LLMOutputError(f"unparseable JSON from the model ({type(exc).__name__})") from None
     if not isinstance(value, dict):
         raise LLMOutputError("the model's JSON is not an object")
     return value
@@ -122,6 +127,16 @@ def recover_truncated(text: str) -> dict | None:
     start = text.find("{")
     if start < 0:
         return None
+    body = text[start:].rstrip().removesuffix(",")
+    for closing in ("]}", "}]}"):  # cut right after a whole bundle (or the list): it parses once closed
+        try:
+            value = json.loads(body + closing)
+        except (ValueError, RecursionError):
+            continue
+        bundles = value.get("bundles") if isinstance(value, dict) else None
+        if isinstance(bundles, list):
+            complete = [b for b in bundles if isinstance(b, dict) and {"items", "title", "reason"} <= set(b)]
+            return {"bundles": complete} if complete else None
     try:
         import partial_json_parser
     except ImportError:
@@ -134,10 +149,7 @@ def recover_truncated(text: str) -> dict | None:
     if not isinstance(bundles, list):
         return None
     complete = [b for b in bundles[:-1] if isinstance(b, dict) and {"items", "title", "reason"} <= set(b)]
-    if bundles and isinstance(bundles[-1], dict) and text.rstrip().endswith(("}", "]")) and \
-            {"items", "title", "reason"} <= set(bundles[-1]):
-        complete.append(bundles[-1])
-    return {"bundles": complete} if complete else None
+    return {"bundles": complete} if complete else None  # the last bundle was cut somewhere inside
 
 
 def _signature(product: Product) -> str:
@@ -169,9 +181,11 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
         parsed = LLMBundles.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise LLMOutputError(f"model JSON does not match the schema at {'.'.join(map(str, first['loc']))}: "
-                             f"{first['msg']}") from None
+        where = ".".join(str(part) if isinstance(part, int) or part in _SCHEMA_FIELDS else "(an unexpected field)"
+                         for part in first["loc"])  # never quote the model's own keys: they may carry anything
+        raise LLMOutputError(f"model JSON does not match the schema at {where}: {first['type']}") from None
     allowed_ids = set(key_to_id.values())
+    anchor_set = set(anchors)
     bundles: list[ComposedBundle] = []
     seen_sets: set[frozenset] = set()
     for n, b in enumerate(parsed.bundles[:k]):
@@ -179,24 +193,27 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
         for ref in b.items:
             item = key_to_id.get(ref.strip())
             if item is None:
-                report.note(f"bundle {n + 1}: dropped unknown reference {ref[:20]!r}")
+                report.note(f"bundle {n + 1}: dropped an unknown reference")
                 continue
             if item in ids:
-                report.note(f"bundle {n + 1}: dropped duplicate {ref}")
+                report.note(f"bundle {n + 1}: dropped a duplicate")
                 continue
             ids.append(item)
-        kinds: dict[str, str] = {}
-        for item in list(ids):
+        chosen = list(ids)
+        kinds = {kind_of(products[i]) for i in ids if i in anchor_set}  # an anchor keeps its kind's place
+        for item in [i for i in ids if i not in anchor_set]:
             kind = kind_of(products[item])
-            if kind in kinds and item not in anchors:
+            if kind in kinds:
                 ids.remove(item)
                 report.note(f"bundle {n + 1}: dropped a substitute of the same kind ({kind})")
             else:
-                kinds.setdefault(kind, item)
+                kinds.add(kind)
         ids = ids[:bundle_size]
         if budget is not None:
             while len(ids) > 2 and sum(products[i].price or 0.0 for i in ids) > budget:
-                removable = [i for i in ids if i not in anchors]
+                removable = [i for i in ids if i not in anchor_set]
+                if not removable:
+                    break
                 ids.remove(max(removable, key=lambda i: products[i].price or 0.0))
                 report.note(f"bundle {n + 1}: dropped an item to fit the budget")
             if sum(products[i].price or 0.0 for i in ids) > budget:
@@ -207,8 +224,11 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
             continue
         assert set(ids) <= allowed_ids
         seen_sets.add(frozenset(ids))
-        reason, title = b.reason.strip(), b.title.strip()
-        if (not _reason_is_grounded(reason, ids, key_to_id, products) or _leaks(reason) or degenerate(reason)):
+        dropped = [i for i in chosen if i not in ids]
+        reason = named_by_title(plain_text(b.reason), ids, key_to_id, products)
+        title = plain_text(b.title)
+        if (not _reason_is_grounded(reason, ids, key_to_id, products) or _leaks(reason) or degenerate(reason)
+                or names_dropped(reason, dropped, ids, products)):
             report.note(f"bundle {n + 1}: reason named products outside the bundle, repeated the instructions "
                         "or looped; replaced")
             reason = grounded_reason(ids, products)
@@ -216,7 +236,9 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
               or not about_the_products(reason, ids, products)):
             report.note(f"bundle {n + 1}: reason was filler, not a reason; replaced")
             reason = grounded_reason(ids, products)
-        if _leaks(title) or degenerate(title + " x") or len(title) < 3 or placeholder(title):
+        if (_leaks(title) or degenerate(title + " x") or len(title) < 3 or placeholder(title) or _KEY.search(title)
+                or not _reason_is_grounded(title, ids, key_to_id, products)
+                or names_dropped(title, dropped, ids, products)):
             report.note(f"bundle {n + 1}: title replaced")
             title = fallback_title(ids, products)
         bundles.append(ComposedBundle(title or "Bundle", tuple(ids), reason))
@@ -227,8 +249,10 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
 
 def _reason_is_grounded(reason: str, ids: Sequence[str], key_to_id: dict[str, str],
                         products: dict[str, Product]) -> bool:
+    """No key, title signature (first three words), brand or model number of a candidate outside the bundle."""
     text = " ".join(re.findall(r"[a-z0-9]+", reason.lower()))
     inside = set(ids)
+    own = _vocabulary(ids, products)
     for key, item in key_to_id.items():
         if item in inside:
             continue
@@ -237,7 +261,81 @@ def _reason_is_grounded(reason: str, ids: Sequence[str], key_to_id: dict[str, st
         sig = _signature(products[item])
         if sig and sig in text and not any(_signature(products[i]) == sig for i in inside):
             return False
+        if _mentions(text, {d for d in _distinctive(products[item]) if not set(d.split()) <= own}):
+            return False
     return True
+
+
+_SCHEMA_FIELDS = frozenset({"bundles", "items", "title", "reason"})
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+_KEY = re.compile(r"\bP\d+\b")
+
+
+def plain_text(text: str) -> str:
+    """One line for a shopper: control, line-break and bidirectional-override characters become spaces."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+def named_by_title(text: str, ids: Sequence[str], key_to_id: dict[str, str], products: dict[str, Product]) -> str:
+    """The bundle's own prompt keys (P3) written as its products' short titles: shoppers never see keys."""
+    from rag_rec.compose.heuristic import short_title
+
+    inside = set(ids)
+    return _KEY.sub(lambda m: short_title(products[key_to_id[m.group(0)]], 4)
+                    if key_to_id.get(m.group(0)) in inside else m.group(0), text)
+
+
+def _vocabulary(ids: Sequence[str], products: dict[str, Product]) -> set[str]:
+    words: set[str] = set()
+    for i in ids:
+        p = products[i]
+        words.update(re.findall(r"[a-z0-9]+", " ".join((p.title, p.brand or "", *p.category)).lower()))
+    return words
+
+
+@lru_cache(maxsize=65536)
+def _distinctive_of(title: str, brand: str) -> frozenset[str]:
+    tokens = re.findall(r"[a-z0-9]+", title.lower())
+    found = {t for t in tokens if len(t) >= 3 and re.search("[a-z]", t) and re.search("[0-9]", t)}
+    words = title.split()
+    if not brand and words and len(words[0]) >= 4 and words[0][0].isupper() and words[0].isalpha():
+        brand = words[0]  # catalogues without a brand field mostly lead the title with it
+    name = " ".join(re.findall(r"[a-z0-9]+", brand.lower()))
+    if len(name) >= 3 and name not in _GENERIC_WORDS and name not in _NOT_BRANDS:
+        found.add(name)
+    return frozenset(found)
+
+
+def _distinctive(product: Product) -> frozenset[str]:
+    """What names this product rather than its kind: its brand (or a title's leading capitalised word when the
+    catalogue has no brand) and its model numbers (tokens of letters and digits, "d3200", "el14")."""
+    return _distinctive_of(product.title, product.brand or "")
+
+
+def _mentions(text_words: str, names: frozenset[str] | set[str]) -> bool:
+    padded = f" {text_words} "
+    return any(f" {name} " in padded for name in names)
+
+
+_NOT_BRANDS = frozenset("generic unbranded unknown none replacement original genuine premium professional "
+                        "compatible universal high pack".split())
+
+
+def names_dropped(text: str, dropped: Sequence[str], ids: Sequence[str], products: dict[str, Product]) -> bool:
+    """The text mentions a product grounding took out of the model's bundle: a title word (4+ letters) of it that
+    no kept product has; a reason written for the whole set would otherwise describe what is not served."""
+    if not dropped:
+        return False
+    own = _vocabulary(ids, products)
+    text_words = " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+    words = set(text_words.split())
+    for i in dropped:
+        p = products[i]
+        if ({w for w in re.findall(r"[a-z]+", p.title.lower()) if len(w) >= 4} - own - _GENERIC_WORDS) & words:
+            return True
+        if _mentions(text_words, {d for d in _distinctive(p) if not set(d.split()) <= own}):
+            return True
+    return False
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,8 @@ grounding -> one repair retry -> fallback to the heuristic composer. Batched acr
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
@@ -17,11 +19,25 @@ from rag_rec.errors import LLMOutputError
 from rag_rec.llm.base import GenerationRequest, LLMBackend
 from rag_rec.settings import LLMSettings
 
+log = logging.getLogger("rag_rec.compose")
+
+# chat-template control tokens (<|im_start|>, <|eot_id|>, <s>, [INST]...): in catalogue text they would open turns
+_TEMPLATE_TOKENS = re.compile(r"<\|[^<>|]{0,64}\|>|</?s>|\[/?INST\]|<<\s*/?SYS\s*>>|<\|?|\|>", re.IGNORECASE)
+REPAIR_ALLOWANCE = 128  # tokens for the repair turn's instruction beside the quoted first answer
+
 
 def _clean(text: str, limit: int = 160) -> str:
-    """Product text as prompt data: one line, no braces/backticks that could look like structure, bounded."""
-    text = " ".join(str(text).split()).replace("{", "(").replace("}", ")").replace("`", "'")
+    """Product text as prompt data: one line, no chat-template control tokens, no braces/backticks that could
+    look like structure, bounded."""
+    text = _TEMPLATE_TOKENS.sub(" ", str(text))
+    text = " ".join(text.split()).replace("{", "(").replace("}", ")").replace("`", "'")
     return text[:limit]
+
+
+def estimated_tokens(messages: list[dict[str, str]]) -> int:
+    """An upper estimate of a prompt's tokens without the model's tokenizer: a third of its UTF-8 bytes (English
+    is ~4 bytes a token; other scripts 2-3 bytes a character) plus the turns' template."""
+    return sum(len(m["content"].encode()) // 3 + 8 for m in messages)
 
 
 def describe(product, key: str) -> str:
@@ -41,8 +57,27 @@ class LLMComposer:
         self.fallback = fallback or HeuristicComposer()
         self.template = load_prompt("compose_bundles")
 
-    def build_request(self, context: ComposeContext) -> tuple[GenerationRequest, dict[str, str]]:
+    def build_request(self, context: ComposeContext) -> tuple[GenerationRequest | None, dict[str, str]]:
+        """The generation request and its key map; candidates are cut from the end of the list until the prompt
+        leaves room in the model's context for the answer and a repair turn. None when fewer than two products
+        could be listed (nothing to compose)."""
         cands = [c.id for c in context.candidates if c.id in context.products][: self.settings.max_candidates]
+        limit = self.settings.max_model_len - 2 * self.settings.max_tokens - REPAIR_ALLOWANCE
+        while True:
+            request, key_to_id = self._request(context, cands)
+            used = self._prompt_tokens(request.messages)
+            if used <= limit or not cands:
+                break
+            cands = cands[:min(len(cands) - 1, len(cands) * limit // used)]
+        if used > limit or len(key_to_id) < 2:
+            return None, key_to_id
+        return request, key_to_id
+
+    def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        counter = getattr(self.llm, "prompt_tokens", None)
+        return counter(messages) if counter is not None else estimated_tokens(messages)
+
+    def _request(self, context: ComposeContext, cands: Sequence[str]) -> tuple[GenerationRequest, dict[str, str]]:
         anchors = [a for a in context.anchors if a in context.products]
         ids = list(dict.fromkeys(anchors + spread_by_kind(cands, context.products, anchors)))
         key_to_id = keyed(ids)
@@ -70,15 +105,28 @@ class LLMComposer:
     def compose_many(self, contexts: Sequence[ComposeContext]) -> list[ComposeResult]:
         built = [self.build_request(c) for c in contexts]
         results: list[ComposeResult | None] = [None] * len(contexts)
+        for n, (request, key_to_id) in enumerate(built):
+            if request is None:
+                why = ("fewer than two products to compose" if len(key_to_id) < 2
+                       else "the products do not fit the model's context")
+                results[n] = self._fallback(contexts[n], why)
+        todo = [n for n in range(len(contexts)) if results[n] is None]
+        if not todo:
+            return results
+        try:
+            generations = self._generate([built[n][0] for n in todo])
+        except Exception as exc:  # transport/engine failure: serve the grounded fallback, say why
+            log.warning("LLM generation failed: %s: %s", type(exc).__name__, exc)
+            for n in todo:
+                results[n] = self._fallback(contexts[n], f"LLM unavailable ({type(exc).__name__})")
+            return results
         retry: list[int] = []
         errors: dict[int, str] = {}
-        try:
-            generations = self.llm.generate([req for req, _ in built])
-        except Exception as exc:  # transport/engine failure: serve the grounded fallback, say why
-            return [self._fallback(c, f"LLM unavailable: {exc}") for c in contexts]
-        for n, (context, (req, key_to_id), gen) in enumerate(zip(contexts, built, generations)):
+        first_text: dict[int, str] = {}
+        for n, gen in zip(todo, generations):
+            first_text[n] = gen.text
             try:
-                results[n] = self._ground(context, key_to_id, gen.text, "llm")
+                results[n] = self._ground(contexts[n], built[n][1], gen.text, "llm")
             except LLMOutputError as exc:
                 errors[n] = str(exc)
                 retry.append(n)
@@ -87,16 +135,17 @@ class LLMComposer:
             for n in retry:
                 req, _ = built[n]
                 messages = req.messages + [
-                    {"role": "assistant", "content": generations[n].text[:2000]},
+                    {"role": "assistant", "content": first_text[n][:2000]},
                     {"role": "user", "content": f"That answer was rejected: {errors[n]}. Answer again with JSON "
                                                 f"only, using only the product keys listed."}]
                 repair_requests.append(replace(req, messages=messages))  # same schema and sampling
             try:
-                repaired = self.llm.generate(repair_requests)
+                repaired = self._generate(repair_requests)
             except Exception as exc:
+                log.warning("LLM repair generation failed: %s: %s", type(exc).__name__, exc)
                 repaired = None
                 for n in retry:
-                    errors[n] += f"; retry failed: {exc}"
+                    errors[n] += f"; retry failed ({type(exc).__name__})"
             for j, n in enumerate(retry):
                 if repaired is not None:
                     try:
@@ -105,12 +154,25 @@ class LLMComposer:
                     except LLMOutputError as exc:
                         errors[n] += f"; retry: {exc}"
                 results[n] = self._fallback(contexts[n], errors[n])
-        return [r for r in results if r is not None]
+        return results
+
+    def _generate(self, requests: list[GenerationRequest]):
+        generations = self.llm.generate(requests)
+        if len(generations) != len(requests):
+            raise LLMOutputError(f"the backend answered {len(generations)} of {len(requests)} requests")
+        return generations
 
     def _ground(self, context: ComposeContext, key_to_id: dict[str, str], text: str, path: str) -> ComposeResult:
         report = GroundingReport()
-        bundles = ground_bundles(text, key_to_id, context.products, k=context.k, bundle_size=context.bundle_size,
-                                 anchors=context.anchors, budget=context.budget, report=report)
+        try:
+            bundles = ground_bundles(text, key_to_id, context.products, k=context.k,
+                                     bundle_size=context.bundle_size, anchors=context.anchors, budget=context.budget,
+                                     report=report)
+        except LLMOutputError:
+            raise
+        except Exception as exc:  # a grounding bug must not take the request down: the fallback serves it
+            log.exception("grounding failed on a model answer")
+            raise LLMOutputError(f"the answer could not be checked ({type(exc).__name__})") from exc
         scores = {c.id: c.score for c in context.candidates}
         for b in bundles:
             b.score = sum(scores.get(i, 0.0) for i in b.items)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -87,6 +88,8 @@ class VLLMEngine:
             raise LLMUnavailable(f"vLLM could not start on {self.model_path}: {type(exc).__name__}: {exc}") from exc
         self._vllm = vllm
         self._no_emoji_bias: dict[int, float] | None = None
+        self._counter = None
+        self._counter_lock = threading.Lock()
         self._batches = ContinuousBatcher(_Steps(self), max_batch=settings.max_batch, name="vllm-batches")
 
     def sampling_params(self, request: GenerationRequest):
@@ -112,6 +115,17 @@ class VLLMEngine:
             vocab = xgrammar.TokenizerInfo.from_huggingface(self.llm.get_tokenizer()).decoded_vocab
             self._no_emoji_bias = {i: -100.0 for i, token in enumerate(vocab) if any(0xF0 <= b <= 0xF4 for b in token)}
         return self._no_emoji_bias
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """The prompt's length in tokens under the model's chat template (a tokenizer of its own: the engine's
+        is used by the engine thread, and fast tokenizers are not safe to share between threads)."""
+        with self._counter_lock:
+            if self._counter is None:
+                from transformers import AutoTokenizer
+
+                self._counter = AutoTokenizer.from_pretrained(str(self.model_path))
+            ids = self._counter.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         return self._batches.submit(requests)
