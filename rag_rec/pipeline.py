@@ -191,7 +191,7 @@ class BundlePipeline:
         known_anchors = tuple(a for a in request.anchor_items if a in self.dataset.products)
         result = self.retriever.retrieve(RetrievalRequest(
             user_id=request.user_id, anchors=tuple(request.anchor_items), need=request.need,
-            filter=to_index_filter(request.filters), k=self.settings.retrieve.k))
+            filter=to_index_filter(request.filters), k=max(self.settings.retrieve.k, request.k * request.bundle_size)))
         history = tuple(self._history.get(request.user_id, ())) if request.user_id else ()
         context = ComposeContext(result.candidates, self.dataset.products, known_anchors, request.need, history,
                                  request.k, request.bundle_size, request.budget)

@@ -405,3 +405,40 @@ def test_the_prompt_is_cut_to_leave_room_for_the_answer_and_a_repair():
     tiny = LLMComposer(Counting(), LLMSettings(max_model_len=500, max_tokens=200))
     assert tiny.build_request(ctx)[0] is None
     assert tiny.compose(ctx).produced_by == "fallback"
+
+
+def test_heuristic_seed_over_the_budget_gives_way_to_the_next():
+    products = priced(cam=900.0, bag=30.0, bat=25.0, sd=10.0)
+    ctx = ComposeContext([Candidate(i, 1.0 - n / 10) for n, i in enumerate(["cam", "bag", "bat", "sd"])], products,
+                         k=1, bundle_size=3, budget=100.0)
+    result = HeuristicComposer().compose(ctx)
+    assert [set(b.items) for b in result.bundles] == [{"bag", "bat", "sd"}]
+
+
+def test_heuristic_leaves_unpriced_products_out_under_a_budget_and_says_so():
+    products = priced(cam=100.0, bat=20.0)  # bag and sd have no price
+    ctx = ComposeContext([Candidate(i, 1.0) for i in ["bag", "sd", "bat"]], products, anchors=("cam",), k=1,
+                         bundle_size=3, budget=150.0)
+    result = HeuristicComposer().compose(ctx)
+    assert [b.items for b in result.bundles] == [("cam", "bat")]
+    assert any("without a price" in n for n in result.notes)
+    unpriced = ComposeContext([Candidate(i, 1.0) for i in ["bag", "sd"]], P, anchors=("cam",), k=1, bundle_size=3,
+                              budget=50.0)
+    result = HeuristicComposer().compose(unpriced)  # a catalogue without prices still gets bundles, with a note
+    assert result.bundles and any("could not be checked" in n for n in result.notes)
+
+
+def test_heuristic_builds_k_different_bundles_around_one_anchor():
+    products = {f"p{n}": Product(f"p{n}", f"Accessory {n}", ("A", f"kind{n % 6}")) for n in range(12)}
+    products["cam"] = P["cam"]
+    ctx = ComposeContext([Candidate(i, 1.0 - n / 100) for n, i in enumerate(sorted(products)) if i != "cam"],
+                         products, anchors=("cam",), k=4, bundle_size=4)
+    bundles = HeuristicComposer().compose(ctx).bundles
+    assert len(bundles) == 4 and len({frozenset(b.items) for b in bundles}) == 4
+    assert all(b.items[0] == "cam" for b in bundles)
+
+
+def test_heuristic_reason_claims_co_purchases_per_pair_not_summed():
+    cands = [Candidate("bat", 1.0, evidence={"co_purchases": 3}), Candidate("sd", 0.9, evidence={"co_purchases": 4})]
+    reason = HeuristicComposer().compose(ComposeContext(cands, P, anchors=("cam",), k=1, bundle_size=3)).bundles[0].reason
+    assert "4 times" in reason and "7" not in reason and "together" not in reason
