@@ -73,6 +73,18 @@ def test_filters_are_enforced(pipeline):
     assert none.candidates == []  # the Amazon catalogue has no prices: a price filter matches nothing
 
 
+def test_a_category_filter_keeps_the_co_occurrence_partners_and_popular_items_in_it(pipeline):
+    # the partners and the popular fallback are filtered in Python, where a category is a list as in the engine
+    products = pipeline.dataset.products
+    top = sorted({p.category[0] for p in products.values() if p.category})
+    every = Filter(must_match={"category": top})
+    for request in [RetrievalRequest(anchors=(a,), k=40) for a in anchors_of(pipeline, 5)] + [RetrievalRequest()]:
+        free = [c.id for c in pipeline.retriever.retrieve(request).candidates]
+        filtered = [c.id for c in pipeline.retriever.retrieve(dataclasses.replace(request, filter=every)).candidates]
+        categorised = [i for i in free[:10] if products[i].category]
+        assert categorised and set(categorised) <= set(filtered)
+
+
 def test_cold_start_paths(pipeline):
     r = pipeline.retriever.retrieve(RetrievalRequest(user_id="someone-new", need="usb microphone for podcast"))
     assert any("cold start" in n for n in r.notes) and r.candidates

@@ -33,6 +33,11 @@ def product_matches(product: Product, flt: Filter | None) -> bool:
         return False
     values = {"in_stock": product.in_stock, "brand": product.brand, "price": product.price}
     for key, want in flt.must_match.items():
+        if key == "category":  # a list in the payload: the engine matches when any level matches
+            wanted = set(want) if isinstance(want, (list, tuple, set)) else {want}
+            if not wanted & set(product.category):
+                return False
+            continue
         have = values.get(key, product.attributes.get(key))
         if isinstance(want, (list, tuple, set)):
             if have not in want:
