@@ -174,6 +174,10 @@ def test_write_endpoints_need_a_valid_api_key(api):
     assert wrong.status_code == 401 and wrong.json()["detail"] == "invalid API key"
     product = {"products": [{"id": "NEW-1", "title": "USB-C travel charger"}]}
     assert client.post(f"{api}/v1/products", json=product).status_code == 401
+    foreign = client.post(f"{api}/v1/events", json=event, headers={"X-API-Key": b"cl\xc3\xa9"})
+    assert foreign.status_code == 401  # a non-ASCII key is a wrong key, not a server error
+    assert client.post(f"{api}/v1/bundles", json={"need": "camera bag"},
+                       headers={"X-API-Key": b"cl\xc3\xa9"}).status_code == 200
     ok = client.post(f"{api}/v1/events", json=event, headers={"X-API-Key": API_KEY})
     assert ok.status_code == 200 and ok.json()["accepted"] == 1
 

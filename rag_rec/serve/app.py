@@ -120,7 +120,7 @@ class GuardMiddleware:
         headers = dict(scope.get("headers") or [])
         key = headers.get(b"x-api-key", b"").decode("latin-1")
         for index, valid in enumerate(self.settings.api_keys):
-            if key and secrets.compare_digest(key, valid):
+            if key and secrets.compare_digest(key.encode(), valid.encode()):  # str compare_digest refuses non-ASCII
                 return f"key:{index}"
         client = scope.get("client")
         return f"ip:{client[0] if client else 'unknown'}"
