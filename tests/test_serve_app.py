@@ -125,9 +125,12 @@ def test_injection_text_in_need_is_treated_as_data(api, recording_service):
     ({"budget": -5}, "body.budget"),
     ({"filters": {"max_price": "cheap"}}, "body.filters.max_price"),
     ({"need": "x" * 1001}, "body.need"),
+    ({"need": "bag", "filters": {"min_price": 100, "max_price": 10}}, "body.filters"),
+    ('{"need": "bag", "budget": Infinity}', "body.budget"),
 ])
 def test_bundles_validation_names_the_field(api, body, field):
-    r = client.post(f"{api}/v1/bundles", json=body)
+    r = (client.post(f"{api}/v1/bundles", content=body, headers={"content-type": "application/json"})
+         if isinstance(body, str) else client.post(f"{api}/v1/bundles", json=body))
     assert r.status_code == 422
     payload = r.json()
     assert payload["error"] == "validation_error"
@@ -180,6 +183,13 @@ def test_write_endpoints_need_a_valid_api_key(api):
                        headers={"X-API-Key": b"cl\xc3\xa9"}).status_code == 200
     ok = client.post(f"{api}/v1/events", json=event, headers={"X-API-Key": API_KEY})
     assert ok.status_code == 200 and ok.json()["accepted"] == 1
+
+
+@pytest.mark.parametrize("timestamp", [10 ** 20, 253_402_300_800, -1])
+def test_an_event_timestamp_outside_unix_time_is_refused_naming_it(api, timestamp):
+    r = client.post(f"{api}/v1/events", headers={"X-API-Key": API_KEY}, json={"events": [
+        {"user_id": "u-ts", "item_id": "B004LQ1BWK", "timestamp": timestamp}]})
+    assert r.status_code == 422 and "body.events.0.timestamp" in [i["field"] for i in r.json()["detail"]]
 
 
 def test_events_feed_the_service_and_are_validated(api, recording_service):

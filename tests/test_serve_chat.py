@@ -127,6 +127,14 @@ def test_product_ids_in_the_text_become_anchors(bundle_service):
     assert isinstance(only_anchor, Answer) and only_anchor.request.need is None
 
 
+def test_a_conversation_naming_more_products_than_a_request_holds_keeps_the_latest(bundle_service):
+    ids = [h.id for h in bundle_service.search_products("camera accessories", k=25)]
+    turns = [f"What goes with {' '.join(ids[n:n + 5])}?" for n in range(0, 25, 5)]
+    request = ChatRequest(messages=[ChatMessage(role="user", content=t) for t in turns])
+    plan = ChatPolicy().plan(request, bundle_service.product)
+    assert isinstance(plan, Answer) and plan.request.anchor_items == ids[-20:]
+
+
 def test_reply_names_every_bundle_and_the_path():
     policy = ChatPolicy()
     plan = policy.plan(conversation("car stereo install under $60"))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rag_rec.data.cleaning import CleaningReport, RowChecker
-from rag_rec.data.models import Bundle, Dataset, Interactions, Product, Session
+from rag_rec.data.models import MAX_TIMESTAMP, Bundle, Dataset, Interactions, Product, Session
 from rag_rec.errors import DataError
 
 REQUIRED_FILES = ("item_titles.csv", "session_item.csv", "bundle_item.csv")
@@ -66,6 +66,9 @@ def load_amazon_bundles(directory: str | Path, *, strict: bool = True, name: str
         value = row[column]
         if not value.lstrip("-").isdigit():
             chk.reject(number, column, f"expected an integer id, got {value!r}", row)
+            return None
+        if column == "timestamp" and not 0 <= int(value) <= MAX_TIMESTAMP:
+            chk.reject(number, column, f"not a unix time: {value[:30]!r}", row)
             return None
         return str(int(value))
 

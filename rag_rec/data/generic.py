@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from rag_rec.data.cleaning import CleaningReport, RowChecker, parse_price
-from rag_rec.data.models import Bundle, Dataset, Interactions, Product, Session
+from rag_rec.data.models import MAX_TIMESTAMP, Bundle, Dataset, Interactions, Product, Session
 from rag_rec.errors import DataError
 
 EVENT_TYPES = {"view", "click", "cart", "purchase", "wishlist", "return"}
@@ -71,11 +71,13 @@ def _timestamp(value: str) -> int | None:
     if not value:
         return None
     if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        return int(pd.Timestamp(value).timestamp())
-    except (ValueError, TypeError):
-        return None
+        seconds = int(value)
+    else:
+        try:
+            seconds = int(pd.Timestamp(value).timestamp())
+        except (ValueError, TypeError, OverflowError):
+            return None
+    return seconds if 0 <= seconds <= MAX_TIMESTAMP else None
 
 
 def load_generic(directory: str | Path, *, strict: bool = True, name: str | None = None,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rag_rec.schemas import BundleRequest, BundleResponse, ChatMessage, ChatRequest, ItemOut
+from rag_rec.schemas import MAX_ANCHORS, BundleRequest, BundleResponse, ChatMessage, ChatRequest, ItemOut
 
 _NUM = r"(\d{1,3}(?:,\d{3})+(?:\.\d{1,2})?|\d{1,7}(?:[.,]\d{1,2})?)\s*(k\b)?"
 _CURRENCY = r"(?:(?:dollars?|bucks|usd|euros?|eur)\b|€)"
@@ -194,7 +194,7 @@ class ChatPolicy:
                            "for example “under $50”?", missing="budget")
         bundle_request = BundleRequest(
             user_id=request.user_id,
-            anchor_items=[a.id for a in state.anchors],
+            anchor_items=[a.id for a in state.anchors][-MAX_ANCHORS:],  # the latest, when turns named more
             need=None if state.is_vague else state.need,
             filters=request.filters,
             budget=state.budget,
