@@ -340,13 +340,14 @@ class BundlePipeline:
             self._event_log.extend(
                 {"user_id": e.user_id, "item_id": e.item_id, "timestamp": now if e.timestamp is None else e.timestamp, "event": e.event,
                  "session_id": e.session_id, "quantity": e.quantity} for e in events.events)
+            kept = [e for e in events.events if e.event != "return"]  # a return is no co-purchase and no vote
             sessions: dict[str, list[str]] = {}
-            for e in events.events:
+            for e in kept:
                 if e.session_id is not None:
                     sessions.setdefault(e.session_id, []).append(e.item_id)
             if sessions:
                 self.signals.cooc.add_groups([tuple(items) for items in sessions.values()], self.dataset)
-            for idx in self.signals.vocab.known(e.item_id for e in events.events):
+            for idx in self.signals.vocab.known(e.item_id for e in kept):
                 self.signals.popularity.counts[idx] += 1
             if self.signals.als is not None:
                 self.signals.als.fold_in_many([(str(e.user_id), e.item_id, str(e.event)) for e in events.events])

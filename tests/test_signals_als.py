@@ -145,4 +145,7 @@ def test_batched_fold_in_equals_one_user_at_a_time(tmp_path, split, fitted):
     assert batched.fold_in_many(events + [("new-empty", "no-such-item", "purchase")]) == len(events)
     for u in users:
         np.testing.assert_allclose(batched.user_vector(f"new-{u}"), one_by_one.user_vector(f"new-{u}"), atol=1e-5)
-    assert batched.user_vector("new-empty") is not None
+    assert batched.fold_in_many([("new-clicks", events[0][1], "click"), ("new-clicks", events[1][1], "return")]) == 0
+    # no weighted event of a known item: no factors to learn, so the user stays unknown (content cold start) instead
+    # of becoming a zero vector that ranks arbitrary products
+    assert batched.user_vector("new-empty") is None and batched.user_vector("new-clicks") is None

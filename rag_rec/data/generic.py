@@ -129,7 +129,8 @@ def load_generic(directory: str | Path, *, strict: bool = True, name: str | None
     events_path = _find(root, "events", required=False)
     if events_path is not None:
         interactions = _load_events(events_path, products, report, strict)
-        with_session = interactions.frame.dropna(subset=["session_id"])
+        frame = interactions.frame  # a return is no co-purchase
+        with_session = frame[frame["event"].fillna("") != "return"].dropna(subset=["session_id"])
         for sid, group in with_session.groupby("session_id", sort=False):
             sessions[str(sid)] = Session(str(sid), tuple(dict.fromkeys(group["item_id"])),
                                          str(group["user_id"].iloc[0]), int(group["timestamp"].iloc[0]))

@@ -144,17 +144,17 @@ class ALSScorer:
         """fold_in for a batch of (user, item, event): one sparse update, one partial_fit_users for all
         touched users. Returns how many events had a known item."""
         model = self._require_fitted()
-        new_users = [u for u in dict.fromkeys(u for u, _, _ in events) if u not in self._user_index]
+        weighted = [(user, item, self.event_weights.get(event, 0.0)) for user, item, event in events]
+        weighted = [(user, item, w) for user, item, w in weighted if item in self._item_index and w > 0]
+        if not weighted:  # views of unknown items, clicks, returns: no factors to learn (a new user stays unknown)
+            return 0
+        new_users = [u for u in dict.fromkeys(u for u, _, _ in weighted) if u not in self._user_index]
         for user in new_users:
             self._user_index[user] = len(self.user_ids)
             self.user_ids.append(user)
-        rows, cols, vals = [], [], []
-        for user, item, event in events:
-            weight = self.event_weights.get(event, 0.0)
-            if item in self._item_index and weight > 0:
-                rows.append(self._user_index[user])
-                cols.append(self._item_index[item])
-                vals.append(weight)
+        rows = [self._user_index[user] for user, _, _ in weighted]
+        cols = [self._item_index[item] for _, item, _ in weighted]
+        vals = [w for _, _, w in weighted]
         shape = (len(self.user_ids), len(self.item_ids))
         matrix = self._user_items
         if new_users:
@@ -164,7 +164,7 @@ class ALSScorer:
         if vals:
             matrix = (matrix + sp.csr_matrix((np.asarray(vals, dtype=np.float32), (rows, cols)), shape=shape)).tocsr()
         self._user_items = matrix
-        touched = np.array(sorted({self._user_index[u] for u, _, _ in events}))
+        touched = np.array(sorted(set(rows)))
         with _single_threaded_blas():
             model.partial_fit_users(touched, matrix[touched])
         return len(vals)

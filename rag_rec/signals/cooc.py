@@ -327,7 +327,8 @@ class PopularityScorer:
     def fit(self, dataset: Dataset) -> "PopularityScorer":
         self.vocab = ItemVocab.of(dataset.products)
         counts = np.zeros(len(self.vocab))
-        freq = dataset.interactions.frame["item_id"].value_counts()
+        frame = dataset.interactions.frame  # a returned product is no vote
+        freq = frame.loc[frame["event"].fillna("") != "return", "item_id"].value_counts()
         for item, n in freq.items():
             if item in self.vocab.index:
                 counts[self.vocab.index[item]] += n
