@@ -97,14 +97,30 @@ class BundlePipeline:
         return specs
 
     def _fingerprint(self) -> str:
+        """A hash of everything the index holds: ids, every vector and every payload, so a catalogue edited in
+        place (a price, a stock flag, a title past the first rows) is re-indexed on the next start."""
         h = hashlib.sha256()
         h.update(json.dumps([s.__dict__ for s in self.vector_specs()]).encode())
         h.update(self.dataset.name.encode())
-        h.update(str(len(self.dataset.products)).encode())
-        h.update(np.ascontiguousarray(self.signals.text_vectors[:50]).tobytes())
+        ids = self.signals.vocab.ids
+        h.update("\x1f".join(ids).encode())
+        h.update(np.ascontiguousarray(self.signals.text_vectors[:len(ids)]).tobytes())
         if self.signals.als is not None:
-            h.update(np.ascontiguousarray(self.signals.als.item_vectors()[1][:50]).tobytes())
+            als_ids, matrix = self.signals.als.item_vectors()
+            h.update("\x1f".join(als_ids).encode())
+            h.update(np.ascontiguousarray(matrix).tobytes())
+        products = self.dataset.products
+        h.update(json.dumps([product_payload(products[i]) for i in ids], default=str).encode())
         return h.hexdigest()[:16]
+
+    def _indexed_build(self, marker: Path) -> str | None:
+        """The fingerprint the marker records, or None when the marker is missing or unreadable (then the index
+        is synced again: upserts are idempotent)."""
+        try:
+            recorded = json.loads(marker.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return recorded if isinstance(recorded, str) else None
 
     def sync_index(self, *, rebuild: bool = False, console: Console | None = None) -> int:
         """Upsert every product (idempotent) unless the index already holds this exact build."""
@@ -113,8 +129,7 @@ class BundlePipeline:
         marker = Path(self.settings.index.path) / f"{self.settings.index.collection}.build.json"
         fingerprint = self._fingerprint()
         if not rebuild and self.settings.index.backend == "edge" and marker.is_file():
-            if json.loads(marker.read_text()).get("fingerprint") == fingerprint and \
-                    self.store.count() == len(self.dataset.products):
+            if self._indexed_build(marker) == fingerprint and self.store.count() == len(self.dataset.products):
                 self.store.warm()  # the embedded store's point-id map, so the first request does not build it
                 self.retriever.warm()
                 return 0
