@@ -139,3 +139,41 @@ def test_cached_products_skip_the_real_encoder(tmp_path, encoder, electronic):
         assert cache.misses == 0
     assert ids2 == ids
     np.testing.assert_array_equal(matrix2, matrix)
+
+
+def test_a_damaged_embedding_cache_is_moved_aside_and_started_empty(tmp_path):
+    from rag_rec.signals.text import EmbeddingCache
+
+    path = tmp_path / "embeddings.sqlite"
+    path.write_bytes(b"not a database at all" * 100)
+    with EmbeddingCache(path) as cache:
+        assert len(cache) == 0
+        cache.put_many("m", ["a"], np.ones((1, 4), dtype=np.float32))
+    assert [p.name.startswith("embeddings.sqlite.corrupt-") for p in tmp_path.iterdir()].count(True) == 1
+    with EmbeddingCache(path) as cache:
+        assert cache.get_many("m", ["a"])[0].tolist() == [1.0] * 4
+
+
+def test_an_unusable_cache_path_names_itself(tmp_path):
+    from rag_rec.errors import RagRecError
+    from rag_rec.signals.text import EmbeddingCache
+
+    (tmp_path / "dir.sqlite").mkdir()
+    with pytest.raises(RagRecError, match="dir.sqlite"):
+        EmbeddingCache(tmp_path / "dir.sqlite")
+
+
+def test_cached_entries_of_another_dimension_or_damaged_are_misses(tmp_path):
+    import sqlite3
+
+    from rag_rec.signals.text import EmbeddingCache, text_key
+
+    path = tmp_path / "e.sqlite"
+    with EmbeddingCache(path) as cache:
+        cache.put_many("m", ["wide", "ok"], np.ones((2, 8), dtype=np.float32))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE embeddings SET vector = ? WHERE key = ?", (b"\x00" * 5, text_key("ok")))
+    with EmbeddingCache(path) as cache:
+        assert cache.get_many("m", ["wide"], dim=4) == [None]
+        assert cache.get_many("m", ["ok"], dim=8) == [None]
+        assert cache.get_many("m", ["wide"], dim=8)[0].shape == (8,)

