@@ -17,6 +17,7 @@ from rag_rec.compose.base import ComposeContext, ComposeResult
 from rag_rec.compose.heuristic import HeuristicComposer
 from rag_rec.data import load_dataset
 from rag_rec.data.models import Dataset, Interactions, Product
+from rag_rec.errors import DataError
 from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, Record, VectorSpec, open_store
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.retrieve.hybrid import HybridRetriever
@@ -82,6 +83,15 @@ class BundlePipeline:
         spec = data or f"amazon:{Path(settings.data.root) / 'amazon-bundles' / settings.data.domain}"
         dataset = load_dataset(spec, strict=settings.data.strict)
         console.log(f"catalogue {dataset.name}: {len(dataset.products)} products, {len(dataset.interactions)} events")
+        report = dataset.report
+        if report is not None and report.changed:
+            for line in report.summary_lines():
+                console.log(line)
+            if settings.data.quarantine_dir is not None and report.quarantined:
+                written = report.write(settings.data.quarantine_dir)
+                console.log(f"{len(report.quarantined)} quarantined rows written to {written}")
+        if not dataset.products:
+            raise DataError(f"no products in {spec}: nothing to index or recommend")
         signals = fit_signals(dataset, settings, console=console)
         if signals.encoder is not None:
             signals.encoder.encode(["warm up the text encoder"])

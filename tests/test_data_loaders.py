@@ -143,6 +143,12 @@ def test_generic_bad_event_row(tmp_path):
     assert len(ds.interactions) == 1 and ds.report.quarantined[0].row == 2
 
 
+def test_a_csv_row_with_a_field_too_many_is_an_error_not_a_shifted_catalogue(tmp_path):
+    root = _write_shop(tmp_path, "id,title,price\na,Camera, black,100\nb,Lens,50\n")
+    with pytest.raises(DataError, match=r"products.csv, row 2: 4 fields where the header has 3"):
+        load_generic(root)
+
+
 def test_a_timestamp_outside_unix_time_is_a_row_error_not_a_crash(tmp_path):
     root = _write_shop(tmp_path, "id,title\np1,Tent\n",
                        '{"user_id": "u1", "item_id": "p1", "timestamp": 1}\n'

@@ -35,7 +35,7 @@ def read_table(path: Path) -> pd.DataFrame:
     """Read CSV/JSONL/Parquet as strings; malformed files raise DataError naming the file (and line)."""
     try:
         if path.suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+            return _read_csv(path)
         if path.suffix == ".jsonl":
             rows = []
             import json
@@ -57,6 +57,34 @@ def read_table(path: Path) -> pd.DataFrame:
         raise
     except Exception as exc:  # parser errors from pandas/pyarrow
         raise DataError(f"cannot parse: {exc}", file=str(path)) from None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV as strings; a row with more or fewer fields than the header is an error naming it (pandas would
+    shift every column of a catalogue whose first row has one field too many)."""
+    import csv
+
+    csv.field_size_limit(1 << 24)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                return pd.DataFrame()
+            header = [h.strip() for h in header]
+            rows = []
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{len(row)} fields where the header has {len(header)} (an unquoted comma?)",
+                                    file=str(path), row=reader.line_num)
+                rows.append(row)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", file=str(path)) from None
+    except csv.Error as exc:
+        raise DataError(f"malformed CSV: {exc}", file=str(path)) from None
+    return pd.DataFrame(rows, columns=header, dtype=str)
 
 
 def _require_columns(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:

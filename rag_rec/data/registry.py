@@ -13,6 +13,8 @@ def load_dataset(spec: str, *, strict: bool = True) -> Dataset:
     if kind == "dunnhumby":
         from rag_rec.data.dunnhumby import load_dunnhumby
 
+        if arg and not arg.isdigit():
+            raise DataError(f"'dunnhumby:{arg}': the part after the colon is a number of households")
         return load_dunnhumby(households=int(arg) if arg else None)
     if kind == "amazon":
         from rag_rec.data.amazon import load_amazon_bundles

@@ -62,7 +62,13 @@ def fit_signals(dataset: Dataset, settings: Settings, *, text: bool = True, als:
     if als and len(dataset.interactions):
         from rag_rec.signals.als import ALSScorer
 
-        als_model = ALSScorer(settings.cf).fit(dataset)
+        als_model = ALSScorer(settings.cf)
+        events = dataset.interactions.frame["event"].fillna("purchase").astype(str)
+        if events.map(als_model.event_weights).fillna(0.0).gt(0).any():
+            als_model.fit(dataset)
+        else:  # clicks, wishlists, returns only: no weighted events, so no CF factors (co-occurrence still counts)
+            console.log(f"no ALS: none of the events has a weight ({als_model.event_weights})")
+            als_model = None
     behaviour_model = None
     if behaviour and len(dataset.interactions):
         from rag_rec.signals.behaviour import BehaviourModel

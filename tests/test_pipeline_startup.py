@@ -1,4 +1,5 @@
-"""Restarting the product on an edited catalogue, a corrupt build marker or embedding cache: the index follows."""
+"""Starting the product: on an edited catalogue or a corrupt build marker the index follows; catalogues it cannot
+use give errors naming why; events without ALS weights and lenient cleaning still start it."""
 
 import sqlite3
 
@@ -24,11 +25,11 @@ def write_shop(root, price_of_p55="19.99", stock_of_p55="true"):
     (root / "events.jsonl").write_text("\n".join(events) + "\n")
 
 
-def open_pipeline(tmp_path, root):
+def open_pipeline(tmp_path, root, **sections):
     from rag_rec.pipeline import BundlePipeline
 
     settings = Settings(index={"path": tmp_path / "index"}, llm={"backend": "none"},
-                        embedding={"cache_path": tmp_path / "embeddings.sqlite"})
+                        embedding={"cache_path": tmp_path / "embeddings.sqlite"}, **sections)
     return BundlePipeline.from_settings(settings, data=f"generic:{root}")
 
 
@@ -62,3 +63,39 @@ def test_a_corrupt_build_marker_means_a_fresh_sync_not_a_crash(tmp_path, marker_
         assert pipeline.store.count() == 60 and '"fingerprint": "' in marker.read_text()
     finally:
         pipeline.close()
+
+
+def test_an_empty_catalogue_is_an_error_naming_it(tmp_path):
+    from rag_rec.errors import DataError
+
+    root = tmp_path / "shop"
+    root.mkdir()
+    (root / "products.csv").write_text("id,title\n")
+    with pytest.raises(DataError, match="no products"):
+        open_pipeline(tmp_path, root)
+
+
+def test_events_without_als_weights_start_the_product_without_cf(tmp_path):
+    root = tmp_path / "shop"
+    write_shop(root)
+    lines = (root / "events.jsonl").read_text().splitlines()
+    (root / "events.jsonl").write_text("\n".join(line[:-1] + ', "event": "click"}' for line in lines) + "\n")
+    pipeline = open_pipeline(tmp_path, root)
+    try:
+        assert pipeline.signals.als is None
+        from rag_rec.schemas import BundleRequest
+
+        assert pipeline.recommend(BundleRequest(anchor_items=["p0"], use_llm=False)).bundles
+    finally:
+        pipeline.close()
+
+
+def test_lenient_cleaning_writes_the_quarantine_where_settings_say(tmp_path):
+    root = tmp_path / "shop"
+    write_shop(root)
+    with open(root / "events.jsonl", "a") as fh:
+        fh.write('{"user_id": "u1", "item_id": "no-such-product", "timestamp": 1700000000}\n')
+    pipeline = open_pipeline(tmp_path, root, data={"strict": False, "quarantine_dir": tmp_path / "quarantine"})
+    pipeline.close()
+    quarantine = (tmp_path / "quarantine" / "quarantine.csv").read_text()
+    assert "no-such-product" in quarantine and "item_id" in quarantine
