@@ -118,12 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import tomllib
+
+    from pydantic import ValidationError
+
     from rag_rec.errors import RagRecError
 
     try:
         return int(args.func(args) or 0)
-    except RagRecError as exc:
+    except (RagRecError, ValidationError, tomllib.TOMLDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the command was given: missing, not a directory, not writable
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
 
 

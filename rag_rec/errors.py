@@ -22,6 +22,10 @@ class DataError(RagRecError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class UsageError(RagRecError, ValueError):
+    """A command or call asked for something that does not exist (an unknown task, recommender or file)."""
+
+
 class MissingExtraError(RagRecError, ImportError):
     """A heavy optional dependency is not installed."""
 

@@ -152,7 +152,9 @@ class Settings(BaseSettings):
             return cls(**overrides)
         file_path = Path(path)
         if not file_path.is_file():
-            raise FileNotFoundError(f"settings file not found: {file_path}")
+            from rag_rec.errors import UsageError
+
+            raise UsageError(f"settings file not found: {file_path}")
         source_cls = TomlConfigSettingsSource if file_path.suffix == ".toml" else JsonConfigSettingsSource
 
         class _WithFile(cls):  # type: ignore[misc, valid-type]

@@ -48,7 +48,36 @@ def test_session_bundling_cli_category_baseline(tmp_path, repo_root):
 def test_unknown_recommender_is_a_clear_error(tmp_path, repo_root):
     proc = run_cli("eval", "bundle_completion", "--data", "data/amazon-bundles/electronic", "--recommender",
                    "nope", "--out", str(tmp_path), cwd=repo_root)
-    assert proc.returncode != 0 and "unknown recommender(s) ['nope']" in proc.stderr
+    assert proc.returncode == 2 and "unknown recommender(s) ['nope']" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--config", "/nonexistent/rag.toml", "eval", "bundle_completion", "--data", "x", "--out", "o"], "not found"),
+    (["--config", "{broken}", "eval", "bundle_completion", "--data", "x", "--out", "o"], "line 1"),
+    (["--config", "{bad_value}", "eval", "bundle_completion", "--data", "x", "--out", "o"], "backend"),
+    (["eval", "bundle_completion", "--data", "dunnhumby:abc", "--out", "{tmp}/o"], "number of households"),
+    (["eval", "basket_completion", "--data", "generic:{shop}", "--recommender", "pop", "--out", "{tmp}/o"],
+     "no basket_completion test cases"),
+    (["eval", "bundle_completion", "--data", "data/amazon-bundles/electronic", "--recommender", "pop",
+      "--out", "{passwd}/x"], "Not a directory"),
+])
+def test_usage_errors_are_one_line_not_a_traceback(tmp_path, repo_root, monkeypatch, capsys, argv, says):
+    from rag_rec.cli import main
+
+    (tmp_path / "broken.toml").write_text("[index\n")
+    (tmp_path / "bad.toml").write_text('[index]\nbackend = "foo"\n')
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    (shop / "products.csv").write_text("id,title\np1,Tent\np2,Stove\n")
+    (shop / "events.jsonl").write_text('{"user_id": "u", "item_id": "p1", "timestamp": 1}\n')
+    (tmp_path / "file").write_text("")
+    names = {"broken": tmp_path / "broken.toml", "bad_value": tmp_path / "bad.toml", "tmp": tmp_path, "shop": shop,
+             "passwd": tmp_path / "file"}
+    monkeypatch.chdir(repo_root)
+    assert main([a.format(**names) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "\nerror: " in "\n" + err and says in err and "Traceback" not in err
 
 
 def test_settings_file_env_and_overrides(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from rag_rec.errors import UsageError
 from rag_rec.data import load_dataset
 from rag_rec.eval import tasks as T
 from rag_rec.eval.recommenders import BUNDLERS, RANKERS
@@ -37,14 +38,14 @@ def run_eval(task: str, data: str, recommenders: Sequence[str] | None, out: str 
              console: Console | None = None, command: str | None = None, judge: bool = False) -> dict:
     """Score each recommender on `task` over the data spec; write results under `out`; return the metrics doc."""
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        raise UsageError(f"unknown task {task!r}; expected one of {TASKS}")
     settings = settings or Settings()
     console = console or Console(stderr=True)
     names = list(recommenders or DEFAULT_RECOMMENDERS[task])
     registry = BUNDLERS if task == "session_bundling" else RANKERS
     unknown = [n for n in names if n not in registry]
     if unknown:
-        raise ValueError(f"unknown recommender(s) {unknown} for {task}; choose from {sorted(registry)}")
+        raise UsageError(f"unknown recommender(s) {unknown} for {task}; choose from {sorted(registry)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ import numpy as np
 from rich.progress import track
 
 from rag_rec.data.models import Dataset, Interactions, Session
+from rag_rec.errors import DataError
 from rag_rec.eval import metrics as M
 from rag_rec.eval.recommenders import PredictedBundle, Ranker, SessionBundler
 
@@ -95,6 +96,8 @@ def basket_completion_split(dataset: Dataset, *, max_cases: int = 1000, seed: in
 
 def run_ranking(task: str, train: Dataset, cases: Sequence[RankCase], ranker: Ranker,
                 ks: Sequence[int] = (5, 10, 20)) -> TaskResult:
+    if not cases:
+        raise DataError(f"no {task} test cases in {train.name!r}: it needs sessions or baskets to hold out")
     t0 = time.perf_counter()
     ranker.fit(train)
     fit_s = time.perf_counter() - t0
@@ -110,7 +113,7 @@ def run_ranking(task: str, train: Dataset, cases: Sequence[RankCase], ranker: Ra
             row[f"recall@{k}"] = M.recall_at(rank, k)
             row[f"ndcg@{k}"] = M.ndcg_at(rank, k)
         rows.append(row)
-    metrics = {key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key != "rank"} if rows else {}
+    metrics = {key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key != "rank"}
     if task == "basket_completion":
         metrics.update({f"hr@{k}": metrics[f"recall@{k}"] for k in ks})
     metrics["fit_seconds"] = fit_s
