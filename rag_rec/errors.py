@@ -38,6 +38,10 @@ class IndexStoreError(RagRecError):
     """The vector index is unusable (corrupt, locked, wrong dimension)."""
 
 
+class IncompatibleIndexError(IndexStoreError):
+    """The collection exists with other vectors (names, dimensions or distances) than the product needs."""
+
+
 class ModelError(RagRecError):
     """A model file is missing, has a wrong checksum or cannot be converted."""
 

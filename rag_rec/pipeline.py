@@ -17,7 +17,7 @@ from rag_rec.compose.base import ComposeContext, ComposeResult
 from rag_rec.compose.heuristic import HeuristicComposer
 from rag_rec.data import load_dataset
 from rag_rec.data.models import Dataset, Interactions, Product
-from rag_rec.errors import DataError
+from rag_rec.errors import DataError, IncompatibleIndexError
 from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, Record, VectorSpec, open_store
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.retrieve.hybrid import HybridRetriever
@@ -135,8 +135,15 @@ class BundlePipeline:
     def sync_index(self, *, rebuild: bool = False, console: Console | None = None) -> int:
         """Upsert every product (idempotent) unless the index already holds this exact build."""
         console = console or Console(stderr=True)
-        self.store.ensure_collection(self.vector_specs(), PRODUCT_PAYLOAD_INDEXES)
         marker = Path(self.settings.index.path) / f"{self.settings.index.collection}.build.json"
+        try:
+            self.store.ensure_collection(self.vector_specs(), PRODUCT_PAYLOAD_INDEXES)
+        except IncompatibleIndexError as exc:
+            if not rebuild:
+                raise
+            console.log(f"recreating the index: {exc}")
+            marker.unlink(missing_ok=True)
+            self.store.recreate_collection(self.vector_specs(), PRODUCT_PAYLOAD_INDEXES)
         fingerprint = self._fingerprint()
         if not rebuild and self.settings.index.backend == "edge" and marker.is_file():
             if self._indexed_build(marker) == fingerprint and self.store.count() == len(self.dataset.products):

@@ -183,6 +183,22 @@ def test_ensure_collection_is_idempotent_and_rejects_other_dims(store):
         store.ensure_collection([VectorSpec("behaviour", 16)], {})
 
 
+def test_recreate_collection_replaces_the_layout_and_empties_it(filled, open_backend):
+    from rag_rec.errors import IncompatibleIndexError
+
+    store, _ = filled
+    wider = [VectorSpec("text", TEXT_DIM * 2), VectorSpec("cf", CF_DIM, "dot")]
+    with pytest.raises(IncompatibleIndexError):
+        store.ensure_collection(wider, PRODUCT_PAYLOAD_INDEXES)
+    store.recreate_collection(wider, PRODUCT_PAYLOAD_INDEXES)
+    assert store.count() == 0
+    store.ensure_collection(wider, PRODUCT_PAYLOAD_INDEXES)  # the new layout is the collection's now
+    rec = Record("W1", {"text": np.ones(TEXT_DIM * 2, dtype=np.float32), "cf": np.ones(CF_DIM, dtype=np.float32)},
+                 {"title": "wide"})
+    store.upsert([rec])
+    assert [h.id for h in store.search("text", np.ones(TEXT_DIM * 2, dtype=np.float32), 1)] == ["W1"]
+
+
 def test_upsert_is_idempotent_and_replaces(filled):
     store, records = filled
     store.upsert(records[:30])

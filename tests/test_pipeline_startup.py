@@ -25,12 +25,12 @@ def write_shop(root, price_of_p55="19.99", stock_of_p55="true"):
     (root / "events.jsonl").write_text("\n".join(events) + "\n")
 
 
-def open_pipeline(tmp_path, root, **sections):
+def open_pipeline(tmp_path, root, rebuild=False, **sections):
     from rag_rec.pipeline import BundlePipeline
 
     settings = Settings(index={"path": tmp_path / "index"}, llm={"backend": "none"},
                         embedding={"cache_path": tmp_path / "embeddings.sqlite"}, **sections)
-    return BundlePipeline.from_settings(settings, data=f"generic:{root}")
+    return BundlePipeline.from_settings(settings, data=f"generic:{root}", rebuild=rebuild)
 
 
 def test_a_restart_on_an_edited_catalogue_reindexes_what_changed_and_skips_an_unchanged_one(tmp_path):
@@ -99,3 +99,21 @@ def test_lenient_cleaning_writes_the_quarantine_where_settings_say(tmp_path):
     pipeline.close()
     quarantine = (tmp_path / "quarantine" / "quarantine.csv").read_text()
     assert "no-such-product" in quarantine and "item_id" in quarantine
+
+
+def test_a_rebuild_recreates_an_index_of_another_layout(tmp_path):
+    from rag_rec.errors import IncompatibleIndexError
+
+    root = tmp_path / "shop"
+    write_shop(root)
+    open_pipeline(tmp_path, root).close()
+    with pytest.raises(IncompatibleIndexError, match="rag-rec index"):
+        open_pipeline(tmp_path, root, cf={"als_factors": 8})
+    pipeline = open_pipeline(tmp_path, root, rebuild=True, cf={"als_factors": 8})  # what `rag-rec index` does
+    pipeline.close()
+    pipeline = open_pipeline(tmp_path, root, cf={"als_factors": 8})
+    try:
+        assert pipeline.store.count() == 60 and pipeline.store.vectors["cf"].dim == 8
+        assert pipeline.sync_index() == 0
+    finally:
+        pipeline.close()

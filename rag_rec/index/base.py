@@ -90,6 +90,9 @@ class VectorStore(Protocol):
     def ensure_collection(self, vectors: Sequence[VectorSpec], payload_indexes: dict[str, str]) -> None:
         """Create the collection if absent; raise IndexStoreError if it exists with other dimensions."""
 
+    def recreate_collection(self, vectors: Sequence[VectorSpec], payload_indexes: dict[str, str]) -> None:
+        """Replace the collection with an empty one of this layout (whole or not at all); its points are gone."""
+
     def upsert(self, records: Sequence[Record]) -> None:
         """Insert or replace records (same id -> replaced, never duplicated). All-or-nothing per call."""
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rag_rec.errors import IndexStoreError
+from rag_rec.errors import IncompatibleIndexError, IndexStoreError
 from rag_rec.index.base import (
     CATEGORY_PATHS_KEY,
     CATEGORY_SEPARATOR,
@@ -66,14 +66,15 @@ def check_compatible(
     for name, spec in wanted.items():
         have = existing.get(name)
         if have is None:
-            raise IndexStoreError(
+            raise IncompatibleIndexError(
                 f"collection '{collection}' has no vector '{name}' (it has {sorted(existing)}); "
-                "rebuild the index"
+                "rebuild the index (rag-rec index)"
             )
         if have.dim != spec.dim or have.distance != spec.distance:
-            raise IndexStoreError(
+            raise IncompatibleIndexError(
                 f"collection '{collection}' has vector '{name}' with dim {have.dim} ({have.distance}), "
-                f"requested dim {spec.dim} ({spec.distance}); rebuild the index or use another collection"
+                f"requested dim {spec.dim} ({spec.distance}); rebuild the index (rag-rec index) or use another "
+                "collection"
             )
 
 

@@ -335,6 +335,33 @@ class EdgeStore:
                 self._payload_indexes = {**self._payload_indexes, **changed}
                 _write_json_atomic(self.shard_dir / LAYOUT_FILE, self._layout(self._specs, self._payload_indexes))
 
+    def recreate_collection(self, vectors: Sequence[VectorSpec], payload_indexes: dict[str, str]) -> None:
+        """The new empty shard is built in a scratch directory, then swapped in by two renames (a crash between
+        them restores the old shard on the next open)."""
+        wanted = check_specs(vectors)
+        indexes = check_payload_indexes(payload_indexes)
+        with self._write_lock:
+            if self._closed:
+                raise IndexStoreError(f"the store for {self.shard_dir} is closed")
+            if self._shard is None:
+                self._create(wanted, indexes)
+                return
+            scratch = self.root / f".{self.collection}{_CREATING}{uuid.uuid4().hex[:8]}"
+            try:
+                self._build_empty(scratch, wanted, indexes).close()
+            except BaseException:
+                shutil.rmtree(scratch, ignore_errors=True)
+                raise
+            old = self.root / f".{self.collection}{_REPLACED}{uuid.uuid4().hex[:8]}"
+            self._shard.close()
+            self._shard, self._ids = None, None
+            os.rename(self.shard_dir, old)
+            os.rename(scratch, self.shard_dir)
+            _fsync_dir(self.root)
+            shutil.rmtree(old, ignore_errors=True)
+            self._specs, self._payload_indexes = wanted, indexes
+            self._shard = self._load()
+
     def _create(self, specs: dict[str, VectorSpec], indexes: dict[str, str]) -> None:
         """Build the empty shard in a scratch directory, then rename it into place (whole or not at all)."""
         scratch = self.root / f".{self.collection}{_CREATING}{uuid.uuid4().hex[:8]}"

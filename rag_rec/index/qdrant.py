@@ -203,6 +203,13 @@ class QdrantStore:
                     wait=True,
                 )
 
+    def recreate_collection(self, vectors: Sequence[VectorSpec], payload_indexes: dict[str, str]) -> None:
+        check_specs(vectors)
+        if self._specs:
+            self._call("delete collection", self._client.delete_collection, self.collection)
+        self._specs, self._keys = {}, KeyHandles()
+        self.ensure_collection(vectors, payload_indexes)
+
     def _payload_schema(self) -> dict[str, str]:
         info = self._call("read collection", self._client.get_collection, self.collection)
         out = {}
