@@ -80,6 +80,15 @@ class CopyRequest(Strict):
     length: Literal["short", "medium", "long"] = "short"
     language: str = Field(default="English", max_length=40)
 
+    @field_validator("items")
+    @classmethod
+    def _distinct(cls, items: list[str]) -> list[str]:
+        repeated = sorted({i for i in items if items.count(i) > 1})
+        if repeated:
+            raise PydanticCustomError("distinct", "a bundle lists each product once; repeated: {ids}",
+                                      {"ids": ", ".join(repeated)})
+        return items
+
 
 class CopyResponse(Strict):
     title: str

@@ -442,3 +442,40 @@ def test_heuristic_reason_claims_co_purchases_per_pair_not_summed():
     cands = [Candidate("bat", 1.0, evidence={"co_purchases": 3}), Candidate("sd", 0.9, evidence={"co_purchases": 4})]
     reason = HeuristicComposer().compose(ComposeContext(cands, P, anchors=("cam",), k=1, bundle_size=3)).bundles[0].reason
     assert "4 times" in reason and "7" not in reason and "together" not in reason
+
+
+def copy_answer(title, blurb):
+    return json.dumps({"title": title, "blurb": blurb})
+
+
+GOOD_COPY = copy_answer("Power for the D3300", "Keep the Nikon D3300 shooting all day with a spare EN-EL14 battery.")
+
+
+@pytest.mark.parametrize("bad", [
+    copy_answer("Bundle copy", "You write product-bundle copy for an online shop: a catchy title and a blurb."),
+    copy_answer("Nikon deal", "Claim your Nikon battery set at https://nikon-deals.example/claim today."),
+    copy_answer("Nikon deal", "The Nikon D3300 and its battery, now only $9.99 for both."),
+    copy_answer("Nikon set", "The Nikon D3300 with its battery, 20% off this week."),
+    copy_answer("Nikon set", "Pair the Nikon D3300 with a Canon R5 body and its EN-EL14 battery."),
+    copy_answer("Nikon set", "The Nikon D3300 and battery, rated 4.8 stars by shoppers everywhere."),
+    copy_answer("Nikon\nFREE", "The Nikon D3300 and a battery the Nikon D3300 and a battery the Nikon D3300 and a "
+                               "battery the Nikon D3300 and a battery."),
+])
+def test_copy_with_claims_the_titles_do_not_support_is_repaired_then_templated(bad):
+    from rag_rec.compose.copywriter import write_copy
+
+    llm = ScriptedLLM(bad, bad)
+    title, blurb, produced_by = write_copy(llm, LLMSettings(), [P["cam"], P["bat"]], "friendly", "short", "English")
+    assert produced_by == "fallback" and title == "DSLR bundle" and "Nikon" in blurb
+    repair = llm.requests[1][0].messages
+    assert repair[-2]["role"] == "assistant" and "rejected" in repair[-1]["content"]
+
+
+def test_grounded_copy_is_served_and_a_repaired_one_says_so():
+    from rag_rec.compose.copywriter import write_copy
+
+    served = write_copy(ScriptedLLM(GOOD_COPY), LLMSettings(), [P["cam"], P["bat"]], "friendly", "short", "English")
+    assert served[2] == "llm" and "EN-EL14" in served[1]
+    bad = copy_answer("Nikon set", "Only $5 for the Nikon D3300 and its battery, today only.")
+    assert write_copy(ScriptedLLM(bad, GOOD_COPY), LLMSettings(), [P["cam"], P["bat"]], "friendly", "short",
+                      "English")[2] == "llm_repaired"

@@ -163,6 +163,8 @@ def test_copy_known_items_and_unknown_id(api, recording_service):
 
     r = client.post(f"{api}/v1/copy", json={"items": [ids[0]]})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body.items"
+    r = client.post(f"{api}/v1/copy", json={"items": [ids[0], ids[0]]})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body.items" and ids[0] in r.text
     r = client.post(f"{api}/v1/copy", json={"items": ids, "tone": "angry"})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body.tone"
 

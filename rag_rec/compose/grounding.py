@@ -338,24 +338,25 @@ def names_dropped(text: str, dropped: Sequence[str], ids: Sequence[str], product
     return False
 
 
-@lru_cache(maxsize=1)
-def _prompt_runs() -> frozenset[str]:
+@lru_cache(maxsize=8)
+def _prompt_runs(prompt: str = "compose_bundles") -> frozenset[str]:
     from rag_rec.compose.prompts import load_prompt
 
     runs = set()
-    for piece in re.split(r"\{[a-z_]+\}", load_prompt("compose_bundles").system):
+    for piece in re.split(r"\{[a-z_]+\}", load_prompt(prompt).system):
         words = re.findall(r"[a-z0-9]+", piece.lower())
         runs.update(" ".join(words[i:i + PROMPT_RUN]) for i in range(len(words) - PROMPT_RUN + 1))
     return frozenset(runs)
 
 
-def _leaks(text: str) -> bool:
-    """Prompt markers, internal/format words, links, or a run of PROMPT_RUN words of the system prompt."""
+def _leaks(text: str, prompt: str = "compose_bundles") -> bool:
+    """Prompt markers, internal/format words, links, or a run of PROMPT_RUN words of the `prompt` template's
+    system prompt."""
     low = text.lower()
     if any(marker.lower() in low for marker in LEAK_MARKERS) or _LINK.search(text):
         return True
     words = re.findall(r"[a-z0-9]+", low)
-    runs = _prompt_runs()
+    runs = _prompt_runs(prompt)
     return any(" ".join(words[i:i + PROMPT_RUN]) in runs for i in range(len(words) - PROMPT_RUN + 1))
 
 
