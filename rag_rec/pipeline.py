@@ -220,7 +220,8 @@ class BundlePipeline:
     # ---- BundleService ----
 
     def context_for(self, request: BundleRequest) -> tuple[ComposeContext, list[str], set[str]]:
-        known_anchors = tuple(a for a in request.anchor_items if a in self.dataset.products)
+        excluded = set(request.filters.exclude_ids)  # an excluded anchor guides retrieval but is not served
+        known_anchors = tuple(a for a in request.anchor_items if a in self.dataset.products and a not in excluded)
         result = self.retriever.retrieve(RetrievalRequest(
             user_id=request.user_id, anchors=tuple(request.anchor_items), need=request.need,
             filter=to_index_filter(request.filters), k=max(self.settings.retrieve.k, request.k * request.bundle_size)))
@@ -271,19 +272,20 @@ class BundlePipeline:
                               latency_ms=round(1000 * (time.perf_counter() - t0), 2),
                               notes=list(notes) + extra + list(result.notes))
 
-    def _item_out(self, item: str, candidate=None) -> ItemOut:
+    def _item_out(self, item: str, candidate=None, sources: Sequence[str] = ("anchor",)) -> ItemOut:
         p = self.dataset.products[item]
-        sources = sorted(candidate.payload.get("found_by", [])) if candidate is not None else ["anchor"]
-        return ItemOut(id=p.id, title=p.title, category=list(p.category), price=p.price, sources=sources)
+        found_by = sorted(candidate.payload.get("found_by", [])) if candidate is not None else list(sources)
+        return ItemOut(id=p.id, title=p.title, category=list(p.category), price=p.price, sources=found_by)
 
     def product(self, item_id: str) -> ItemOut | None:
-        return self._item_out(item_id) if item_id in self.dataset.products else None
+        return self._item_out(item_id, sources=()) if item_id in self.dataset.products else None
 
     def search_products(self, query: str, k: int = 10) -> list[ItemOut]:
         if not query.strip() or self.signals.encoder is None:
             return []
         vector = self.signals.encoder.encode([query])[0]
-        return [self._item_out(h.id) for h in self.store.search("text", vector, k) if h.id in self.dataset.products]
+        return [self._item_out(h.id, sources=("text",)) for h in self.store.search("text", vector, k)
+                if h.id in self.dataset.products]
 
     def copy(self, request: CopyRequest) -> CopyResponse:
         missing = [i for i in request.items if i not in self.dataset.products]
@@ -342,7 +344,7 @@ class BundlePipeline:
                 self.store.upsert(self.records([p.id for p in new]))
             finally:  # the lookups follow the signals even when the engine refused the records (a retry is idempotent)
                 self.retriever.refresh(rows)
-            return UpsertResult(accepted=len(products.products), total=len(self.dataset.products))
+            return UpsertResult(accepted=len(new), total=len(self.dataset.products))  # a repeated id is one product
 
     def _extend_vocab(self, ids: list[str], vectors: np.ndarray | None) -> None:
         """Append products to the vocabulary and every per-item signal (text vectors into spare capacity)."""

@@ -131,6 +131,20 @@ class ProductIn(Strict):
     description: str | None = Field(default=None, max_length=4000)
     in_stock: bool = True
 
+    @field_validator("id", "title")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise PydanticCustomError("blank", "must not be blank")
+        return v
+
+    @field_validator("category")
+    @classmethod
+    def _levels(cls, levels: list[str]) -> list[str]:
+        if any(not level.strip() for level in levels):
+            raise PydanticCustomError("blank", "category levels must not be blank")
+        return [level.strip() for level in levels]
+
 
 class ProductsIn(Strict):
     products: list[ProductIn] = Field(min_length=1, max_length=500)
