@@ -392,6 +392,17 @@ def test_fused_keys_are_the_point_keys_of_fused_ids_and_stay_stable(filled):
     assert int(store.fused_keys(prefetches, 1, None, exact=True)[0]) == fresh
 
 
+def test_bad_ids_payloads_and_ranges_are_clear_errors_and_store_nothing(filled):
+    store, records = filled
+    vectors = records[0].vectors
+    for bad in (Record("", vectors, {"title": "no id"}), Record("INF-1", vectors, {"price": float("inf")})):
+        with pytest.raises(IndexStoreError):
+            store.upsert([bad])
+    assert store.count() == len(records)
+    with pytest.raises(IndexStoreError, match="NaN"):
+        store.search("text", vectors["text"], 5, Filter(ranges={"price": (float("nan"), 10.0)}))
+
+
 def test_set_payload_updates_filters_and_skips_unknown_ids(filled):
     store, records = filled
     target = records[1]

@@ -71,6 +71,7 @@ def test_filters_are_enforced(pipeline):
     assert all(cat in pipeline.dataset.products[c.id].category for c in result.candidates)
     none = pipeline.retriever.retrieve(RetrievalRequest(need="camera", filter=Filter(ranges={"price": (1.0, 2.0)})))
     assert none.candidates == []  # the Amazon catalogue has no prices: a price filter matches nothing
+    assert any("passes the filters" in n for n in none.notes) and not any("no anchors" in n for n in none.notes)
 
 
 def test_a_category_filter_keeps_the_co_occurrence_partners_and_popular_items_in_it(pipeline):

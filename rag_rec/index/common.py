@@ -131,6 +131,8 @@ def _plain(value: Any, key: str) -> Any:
     if value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
+        if math.isinf(value):  # JSON has no infinity, and the embedded engine refuses it
+            raise IndexStoreError(f"payload key '{key}' is infinite")
         return None if math.isnan(value) else value
     if isinstance(value, np.generic):
         return _plain(value.item(), key)
@@ -145,6 +147,8 @@ def _plain(value: Any, key: str) -> Any:
 
 def stored_payload(pid: str, payload: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
     """The payload as stored: JSON values, plus the reserved keys the store maintains."""
+    if not partial and (not isinstance(pid, str) or not pid):
+        raise IndexStoreError(f"product ids must be non-empty strings, got {pid!r}")
     out: dict[str, Any] = {}
     for key, value in payload.items():
         if key in RESERVED_PAYLOAD_KEYS:
@@ -174,6 +178,14 @@ def last_per_id(records: Iterable[Record]) -> list[Record]:
         latest.pop(record.id, None)
         latest[record.id] = record
     return list(latest.values())
+
+
+def check_range(key: str, low: Any, high: Any) -> tuple[float | None, float | None]:
+    """A filter range's bounds as floats; NaN bounds are an error (the embedded engine panics on them)."""
+    bounds = tuple(None if b is None else float(b) for b in (low, high))
+    if any(b is not None and math.isnan(b) for b in bounds):
+        raise IndexStoreError(f"filter range for '{key}' has a NaN bound")
+    return bounds
 
 
 def check_limit(limit: int) -> int:

@@ -30,6 +30,7 @@ from rag_rec.index.common import (
     check_compatible,
     check_limit,
     check_payload_indexes,
+    check_range,
     check_specs,
     fusion_weights,
     last_per_id,
@@ -615,14 +616,8 @@ class EdgeStore:
         must: list = [self._match(key, value) for key, value in flt.must_match.items()]
         for key, (low, high) in flt.ranges.items():
             if low is not None or high is not None:
-                must.append(
-                    qe.FieldCondition(
-                        key,
-                        range=qe.RangeFloat(
-                            gte=None if low is None else float(low), lte=None if high is None else float(high)
-                        ),
-                    )
-                )
+                low, high = check_range(key, low, high)
+                must.append(qe.FieldCondition(key, range=qe.RangeFloat(gte=low, lte=high)))
         if flt.category_prefix:
             path = CATEGORY_SEPARATOR.join(flt.category_prefix)
             must.append(qe.FieldCondition(CATEGORY_PATHS_KEY, match=qe.MatchValue(path)))

@@ -601,7 +601,9 @@ class HybridRetriever:
                 pool = np.concatenate([pool, np.array(extra, dtype=np.int64)]) if extra else pool
         popular = not len(pool)
         if popular:
-            notes.append("no anchors, need or known user: most popular items")
+            guided = bool(anchor_idx) or need_vector is not None or cf_query is not None
+            notes.append("no retrieved product passes the filters: most popular items that do" if guided
+                         else "no anchors, need or known user: most popular items")
             paths.append("popular")
             pool_list: list[int] = []
             for j in np.argsort(-s.popularity.counts)[: n * 4].tolist():
