@@ -169,3 +169,78 @@ def test_dunnhumby_scale_and_cleaning():
     assert ds.interactions.frame["quantity"].max() <= 100
     assert all(p.title and p.category for p in list(ds.products.values())[:500] if p.category)
     assert any(k.startswith("transactions.parquet:quantity>") for k in ds.report.outliers)
+
+
+def test_amazon_files_with_a_bom_bad_bytes_odd_categories_or_a_shared_asin(electronic_dir, tmp_path):
+    dst = _copy_domain(electronic_dir, tmp_path)
+    titles = dst / "item_titles.csv"
+    products = len(load_amazon_bundles(dst).products)
+    titles.write_bytes(b"\xef\xbb\xbf" + titles.read_bytes())  # a BOM: loads as before
+    assert len(load_amazon_bundles(dst).products) == products
+    ids = [line.split(",")[0] for line in titles.read_text(encoding="utf-8-sig").splitlines()[1:4]]
+    cats = (dst / "item_categories.csv").read_text().splitlines()
+    cats = [cats[0]] + [line for line in cats[1:] if line.split(",")[0] not in ids]
+    cats += [f'{ids[0]},"5"', f'{ids[1]},"None"', f'{ids[2]},"Electronics"']
+    (dst / "item_categories.csv").write_text("\n".join(cats) + "\n")
+    mapping = (dst / "item_idx_mapping.csv").read_text().splitlines()
+    asin = dict(line.split(",") for line in mapping[1:])
+    row_of = {line.split(",")[0]: n for n, line in enumerate(mapping)}
+    mapping[row_of[ids[1]]] = f"{ids[1]},{asin[ids[0]]}"  # a second item claims the first one's ASIN
+    (dst / "item_idx_mapping.csv").write_text("\n".join(mapping) + "\n")
+    with pytest.raises(DataError, match=rf"item_idx_mapping.csv, row {row_of[ids[1]] + 1}, field 'source ID'.*already"):
+        load_amazon_bundles(dst)
+    lenient = load_amazon_bundles(dst, strict=False)
+    assert len(lenient.products) == products  # the second item keeps its own id instead of merging
+    by_idx = {p.attributes["item_idx"]: p for p in lenient.products.values()}
+    assert by_idx[ids[2]].category == ("Electronics",) and by_idx[ids[0]].category == ("5",)
+    titles.write_bytes(titles.read_bytes() + b"99999,caf\xe9\n")
+    with pytest.raises(DataError, match=r"item_titles.csv.*not UTF-8"):
+        load_amazon_bundles(dst, strict=False)
+
+
+@pytest.mark.parametrize("key, value", [("item_titles", []), ("session_items", []), ("session_bundles", []),
+                                        ("test_sessions", 5), ("neighbour_sessions", [])])
+def test_aicl_parts_of_the_wrong_shape_are_named(tmp_path, aicl_electronic, key, value):
+    doc = json.loads(aicl_electronic.read_text())
+    doc[key] = value
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=rf"field '{key}'"):
+        load_aicl_split(bad)
+
+
+def test_aicl_items_and_intents_of_the_wrong_type_are_rows_not_crashes(tmp_path, aicl_electronic):
+    doc = json.loads(aicl_electronic.read_text())
+    sid = next(iter(doc["session_items"]))
+    doc["session_items"][sid] = [{"x": 1}]
+    other = next(s for s in doc["session_bundles"] if s != sid and doc["session_bundles"][s])
+    doc["session_bundles"][other][0]["intent"] = 5
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    lenient = load_aicl_split(bad, strict=False)
+    assert {q.field for q in lenient.report.quarantined} >= {f"session_items.{sid}", f"session_bundles.{other}[0]"}
+
+
+def test_jsonl_and_parquet_values_read_as_a_csv_would_hold_them(tmp_path):
+    import pandas as pd
+
+    root = tmp_path / "shop"
+    root.mkdir()
+    (root / "products.jsonl").write_text('{"id": 1, "title": "Tent", "category": ["Outdoor", "Tents"]}\n'
+                                         '{"id": 2, "title": "Stove", "category": "Outdoor > Stoves"}\n')
+    pd.DataFrame({"user_id": ["u1", "u1", "u2"], "item_id": [1.0, 2.0, None],
+                  "timestamp": [1700000000.0, 1700000100.0, 1700000200.0],
+                  "quantity": [1.0, float("nan"), 2.0]}).to_parquet(root / "events.parquet")
+    ds = load_generic(root, strict=False)
+    assert ds.products["1"].category == ("Outdoor", "Tents") and ds.products["2"].category == ("Outdoor", "Stoves")
+    frame = ds.interactions.frame
+    assert frame["item_id"].tolist() == ["1", "2"] and frame["timestamp"].tolist() == [1700000000, 1700000100]
+    assert frame["quantity"].notna().all()
+
+
+def test_bundle_rows_without_an_id_are_row_errors(tmp_path):
+    root = _write_shop(tmp_path, "id,title\np1,Tent\np2,Stove\n")
+    (root / "bundles.csv").write_text("bundle_id,item_id\nb1, p1\nb1,p2\n,p2\n")
+    with pytest.raises(DataError, match=r"bundles.csv, row 4, field 'bundle_id'"):
+        load_generic(root)
+    assert [b.items for b in load_generic(root, strict=False).bundles] == [("p1", "p2")]

@@ -11,6 +11,8 @@ from rag_rec.data.models import Bundle, Dataset, Product, Session
 from rag_rec.errors import DataError
 
 REQUIRED_KEYS = ("test_sessions", "train_sessions", "session_items", "session_bundles", "item_titles")
+SHAPES = {"test_sessions": list, "train_sessions": list, "session_items": dict, "session_bundles": dict,
+          "item_titles": dict, "neighbour_sessions": dict}
 
 
 def load_aicl_split(path: str | Path, *, strict: bool = True, catalog: Dataset | None = None,
@@ -20,14 +22,20 @@ def load_aicl_split(path: str | Path, *, strict: bool = True, catalog: Dataset |
     if not file.is_file():
         raise DataError(f"no such file: {file}")
     try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
+        doc = json.loads(file.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON: {exc.msg}", file=str(file), row=exc.lineno) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", file=str(file)) from None
     if not isinstance(doc, dict):
         raise DataError("top level must be a JSON object", file=str(file))
     for key in REQUIRED_KEYS:
         if key not in doc:
             raise DataError(f"missing key '{key}'", file=str(file), field=key)
+    for key, kind in SHAPES.items():
+        if key in doc and not isinstance(doc[key], kind):
+            raise DataError(f"'{key}' must be a JSON {'object' if kind is dict else 'list'}, got "
+                            f"{type(doc[key]).__name__}", file=str(file), field=key)
     report = CleaningReport()
     chk = RowChecker(file, report, strict)
 
@@ -46,8 +54,8 @@ def load_aicl_split(path: str | Path, *, strict: bool = True, catalog: Dataset |
     bundles: list[Bundle] = []
     for number, (sid, items) in enumerate(doc["session_items"].items(), start=1):
         field = f"session_items.{sid}"
-        if not isinstance(items, list) or not items:
-            chk.reject(number, field, "expected a non-empty list of ASINs", items)
+        if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+            chk.reject(number, field, "expected a non-empty list of ASINs (strings)", items)
             continue
         unknown = [i for i in items if i not in products]
         if unknown:
@@ -56,10 +64,16 @@ def load_aicl_split(path: str | Path, *, strict: bool = True, catalog: Dataset |
         unique = tuple(dict.fromkeys(items))
         report.count("duplicates_removed", "session_items", len(items) - len(unique))
         sessions[str(sid)] = Session(str(sid), unique)
-        for j, b in enumerate(doc["session_bundles"].get(sid, [])):
+        listed = doc["session_bundles"].get(sid, [])
+        if not isinstance(listed, list):
+            chk.reject(number, f"session_bundles.{sid}", "expected a list of bundles", listed)
+            listed = []
+        for j, b in enumerate(listed):
             bfield = f"session_bundles.{sid}[{j}]"
-            if not isinstance(b, dict) or not isinstance(b.get("items"), list):
-                chk.reject(number, bfield, "expected {intent, items}", b)
+            if (not isinstance(b, dict) or not isinstance(b.get("items"), list)
+                    or not all(isinstance(i, str) for i in b["items"])
+                    or not isinstance(b.get("intent") or "", str)):
+                chk.reject(number, bfield, "expected {intent: text, items: [ASIN, ...]}", b)
                 continue
             outside = [i for i in b["items"] if i not in unique]
             if outside:
@@ -75,7 +89,12 @@ def load_aicl_split(path: str | Path, *, strict: bool = True, catalog: Dataset |
         "test": [str(s) for s in doc["test_sessions"] if str(s) in sessions],
         "train": [str(s) for s in doc["train_sessions"] if str(s) in sessions],
     }
-    neighbours = {str(k): [str(x) for x in v] for k, v in doc.get("neighbour_sessions", {}).items()}
+    neighbours = {}
+    for k, v in doc.get("neighbour_sessions", {}).items():
+        if isinstance(v, list):
+            neighbours[str(k)] = [str(x) for x in v]
+        else:
+            chk.reject(0, f"neighbour_sessions.{k}", "expected a list of session ids", v)
     return Dataset(
         name=name or f"aicl-{file.stem}",
         products=products,

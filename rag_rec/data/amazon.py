@@ -17,20 +17,28 @@ REQUIRED_FILES = ("item_titles.csv", "session_item.csv", "bundle_item.csv")
 
 def _rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     """(row number, row) pairs; the header is row 1. Checks the header names the expected columns."""
-    with open(path, newline="", encoding="utf-8") as fh:
+    csv.field_size_limit(1 << 24)
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise DataError("file is empty (expected a header row)", file=str(path), row=1) from None
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise DataError(f"header {header} lacks column(s) {missing}", file=str(path), row=1, field=missing[0])
-        index = {c: header.index(c) for c in columns}
-        for number, raw in enumerate(reader, start=2):
-            if not raw or all(not cell.strip() for cell in raw):
-                continue
-            yield number, {c: (raw[i].strip() if i < len(raw) else "") for c, i in index.items()}
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                raise DataError("file is empty (expected a header row)", file=str(path), row=1) from None
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise DataError(f"header {header} lacks column(s) {missing}", file=str(path), row=1,
+                                field=missing[0])
+            index = {c: header.index(c) for c in columns}
+            for raw in reader:
+                if not raw or all(not cell.strip() for cell in raw):
+                    continue
+                yield reader.line_num, {c: (raw[i].strip() if i < len(raw) else "") for c, i in index.items()}
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", file=str(path),
+                            row=reader.line_num + 1) from None
+        except csv.Error as exc:
+            raise DataError(f"malformed CSV: {exc}", file=str(path), row=reader.line_num) from None
 
 
 def _parse_categories(text: str) -> tuple[str, ...]:
@@ -40,8 +48,13 @@ def _parse_categories(text: str) -> tuple[str, ...]:
         return ()
     try:
         value = ast.literal_eval(text)
-        paths = [tuple(str(x) for x in p) for p in value] if value and isinstance(value[0], list) else [tuple(value)]
-    except (ValueError, SyntaxError):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("not a list")
+        if value and all(isinstance(p, (list, tuple)) for p in value):
+            paths = [tuple(str(x) for x in p) for p in value]
+        else:
+            paths = [tuple(str(x) for x in value)]
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         inner = text.strip("[]")
         paths = [tuple(part.strip() for part in chunk.split(",") if part.strip())
                  for chunk in inner.split("],[")]
@@ -73,13 +86,19 @@ def load_amazon_bundles(directory: str | Path, *, strict: bool = True, name: str
         return str(int(value))
 
     asin: dict[str, str] = {}
+    taken: dict[str, str] = {}  # source ID -> the item that has it: two items never merge into one product
     mapping = root / "item_idx_mapping.csv"
     if mapping.is_file():
         chk = checker(mapping.name)
         for number, row in _rows(mapping, ("item ID", "source ID")):
             iid = int_id(chk, number, row, "item ID")
-            if iid is not None and row["source ID"]:
-                asin[iid] = row["source ID"]
+            if iid is None or not row["source ID"]:
+                continue
+            if row["source ID"] in taken and taken[row["source ID"]] != iid:
+                chk.reject(number, "source ID", f"{row['source ID']!r} is already item {taken[row['source ID']]}",
+                           row)
+                continue
+            asin[iid] = taken[row["source ID"]] = row["source ID"]
 
     def pid(internal: str) -> str:
         return asin.get(internal, internal)

@@ -49,14 +49,28 @@ def read_table(path: Path) -> pd.DataFrame:
                             raise DataError(f"invalid JSON: {exc.msg}", file=str(path), row=number) from None
                         if not isinstance(obj, dict):
                             raise DataError("each line must be a JSON object", file=str(path), row=number)
-                        rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
+                        rows.append({k: _cell(v) for k, v in obj.items()})
             return pd.DataFrame(rows).fillna("")
         frame = pd.read_parquet(path)
-        return frame.astype(object).where(frame.notna(), "").astype(str)
+        return frame.astype(object).apply(lambda column: column.map(_cell))
     except DataError:
         raise
     except Exception as exc:  # parser errors from pandas/pyarrow
         raise DataError(f"cannot parse: {exc}", file=str(path)) from None
+
+
+def _cell(value) -> str:
+    """A JSON or Parquet value as the text a CSV cell would hold: a list is a category path ("A > B"), a whole
+    float is an integer (an id column with a null turns into floats), a null is empty."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return " > ".join(_cell(v) for v in value if _cell(v))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -172,12 +186,16 @@ def load_generic(directory: str | Path, *, strict: bool = True, name: str | None
         first = 2 if bundles_path.suffix == ".csv" else 1
         grouped: dict[str, dict] = {}
         for offset, row in enumerate(frame.to_dict("records")):
-            if row["item_id"] not in products:
-                chk.reject(first + offset, "item_id", f"unknown product {row['item_id']!r}", row)
+            bundle_id, item = str(row["bundle_id"]).strip(), str(row["item_id"]).strip()
+            if not bundle_id:
+                chk.reject(first + offset, "bundle_id", "empty bundle id", row)
                 continue
-            g = grouped.setdefault(row["bundle_id"], {"items": [], "intent": row.get("intent") or None,
-                                                     "session": row.get("session_id") or None})
-            g["items"].append(row["item_id"])
+            if item not in products:
+                chk.reject(first + offset, "item_id", f"unknown product {item!r}", row)
+                continue
+            g = grouped.setdefault(bundle_id, {"items": [], "intent": str(row.get("intent") or "").strip() or None,
+                                               "session": str(row.get("session_id") or "").strip() or None})
+            g["items"].append(item)
         bundles = [Bundle(bid, tuple(dict.fromkeys(g["items"])), g["intent"], g["session"])
                    for bid, g in grouped.items()]
     return Dataset(name or root.name, products, interactions, sessions, bundles, source=str(root), report=report)
@@ -216,6 +234,8 @@ def _load_events(path: Path, products: dict[str, Product], report: CleaningRepor
         if str(row.get("quantity", "")).strip():
             try:
                 quantity = float(row["quantity"])
+                if quantity != quantity:
+                    raise ValueError("NaN")
             except ValueError:
                 chk.reject(number, "quantity", f"not a number: {row['quantity']!r}", row)
                 continue
