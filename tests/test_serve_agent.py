@@ -38,7 +38,8 @@ def test_summary_of_an_empty_answer_says_so():
     assert _summary(empty) == "No bundle found for this situation. unknown user 'x': content-based cold start"
 
 
-@pytest.mark.parametrize("kwargs", [{"customer_id": ""}, {"situation": ""}, {"budget": -3}, {"k": 0}, {"k": 11}])
+@pytest.mark.parametrize("kwargs", [{"customer_id": ""}, {"situation": ""}, {"situation": "   "}, {"budget": -3},
+                                    {"k": 0}, {"k": 11}])
 def test_recommend_for_customer_validates_arguments(recording_service, kwargs):
     args = {"customer_id": "c", "situation": "usb storage", **kwargs}
     with pytest.raises(ValidationError):
@@ -55,10 +56,13 @@ def test_structured_tool_schema_and_invocation(recording_service):
     assert set(schema["properties"]) == {"customer_id", "situation", "budget", "k"}
     result = tool.invoke({"customer_id": "cust-7", "situation": "headphones for the gym", "k": 1})
     assert len(result["bundles"]) == 1 and recording_service.requests[-1].user_id == "cust-7"
-    with pytest.raises(ValidationError):
-        tool.invoke({"customer_id": "cust-7", "situation": "x", "k": 0})
-    with pytest.raises(ValidationError):
-        tool.invoke({"customer_id": "cust-7", "situation": "x", "coupon": "FREE"})
+    asked = len(recording_service.requests)
+    # a model's bad call gets a message naming the argument to fix, not an exception that ends the agent's turn
+    wrong_k = tool.invoke({"customer_id": "cust-7", "situation": "x", "k": 0})
+    assert wrong_k.startswith("Invalid arguments") and "k:" in wrong_k
+    assert "coupon" in tool.invoke({"customer_id": "cust-7", "situation": "x", "coupon": "FREE"})
+    assert "customer_id" in tool.invoke({"customer_id": 12345, "situation": "x"})
+    assert len(recording_service.requests) == asked
 
 
 def test_tool_call_from_a_model_message(recording_service):

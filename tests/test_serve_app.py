@@ -224,6 +224,9 @@ def test_products_upsert_then_lookup_and_search(api):
                      json={"products": [{"id": "X", "title": "", "price": -1}]})
     assert bad.status_code == 422
     assert {"body.products.0.title", "body.products.0.price"} <= {i["field"] for i in bad.json()["detail"]}
+    slashed = {"products": [{"id": "KIT/2024/1", "title": "Travel kit"}]}
+    assert client.post(f"{api}/v1/products", headers={"X-API-Key": API_KEY}, json=slashed).status_code == 200
+    assert client.get(f"{api}/v1/products/KIT/2024/1").json()["id"] == "KIT/2024/1"
     blank = client.post(f"{api}/v1/products", headers={"X-API-Key": API_KEY},
                         json={"products": [{"id": "X", "title": "   ", "category": ["Electronics", " "]}]})
     assert {"body.products.0.title", "body.products.0.category"} <= {i["field"] for i in blank.json()["detail"]}

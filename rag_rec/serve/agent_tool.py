@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 
 from rag_rec.errors import require
 from rag_rec.schemas import BundleRequest, BundleResponse, Strict
@@ -27,6 +27,19 @@ class RecommendForCustomerArgs(Strict):
                            description="What the customer needs or is doing, in plain words")
     budget: float | None = Field(default=None, gt=0, description="Maximum total price of one bundle, in dollars")
     k: int = Field(default=3, ge=1, le=10, description="How many bundles to return")
+
+    @field_validator("customer_id", "situation")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()
+
+
+def argument_problems(error: ValidationError) -> str:
+    """A tool-call validation error as one line a model can act on (it calls again with fixed arguments)."""
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in error.errors())
+    return f"Invalid arguments, nothing was looked up. Fix and call again: {problems}"
 
 
 def _summary(response: BundleResponse) -> str:
@@ -79,4 +92,5 @@ def make_recommend_tool(service: BundleService) -> StructuredTool:
         description=TOOL_DESCRIPTION,
         args_schema=RecommendForCustomerArgs,
         infer_schema=False,
+        handle_validation_error=argument_problems,
     )

@@ -396,7 +396,7 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
                      k: Annotated[int, Query(ge=1, le=50)] = 10) -> list[ItemOut]:
         return await compute(service.search_products, q, k)
 
-    @app.get("/v1/products/{item_id}", response_model=ItemOut, summary="One product by id",
+    @app.get("/v1/products/{item_id:path}", response_model=ItemOut, summary="One product by id (may hold '/')",
              responses={**READ_ERRORS, **_errors(404)}, tags=["catalogue"])
     async def product(request: Request,
                       item_id: Annotated[str, PathParam(min_length=1, max_length=128)]) -> Any:
