@@ -217,7 +217,7 @@ def _add_products(case: RedTeamCase, pipeline, result: CaseResult | None) -> Non
     if result is None:
         return
     expected = {p.id: p for p in payload.products}  # the last row of an id wins
-    result.check(out.accepted == len(payload.products), f"accepted {out.accepted} of {len(payload.products)}")
+    result.check(out.accepted == len(expected), f"accepted {out.accepted} of {len(expected)} distinct products")
     records = {r.id: r for r in pipeline.store.retrieve(list(expected))}
     for pid, p in expected.items():
         stored = pipeline.dataset.products.get(pid)
