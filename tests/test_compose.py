@@ -479,3 +479,12 @@ def test_grounded_copy_is_served_and_a_repaired_one_says_so():
     bad = copy_answer("Nikon set", "Only $5 for the Nikon D3300 and its battery, today only.")
     assert write_copy(ScriptedLLM(bad, GOOD_COPY), LLMSettings(), [P["cam"], P["bat"]], "friendly", "short",
                       "English")[2] == "llm_repaired"
+
+
+def test_a_failing_token_counter_falls_back_to_the_estimate():
+    class Broken(ScriptedLLM):
+        def prompt_tokens(self, messages):
+            raise RuntimeError("tokenizer missing")
+
+    request, key_to_id = LLMComposer(Broken(), LLMSettings()).build_request(context())
+    assert request is not None and len(key_to_id) >= 2

@@ -113,9 +113,7 @@ def parse_json_object(text: str) -> dict:
                 value, _ = json.JSONDecoder().raw_decode(text, start)
             except json.JSONDecodeError as exc:
                 raise LLMOutputError(f"invalid JSON from the model: {exc.msg} at char {exc.pos}") from None
-    except (ValueError, RecursionError) as exc:
-        if isinstance(exc, LLMOutputError):
-            raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is handled above; LLMOutputError passes through
         raise LLMOutputError(f"unparseable JSON from the model ({type(exc).__name__})") from None
     if not isinstance(value, dict):
         raise LLMOutputError("the model's JSON is not an object")

@@ -75,7 +75,12 @@ class LLMComposer:
 
     def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         counter = getattr(self.llm, "prompt_tokens", None)
-        return counter(messages) if counter is not None else estimated_tokens(messages)
+        if counter is not None:
+            try:
+                return counter(messages)
+            except Exception:  # the estimate is an upper bound for any byte-level tokenizer's English
+                log.exception("counting prompt tokens failed; using the estimate")
+        return estimated_tokens(messages)
 
     def _request(self, context: ComposeContext, cands: Sequence[str]) -> tuple[GenerationRequest, dict[str, str]]:
         anchors = [a for a in context.anchors if a in context.products]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from rag_rec.machine import cpu_flags
 from rag_rec.settings import LLMSettings
 
 GiB = 1 << 30
+log = logging.getLogger("rag_rec.llm")
 
 
 def configure_cpu_env(settings: LLMSettings) -> None:
@@ -91,6 +93,10 @@ class VLLMEngine:
         self._counter = None
         self._counter_lock = threading.Lock()
         self._batches = ContinuousBatcher(_Steps(self), max_batch=settings.max_batch, name="vllm-batches")
+        try:
+            self.prompt_tokens([{"role": "user", "content": "warm up the prompt counter"}])
+        except Exception as exc:  # the composer falls back to an estimate
+            log.warning("no prompt-token counter for %s: %s", self.model_path, exc)
 
     def sampling_params(self, request: GenerationRequest):
         from vllm.sampling_params import SamplingParams, StructuredOutputsParams
