@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from rag_rec.data.models import MAX_TIMESTAMP
+from rag_rec.constants import MAX_TIMESTAMP
 
 MAX_ANCHORS = 20
 ProductId = Annotated[str, StringConstraints(min_length=1, max_length=128)]

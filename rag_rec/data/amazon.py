@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Iterator
 
 from rag_rec.data.cleaning import CleaningReport, RowChecker
-from rag_rec.data.models import MAX_TIMESTAMP, Bundle, Dataset, Interactions, Product, Session
+from rag_rec.constants import MAX_TIMESTAMP
+from rag_rec.data.models import Bundle, Dataset, Interactions, Product, Session
 from rag_rec.errors import DataError
 
 REQUIRED_FILES = ("item_titles.csv", "session_item.csv", "bundle_item.csv")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from rag_rec.data.cleaning import CleaningReport, RowChecker, parse_price
-from rag_rec.data.models import MAX_TIMESTAMP, Bundle, Dataset, Interactions, Product, Session
+from rag_rec.constants import MAX_TIMESTAMP
+from rag_rec.data.models import Bundle, Dataset, Interactions, Product, Session
 from rag_rec.errors import DataError
 
 EVENT_TYPES = {"view", "click", "cart", "purchase", "wishlist", "return"}

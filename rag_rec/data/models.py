@@ -18,8 +18,6 @@ INTERACTION_COLUMNS = {
     "price": "float64",
 }
 
-MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: beyond it a unix timestamp is not a time
-
 
 @dataclass(frozen=True, slots=True)
 class Product:
