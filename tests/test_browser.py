@@ -95,3 +95,24 @@ def test_chat_page_shows_bundle_cards_with_reasons(browser, recording_service, s
         (Path(tempfile.gettempdir()) / "rag_rec_chat.png").write_bytes(shot)
         assert len(shot) > 10_000
         page.close()
+
+
+def test_a_long_conversation_keeps_working_and_a_cut_off_answer_says_so(browser, recording_service, serve_settings):
+    with running_server(create_app(recording_service, serve_settings), serve_settings) as base:
+        page = browser.new_page()
+        page.goto(base + "/")
+        for turn in range(17):  # the API takes 30 turns; the page sends the latest ones
+            page.get_by_label("Your message").fill(f"camcorder accessories, option {turn}")
+            page.keyboard.press("Enter")
+            page.locator(".msg.assistant:not(.pending)").nth(turn + 1).wait_for(timeout=20_000)
+        assert page.locator(".msg.assistant.error").count() == 0
+        assert page.locator("#status").inner_text().startswith("Answered in")
+
+        cut = 'event: message\ndata: {"text": "Here are "}\n\n'  # the stream ends before its done event
+        page.route("**/v1/chat", lambda route: route.fulfill(status=200, content_type="text/event-stream", body=cut))
+        page.get_by_label("Your message").fill("a tripod")
+        page.keyboard.press("Enter")
+        page.locator(".msg.assistant.error").wait_for(timeout=10_000)
+        assert "cut off" in page.locator(".msg.assistant.error .bubble").inner_text()
+        assert page.locator(".msg.user.unsent").count() == 1
+        page.close()

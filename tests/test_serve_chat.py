@@ -54,6 +54,21 @@ def read_events(response: httpx.Response) -> list[tuple[str, dict, float]]:
     ("less than 25,50 euros for a mouse", 25.5, "for a mouse"),
     ("a tripod under 2 pounds", None, "a tripod under 2 pounds"),
     ("a 50 inch tv", None, "a 50 inch tv"),
+    ("headphones between $20 and $40", 40.0, "headphones"),
+    ("headphones, $20-$40", 40.0, "headphones,"),
+    ("I don't want to spend more than $50 on a tripod", 50.0, "I on a tripod"),
+    ("a tripod for $50", 50.0, "a tripod"),
+    ("a mouse for 50 bucks", 50.0, "a mouse"),
+    ("a tv under 2k", 2000.0, "a tv"),
+    ("a lamp under €50", 50.0, "a lamp"),
+    ("a monitor under $1.000", 1000.0, "a monitor"),
+    ("a laptop under $1.299,99", 1299.99, "a laptop"),
+    ("a lens, not less than $100", None, "a lens, not less than $100"),
+    ("accessories for my camera, which cost around $800", None, "accessories for my camera, which cost around $800"),
+    ("a budget 27 inch monitor", None, "a budget 27 inch monitor"),
+    ("budget 1080p webcam", None, "budget 1080p webcam"),
+    ("a budget 4k monitor", None, "a budget 4k monitor"),
+    ("a 32GB card and a 4K TV, pack of 3", None, "a 32GB card and a 4K TV, pack of 3"),
 ])
 def test_budget_phrases(text, budget, rest):
     assert find_budget(text) == (budget, rest)
@@ -112,6 +127,54 @@ def test_cheaper_lowers_the_budget_or_asks_for_one():
     assert isinstance(answered, Answer) and answered.request.budget == 40.0
 
 
+@pytest.mark.parametrize("answer", ["$50", "50", "50 dollars", "I'd say 50 bucks"])
+def test_a_bare_amount_answers_the_budget_question(answer):
+    question = "Sure. What is the most you would like to spend on the whole bundle?"
+    plan = ChatPolicy().plan(conversation("a camera bag", "Here…", "too expensive", question, answer))
+    assert isinstance(plan, Answer) and plan.request.budget == 50.0 and plan.request.need == "a camera bag"
+
+
+def test_no_budget_clears_it_and_cheaper_starts_from_the_page_budget():
+    cleared = ChatPolicy().plan(conversation("a camera bag under $100", "Here…", "no budget"))
+    assert cleared.request.budget is None and cleared.request.need == "a camera bag"
+    cheaper = ChatPolicy().plan(conversation("a camera bag", "Here…", "too expensive", budget=60))
+    assert isinstance(cheaper, Answer) and cheaper.request.budget == 45.0
+
+
+@pytest.mark.parametrize("follow_up, need", [
+    ("in a different color", "a camera bag, in a different color"),
+    ("I'd rather have a black one", "a camera bag, I'd rather have a black one"),
+    ("it should be waterproof and fit two lenses", "a camera bag, it should be waterproof and fit two lenses"),
+    ("I need headphones", "headphones"),
+    ("cheaper than that", "a camera bag"),
+])
+def test_follow_ups_refine_and_new_topics_replace(follow_up, need):
+    plan = ChatPolicy().plan(conversation("a camera bag", "Here…", follow_up))
+    assert isinstance(plan, Answer | Clarify)
+    if isinstance(plan, Answer):
+        assert plan.request.need == need
+    else:
+        assert plan.missing == "budget"
+
+
+def test_the_topic_survives_many_refinements():
+    plan = ChatPolicy().plan(conversation("a camera bag", "…", "for hiking", "…", "waterproof", "…", "black", "…",
+                                          "small"))
+    assert plan.request.need.startswith("a camera bag") and plan.request.need.endswith("small")
+
+
+def test_curly_apostrophes_and_other_scripts_are_understood():
+    assert isinstance(ChatPolicy().plan(conversation("I\u2019m looking for something nice")), Clarify)
+    plan = ChatPolicy().plan(conversation("беспроводные наушники для бега"))
+    assert isinstance(plan, Answer) and plan.request.need == "беспроводные наушники для бега"
+
+
+def test_a_flood_of_filler_is_cleaned_in_bounded_time():
+    started = time.perf_counter()
+    ChatPolicy().plan(conversation(*(["no " * 600] * 29)))
+    assert time.perf_counter() - started < 2.0  # was ~6 s: a regex pass per stripped word
+
+
 def test_request_budget_is_used_unless_the_text_names_one():
     assert ChatPolicy().plan(conversation("a camera bag", budget=60)).request.budget == 60
     assert ChatPolicy().plan(conversation("a camera bag under $30", budget=60)).request.budget == 30
@@ -135,18 +198,32 @@ def test_a_conversation_naming_more_products_than_a_request_holds_keeps_the_late
     assert isinstance(plan, Answer) and plan.request.anchor_items == ids[-20:]
 
 
+def test_a_new_topic_leaves_earlier_products_and_ids_are_found_in_any_case(bundle_service):
+    some = bundle_service.search_products("camcorder case", k=1)[0]
+    plan = ChatPolicy().plan(conversation(f"What goes with {some.id}?", "Here…",
+                                          "actually, I need headphones instead"), bundle_service.product)
+    assert plan.request.anchor_items == [] and plan.request.need == "headphones"
+    lower = ChatPolicy().plan(conversation(f"what goes with {some.id.lower()}"), bundle_service.product)
+    assert lower.request.anchor_items == [some.id] and lower.request.need is None
+
+
 def test_reply_names_every_bundle_and_the_path():
     policy = ChatPolicy()
     plan = policy.plan(conversation("car stereo install under $60"))
     item = ItemOut(id="A", title="Wiring harness")
     response = BundleResponse(produced_by="fallback", bundles=[
         BundleOut(title="Car audio install", items=[item, item], reason="r", total_price=42.5),
-        BundleOut(title="Antenna fix", items=[item, item, item], reason="r"),
+        BundleOut(title="Antenna fix", items=[item, item, item], reason="r", total_price=55.0),
     ], notes=["retrieval 73.6 ms", "1 unknown id ignored"])
     text = policy.reply(plan, response)
     assert text.startswith("Here are 2 bundles for “car stereo install” under $60:")
     assert "1. Car audio install (2 items, $42.50 in total)" in text
-    assert "2. Antenna fix (3 items)" in text
+    assert "2. Antenna fix (3 items, $55 in total)" in text
+    unpriced = response.model_copy(update={"bundles": [response.bundles[0], BundleOut(
+        title="Antenna fix", items=[item, item, item], reason="r")]})
+    unchecked = policy.reply(plan, unpriced)  # the reply never claims a budget it could not check
+    assert "under $60" not in unchecked and "$60 budget could not be checked" in unchecked
+    assert "2. Antenna fix (3 items)" in unchecked
     assert "fallback" in text and "Note: 1 unknown id ignored" in text
     assert "73.6" not in text, "timing notes are for operators"
     empty = policy.reply(plan, BundleResponse(produced_by="heuristic", bundles=[]))

@@ -12,20 +12,44 @@ from typing import Literal
 
 from rag_rec.schemas import MAX_ANCHORS, BundleRequest, BundleResponse, ChatMessage, ChatRequest, ItemOut
 
-_NUM = r"(\d{1,3}(?:,\d{3})+(?:\.\d{1,2})?|\d{1,7}(?:[.,]\d{1,2})?)\s*(k\b)?"
+def _num(name: str = "n") -> str:
+    """An amount ("1,299.99", "1.299,99", "50", "2k"), not the digits of "1080p" or "32GB"."""
+    return (rf"(?P<{name}>\d{{1,3}}(?:[.,]\d{{3}})+(?:[.,]\d{{1,2}})?|\d{{1,7}}(?:[.,]\d{{1,2}})?)"
+            rf"(?:\s*(?P<{name}k>k)\b|(?![\w]))")
+
+
+_NUM = _num()
 _CURRENCY = r"(?:(?:dollars?|bucks|usd|euros?|eur)\b|€)"
+_SIGN = r"(?:\$|€)"
 _UPPER = (r"(?:under|below|less\s+than|no\s+more\s+than|not\s+more\s+than|max(?:imum)?|at\s+most|up\s+to|within|"
           r"cheaper\s+than|spend(?:ing)?(?:\s+(?:at\s+most|up\s+to|under|about|around))?|around|about|"
+          r"(?:do\s+not|don't|won't|can't|cannot)\s+(?:want\s+to\s+)?spend\s+(?:more\s+than|over)|"
           r"budget(?:\s+(?:of|is))?\s*:?)")
+_LIMIT = r"\s*(?:or\s+less|or\s+under|max|tops|at\s+most|budget|limit)"
 BUDGET_PATTERNS = (
-    re.compile(_UPPER + r"\s+(?:an?\s+)?\$\s*" + _NUM, re.IGNORECASE),                    # under $50, budget of $1k
-    re.compile(_UPPER + r"\s+(?:an?\s+)?" + _NUM + r"\s*" + _CURRENCY, re.IGNORECASE),    # under 50 dollars
-    re.compile(r"\$\s*" + _NUM + r"\s*(?:or\s+less|or\s+under|max|tops|at\s+most|budget|limit)", re.IGNORECASE),
-    re.compile(_NUM + r"\s*" + _CURRENCY + r"\s*(?:or\s+less|or\s+under|max|tops|at\s+most|budget|limit)", re.IGNORECASE),
-    re.compile(r"budget(?:\s+(?:of|is))?\s*:?\s+(?:an?\s+)?" + _NUM, re.IGNORECASE),       # budget is 80
+    re.compile(r"between\s+" + _SIGN + r"?\s*\d[\d.,]*\s*(?:and|to|-|–)\s*" + _SIGN + r"?\s*" + _NUM
+               + r"(?:\s*" + _CURRENCY + r")?", re.IGNORECASE),                                # between $20 and $40
+    re.compile(_SIGN + r"\s*\d[\d.,]*\s*(?:-|–|to)\s*" + _SIGN + r"?\s*" + _NUM, re.IGNORECASE),  # $20-$40
+    re.compile(_UPPER + r"\s+(?:an?\s+)?" + _SIGN + r"\s*" + _NUM, re.IGNORECASE),             # under $50, budget of $1k
+    re.compile(_UPPER + r"\s+(?:an?\s+)?" + _NUM + r"\s*" + _CURRENCY, re.IGNORECASE),         # under 50 dollars
+    re.compile(_SIGN + r"\s*" + _NUM + _LIMIT, re.IGNORECASE),
+    re.compile(_NUM + r"\s*" + _CURRENCY + _LIMIT, re.IGNORECASE),
+    re.compile(r"budget(?:\s+(?:of|is)\s*|\s*:\s*)(?:an?\s+)?" + _NUM, re.IGNORECASE),       # budget is 80
+    re.compile(r"\bfor\s+(?:about\s+|around\s+)?" + _SIGN + r"\s*" + _NUM, re.IGNORECASE),     # a tripod for $50
+    re.compile(r"\bfor\s+(?:about\s+|around\s+)?" + _NUM + r"\s*" + _CURRENCY, re.IGNORECASE),  # for 50 bucks
+    re.compile(r"(?:under|below|less\s+than|no\s+more\s+than|at\s+most|up\s+to|max)\s+" + _NUM
+               + r"(?=\s*(?:[.!?,;]|$))", re.IGNORECASE),                                      # a tv under 2k
 )
-CHEAPER = re.compile(r"\b(cheaper|less\s+expensive|lower\s+price|too\s+(?:expensive|pricey|much))\b", re.IGNORECASE)
-PRODUCT_ID = re.compile(r"\b(?=[A-Z0-9]*\d)(?=[A-Z0-9]*[A-Z])[A-Z0-9]{8,14}\b|\b\d{5,9}\b")
+ONLY_AMOUNT = re.compile(r"^\s*(?:(?:i'd\s+say|maybe|about|around|max(?:imum)?|up\s+to|under|say)\s+)?"
+                         + _SIGN + r"?\s*" + _NUM + r"\s*" + _CURRENCY + r"?\s*(?:max|tops|please)?[\s.!]*$",
+                         re.IGNORECASE)                                                        # "$50" as an answer
+NOT_A_LIMIT = re.compile(r"\b(?:not|no|cost|costs|costed|paid|pay|was|were|priced(?:\s+at)?|worth)\s*$", re.IGNORECASE)
+NO_BUDGET = re.compile(r"\b(?:no\s+budget|any\s+price(?:\s+is\s+(?:fine|ok(?:ay)?))?|price\s+(?:doesn't|does\s+not|"
+                       r"won't)\s+matter|money\s+is\s+no\s+(?:object|issue)|no\s+(?:price\s+)?limit)\b",
+                       re.IGNORECASE)
+CHEAPER = re.compile(r"\b(cheaper|less\s+expensive|lower\s+price|too\s+(?:expensive|pricey)|"
+                     r"(?:costs?|is|it's|that's)\s+too\s+much)\b", re.IGNORECASE)
+PRODUCT_ID = re.compile(r"\b(?=[A-Z0-9]*\d)(?=[A-Z0-9]*[A-Z])[A-Z0-9]{8,14}\b|\b\d{5,10}\b", re.IGNORECASE)
 LEADING_FILLER = tuple(re.compile(p, re.IGNORECASE) for p in (
     r"^(?:hi|hello|hey|hiya|good\s+(?:morning|afternoon|evening))\b[\s,!.]*(?:there\b[\s,!.]*)?",
     r"^(?:ok(?:ay)?|so|well|and|also|plus|great|thanks?(?:\s+you)?)\b[\s,!.]*",
@@ -38,17 +62,21 @@ LEADING_FILLER = tuple(re.compile(p, re.IGNORECASE) for p in (
     r"^(?:show|find|recommend|suggest|get|give)\s+(?:me|us)\s+",
     r"^(?:recommend|suggest)\s+",
     r"^(?:what|how)\s+about\s+",
+    r"^(?:what|which)\s+(?:goes|go|works?|pairs?)\s+(?:well\s+)?with\b\s*",
     r"^(?:actually|instead|no)\b[\s,]*",
 ))
 TRAILING_FILLER = re.compile(r"(?:[\s,]*\b(?:please|thanks?|thank\s+you|pls|instead)\b)+[\s.!?]*$|[\s.!?,;:]+$", re.IGNORECASE)
-REPLACE_MARKERS = re.compile(r"\b(instead|actually|something\s+else|never\s*mind|forget\s+(?:it|that)|"
-                             r"different|what\s+about|how\s+about|rather)\b", re.IGNORECASE)
+REPLACE_MARKERS = re.compile(r"\b(instead|something\s+else|never\s*mind|forget\s+(?:it|that)|"
+                             r"(?:a|an)\s+different\s+(?:product|thing|kind|topic))\b", re.IGNORECASE)
+REFINES = re.compile(r"\b(it|its|one|ones|them|that|those|this|these|in\s+(?:a|an)\s+\w+\s+(?:colou?r|size))\b",
+                     re.IGNORECASE)
 NEED_PHRASE = re.compile(r"\b(need|want|looking\s+for|searching\s+for|shopping\s+for|recommend|suggest|"
                          r"show\s+me|find\s+me)\b", re.IGNORECASE)
 STOPWORDS = frozenset(["a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "into", "onto", "about", "as", "is", "are", "was", "were", "be", "been", "being", "am", "i", "i'm", "im", "me", "my", "mine", "we", "us", "our", "you", "your", "he", "she", "they", "them", "their", "his", "her", "it", "its", "this", "that", "these", "those", "there", "here", "some", "any", "all", "each", "every", "no", "not", "just", "really", "very", "quite", "also", "too", "so", "such", "then", "than", "more", "most", "less", "much", "many", "few", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "do", "does", "did", "done", "have", "has", "had", "get", "got", "make", "made", "please", "thanks", "thank", "hi", "hello", "hey", "ok", "okay", "yes", "yeah", "sure", "well", "like", "want", "wants", "need", "needs", "needed", "looking", "look", "find", "show", "give", "recommend", "suggest", "help", "buy", "buying", "bought", "shop", "shopping", "search", "searching", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "new", "one", "ones", "maybe", "perhaps", "around", "about", "under", "over", "below", "within", "cheaper", "expensive", "cheap", "price", "prices", "budget", "dollars", "dollar", "bucks", "usd", "spend", "spending", "max", "maximum", "least", "most", "instead", "actually", "else", "rather", "different", "never", "mind", "forget"])
 VAGUE = frozenset(["something", "anything", "everything", "stuff", "thing", "things", "nice", "good", "great", "cool", "awesome", "best", "better", "fun", "neat", "lovely", "gift", "gifts", "present", "presents", "idea", "ideas", "recommendation", "recommendations", "bundle", "bundles", "products", "product", "items", "item", "whatever", "surprise", "random", "useful", "interesting", "special"])
 TIMING_NOTE = re.compile(r"^[\w -]+ \d+(?:\.\d+)? ?ms$")  # e.g. "retrieval 73.6 ms": for operators, not shoppers
-TOKEN = re.compile(r"[a-z0-9][a-z0-9'+\-.]*[a-z0-9+]|[a-z0-9]")
+TOKEN = re.compile(r"[^\W_][\w'+\-.]*[^\W_]|[^\W_]")  # letters and digits of every script
+MAX_FILLER_PASSES = 8
 
 PATH_NOTES = {
     "llm": "Composed by the language model from the retrieved products.",
@@ -68,17 +96,28 @@ def _money(value: float) -> str:
     return f"${value:,.0f}" if float(value).is_integer() else f"${value:,.2f}"
 
 
+def _amount(number: str) -> float:
+    """"1,299.99" / "1.299,99" / "1.000" (thousands) / "12,50" / "12.50" as a float."""
+    grouped = re.fullmatch(r"\d{1,3}([.,])\d{3}(?:\1\d{3})*(?:[.,]\d{1,2})?", number)
+    if grouped:
+        thousands = grouped.group(1)
+        decimal = "," if thousands == "." else "."
+        return float(number.replace(thousands, "").replace(decimal, "."))
+    return float(number.replace(",", "."))
+
+
 def find_budget(text: str) -> tuple[float | None, str]:
-    """The last budget phrase in `text` (as dollars) and the text without any budget phrase."""
+    """The last budget phrase in `text` (as dollars) and the text without any budget phrase. A number after
+    "cost", "paid", "not" or "no" is no limit ("which cost around $800", "not less than $100")."""
     spans: list[tuple[int, int, float]] = []
     for pattern in BUDGET_PATTERNS:
         for m in pattern.finditer(text):
             if any(start <= m.start() < end or m.start() <= start < m.end() for start, end, _ in spans):
                 continue
-            number, thousands = m.group(1), m.group(2)
-            grouped = re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", number)
-            value = float(number.replace(",", "") if grouped else number.replace(",", "."))
-            spans.append((m.start(), m.end(), value * (1000 if thousands else 1)))
+            if NOT_A_LIMIT.search(text[max(0, m.start() - 24):m.start()]):
+                continue
+            value = _amount(m.group("n")) * (1000 if m.group("nk") else 1)
+            spans.append((m.start(), m.end(), value))
     if not spans:
         return None, text
     spans.sort()
@@ -93,7 +132,9 @@ def clean_fragment(text: str) -> str:
     """A user turn reduced to its need: greetings, 'I'm looking for', 'please' and trailing punctuation removed."""
     previous = None
     text = text.strip()
-    while previous != text:
+    for _ in range(MAX_FILLER_PASSES):  # bounded: a turn of 1,000 "no"s must not hold the server
+        if previous == text:
+            break
         previous = text
         for pattern in LEADING_FILLER:
             text = pattern.sub("", text, count=1).strip()
@@ -142,33 +183,50 @@ class ChatPolicy:
         self.k, self.bundle_size = k, bundle_size
         self.max_fragments, self.max_id_lookups = max_fragments, max_id_lookups
 
-    def understand(self, messages: Sequence[ChatMessage], lookup: ProductLookup | None = None) -> ConversationState:
-        """Fold the user turns in order: new topics replace the need, short follow-ups refine it."""
-        state = ConversationState()
+    def understand(self, messages: Sequence[ChatMessage], lookup: ProductLookup | None = None,
+                   budget: float | None = None) -> ConversationState:
+        """Fold the user turns in order: new topics replace the need (and products named before), follow-ups
+        refine it. `budget` (the page's budget field) is where the conversation's budget starts."""
+        state = ConversationState(budget=budget)
         for message in messages:
             if message.role != "user":
                 continue
-            text = message.content
-            budget, text = find_budget(text)
+            text = message.content.replace("\u2019", "'").replace("\u2018", "'")
+            asked_for_budget = state.asked_cheaper_without_budget
+            if NO_BUDGET.search(text):
+                state.budget, state.asked_cheaper_without_budget = None, False
+                text = NO_BUDGET.sub(" ", text)
+            only = ONLY_AMOUNT.match(text)
+            if only:  # "$50" answering "what is the most you would like to spend?", or said on its own
+                budget, text = _amount(only.group("n")) * (1000 if only.group("nk") else 1), ""
+            else:
+                budget, text = find_budget(text)
             if CHEAPER.search(text):
                 if budget is None and state.budget is not None:
                     budget = round(state.budget * 0.75, 2)
                 state.asked_cheaper_without_budget = budget is None and state.budget is None
                 text = CHEAPER.sub(" ", text)
+            elif asked_for_budget and budget is None:
+                state.asked_cheaper_without_budget = False  # the shopper went on without giving one
             if budget is not None:
-                state.budget = budget
+                state.budget = budget if budget > 0 else None
                 state.asked_cheaper_without_budget = False
+            named_before = len(state.anchors)
             text = self._take_anchors(text, state, lookup)
             fragment = clean_fragment(text)
             words = content_words(fragment)
-            if not fragment:
+            if not words:  # "$50", "than that", "please": nothing to add to the need
                 continue
-            starts_new = bool(REPLACE_MARKERS.search(message.content)) or len(words) >= 4 or (
-                bool(NEED_PHRASE.search(message.content)) and len(words) >= 2)
-            if words and (starts_new or state.is_vague):
+            replaces = bool(REPLACE_MARKERS.search(message.content))
+            starts_new = replaces or (not REFINES.search(fragment) and (
+                len(words) >= 4 or bool(NEED_PHRASE.search(message.content))))
+            if replaces and len(state.anchors) == named_before:
+                state.anchors = []  # "... instead" naming no product leaves the earlier products behind
+            if starts_new or state.is_vague:
                 state.fragments = [fragment]
             else:
-                state.fragments = (state.fragments + [fragment])[-self.max_fragments:]
+                topic, rest = state.fragments[:1], state.fragments[1:]
+                state.fragments = topic + (rest + [fragment])[-(self.max_fragments - 1):]
         return state
 
     def _take_anchors(self, text: str, state: ConversationState, lookup: ProductLookup | None) -> str:
@@ -176,6 +234,8 @@ class ChatPolicy:
             return text
         for m in list(PRODUCT_ID.finditer(text))[: self.max_id_lookups]:
             item = lookup(m.group(0))
+            if item is None and not m.group(0).isupper():
+                item = lookup(m.group(0).upper())  # ids typed in lower case
             if item is not None and all(a.id != item.id for a in state.anchors):
                 state.anchors.append(item)
             if item is not None:
@@ -183,10 +243,7 @@ class ChatPolicy:
         return re.sub(r"\s{2,}", " ", text).strip()
 
     def plan(self, request: ChatRequest, lookup: ProductLookup | None = None) -> Clarify | Answer:
-        state = self.understand(request.messages, lookup)
-        if state.budget is None and request.budget is not None:
-            state.budget = request.budget
-            state.asked_cheaper_without_budget = False
+        state = self.understand(request.messages, lookup, request.budget)
         if state.is_vague and not state.anchors and not request.user_id:
             return Clarify(self._need_question(state))
         if state.asked_cheaper_without_budget:
@@ -217,7 +274,8 @@ class ChatPolicy:
                 "For example “accessories for my new DSLR camera” or “a desk setup for working from home”.")
 
     @staticmethod
-    def _scope(answer: Answer) -> str:
+    def _scope(answer: Answer, response: BundleResponse | None = None) -> str:
+        """What the bundles are for; "under $X" only where every bundle's total is known to be within it."""
         request, state = answer.request, answer.state
         parts = []
         if request.need:
@@ -228,14 +286,17 @@ class ChatPolicy:
         if not parts and request.user_id:
             parts.append("based on your past purchases")
         if request.budget:
-            parts.append(f"under {_money(request.budget)}")
+            checked = response is None or all(
+                b.total_price is not None and b.total_price <= request.budget + 0.005 for b in response.bundles)
+            parts.append(f"under {_money(request.budget)}" if checked else
+                         f"(your {_money(request.budget)} budget could not be checked: some prices are not listed)")
         return " ".join(parts)
 
     def preamble(self, answer: Answer) -> str:
         return f"Looking for bundles {self._scope(answer)}…\n"
 
     def reply(self, answer: Answer, response: BundleResponse) -> str:
-        scope = self._scope(answer)
+        scope = self._scope(answer, response)
         n = len(response.bundles)
         if n:
             lines = [f"Here {'is' if n == 1 else 'are'} {n} bundle{'' if n == 1 else 's'} {scope}:"]

@@ -16,7 +16,10 @@
   const status = document.getElementById("status");
   const bundleTemplate = document.getElementById("bundle-template");
   const cardTemplate = document.getElementById("card-template");
+  const MAX_MESSAGES = 30; // the API takes at most 30 turns: older ones are left out, the latest kept
   let messages = [];
+  let conversation = 0; // bumped by "New conversation": a reply still streaming then belongs to no one
+  let inFlight = null;
 
   const money = (value) =>
     value == null ? "" : new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" }).format(value);
@@ -77,21 +80,25 @@
   }
 
   async function ask(text) {
+    const mine = conversation;
     messages.push({ role: "user", content: text });
-    addMessage("user", text);
+    const asked = addMessage("user", text);
     const reply = addMessage("assistant", "", "pending");
     const bubble = reply.querySelector(".bubble");
-    const body = { messages };
+    const body = { messages: messages.slice(-MAX_MESSAGES) };
     if (budget.value) body.budget = Number(budget.value);
     if (user.value.trim()) body.user_id = user.value.trim();
     send.disabled = true;
     status.textContent = "Thinking…";
     let answer = "";
+    let finished = false;
+    inFlight = new AbortController();
     try {
       const response = await fetch("/v1/chat", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify(body),
+        signal: inFlight.signal,
       });
       if (!response.ok) {
         const error = await response.json().catch(() => ({ error: response.statusText }));
@@ -124,21 +131,29 @@
             reply.classList.add("error");
             bubble.textContent = `${answer}\nSorry, something went wrong: ${data.detail || data.error}`;
           } else if (event === "done") {
+            finished = true;
             status.textContent = `Answered in ${Math.round(data.latency_ms)} ms.`;
           }
         }
       }
-      messages.push({ role: "assistant", content: answer.slice(0, 2000) || "(no answer)" });
+      if (!finished) throw new Error("the answer was cut off; please ask again");
+      if (mine === conversation) messages.push({ role: "assistant", content: answer.slice(0, 2000) || "(no answer)" });
     } catch (err) {
-      reply.classList.add("error");
-      bubble.textContent = `Sorry, the request failed: ${err.message}`;
-      status.textContent = "";
-      messages.pop();
+      if (mine === conversation) {
+        reply.classList.add("error");
+        bubble.textContent = `Sorry, the request failed: ${err.message}`;
+        status.textContent = "";
+        messages.pop(); // the turn was not answered: it leaves the history, and its bubble says so
+        asked.classList.add("unsent");
+        asked.title = "Not sent: ask again";
+      }
     } finally {
       reply.classList.remove("pending");
-      reply.scrollIntoView({ block: "end", behavior: "smooth" });
-      send.disabled = false;
-      need.focus();
+      if (mine === conversation) {
+        reply.scrollIntoView({ block: "end", behavior: "smooth" });
+        send.disabled = false;
+        need.focus();
+      }
     }
   }
 
@@ -162,6 +177,9 @@
     });
   }
   document.getElementById("reset").addEventListener("click", () => {
+    conversation += 1;
+    if (inFlight) inFlight.abort();
+    send.disabled = false;
     messages = [];
     for (const node of [...log.children].slice(1)) node.remove();
     status.textContent = "Started a new conversation.";
