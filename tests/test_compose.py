@@ -188,6 +188,9 @@ def test_judge_answers_follow_the_schema_and_map_hallucination_to_faithful():
     judged = parse_judgement(json.dumps(answer))
     assert (judged.naturalness, judged.coverage, judged.motivation, judged.faithful) == (3, 2, 2, False)
     assert parse_judgement(json.dumps({**answer, "hallucination": "none"})).faithful is True
+    for unclear in ("no", "None found", ""):  # neither answer: invalid, not silently "unfaithful"
+        with pytest.raises(LLMOutputError):
+            parse_judgement(json.dumps({**answer, "hallucination": unclear}))
     with pytest.raises(Exception):
         parse_judgement(json.dumps({**answer, "naturalness": 4}))
     assert load_prompt("judge").version == 2 and "critique" in load_prompt("judge").system

@@ -54,7 +54,37 @@ def test_rank_auc_recall_ndcg_mrr():
     assert M.ndcg_at(11, 10) == 0.0
     assert M.mrr(rank) == 0.5
     tied = np.array([1.0, 1.0, 1.0])
-    assert M.rank_of(tied, 0) == (1, 0.5)
+    assert M.rank_of(tied, 0) == (2.0, 0.5)  # the expected rank under a random tie-break, not the best case
+
+
+def test_tied_targets_get_the_expected_metrics_not_the_best_case():
+    placed = M.tied_rank(np.zeros(100), 42)  # a constant scorer
+    assert (placed.higher, placed.ties, placed.rank) == (0, 99, 50.5)
+    assert placed.recall_at(1) == pytest.approx(0.01) and placed.recall_at(10) == pytest.approx(0.1)
+    assert placed.ndcg_at(10) == pytest.approx(sum(1 / math.log2(r + 1) for r in range(1, 11)) / 100)
+    assert placed.mrr() == pytest.approx(sum(1 / r for r in range(1, 101)) / 100)
+    single = M.tied_rank(np.array([0.9, 0.5, 0.7, 0.1]), 2)
+    assert single.recall_at(1) == 0.0 and single.recall_at(2) == 1.0 and single.mrr() == 0.5
+
+
+@pytest.mark.parametrize("target_score", [-np.inf, np.nan])
+def test_a_target_without_a_finite_score_ranks_last(target_score):
+    placed = M.tied_rank(np.array([0.9, 0.5, target_score, 0.1]), 2)
+    assert placed.rank == 4 and placed.auc == 0.0 and placed.recall_at(3) == 0.0
+
+
+def test_one_to_one_matching_finds_the_most_matches():
+    truth = [list("abcdef"), list("abcghij")]
+    p, r, c = M.one_to_one_scores([list("abc"), list("de")], truth)  # greedy matched abc to abcdef and stopped
+    assert (p, r) == (1.0, 1.0) and c == pytest.approx((2 / 6 + 3 / 7) / 2)
+
+
+def test_duplicate_rate_is_a_share_of_bundles():
+    from rag_rec.eval.tasks import _duplicate_rate
+
+    assert _duplicate_rate([("a", "a", "b")]) == 1.0
+    assert _duplicate_rate([("a", "b"), ("b", "c"), ("d", "e")]) == pytest.approx(2 / 3)
+    assert _duplicate_rate([]) == 0.0
 
 
 def test_rouge_on_intents():
@@ -62,3 +92,23 @@ def test_rouge_on_intents():
     s = M.rouge_scores("camera accessories", "Camera accessories")
     assert s["rouge1"] == pytest.approx(1.0) and s["rougeL"] == pytest.approx(1.0)
     assert M.rouge_scores("kitchen knives", "camera battery")["rouge1"] == 0.0
+
+
+def test_items_a_scorer_leaves_out_rank_below_its_negative_scores():
+    from rag_rec.data.models import Dataset, Product
+    from rag_rec.eval.recommenders import ScorerRanker
+
+    class Negative:
+        name = "negative"
+
+        def fit(self, train):
+            return self
+
+        def score(self, anchors, user_id=None):
+            return {"b": -0.1, "a": -0.5}
+
+    products = {i: Product(i, f"item {i}") for i in "abcd"}
+    ranker = ScorerRanker(Negative()).fit(Dataset("tiny", products))
+    scores = ranker.score_vector([])
+    order = [ranker.vocab.ids[i] for i in np.argsort(-scores)]
+    assert order[:2] == ["b", "a"]

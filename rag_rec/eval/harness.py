@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -31,6 +32,17 @@ HEADLINE = {
     "bundle_completion": ["recall@10", "ndcg@10", "recall@20", "mrr", "auc"],
     "basket_completion": ["hr@10", "ndcg@10", "hr@20", "mrr", "auc"],
 }
+
+
+def _json_safe(value):
+    """NaN and infinities as null: metrics.json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def run_eval(task: str, data: str, recommenders: Sequence[str] | None, out: str | Path, *,
@@ -101,7 +113,7 @@ def run_eval(task: str, data: str, recommenders: Sequence[str] | None, out: str 
     }
     if doc["cleaning"] and len(doc["cleaning"]["quarantined"]) > 50:
         doc["cleaning"]["quarantined"] = doc["cleaning"]["quarantined"][:50]
-    (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=str))
+    (out / "metrics.json").write_text(json.dumps(_json_safe(doc), indent=2, default=str, allow_nan=False))
     write_report(doc, out)
     _print_table(doc, console)
     return doc
@@ -147,7 +159,7 @@ def write_report(doc: dict, out: Path) -> Path:
              f"Data: `{doc['data']}` — {doc['dataset_stats']}", ""]
     if doc.get("command"):
         lines += [f"Command: `{doc['command']}`", ""]
-    lines += ["| recommender | " + " | ".join(keys) + " | cases |", "|---" * (len(keys) + 2) + "|"]
+    lines += ["| " + " | ".join(["recommender", *keys, "cases"]) + " |", "|---" * (len(keys) + 2) + "|"]
     for name, r in doc["results"].items():
         lines.append(f"| {name} | " + " | ".join(f"{r['metrics'].get(k, float('nan')):.4f}" for k in keys)
                      + f" | {r['n_cases']} |")

@@ -36,7 +36,10 @@ DIMENSIONS = ("naturalness", "coverage", "motivation", "faithful")
 def parse_judgement(text: str) -> LLMJudgement:
     doc = parse_json_object(text)
     if "hallucination" in doc:
-        doc["faithful"] = doc.pop("hallucination") == "none"
+        said = str(doc.pop("hallucination")).strip().lower()
+        if said not in ("none", "found"):
+            raise LLMOutputError(f"hallucination must be 'none' or 'found', got {said[:20]!r}")
+        doc["faithful"] = said == "none"
     return LLMJudgement.model_validate(doc)
 
 

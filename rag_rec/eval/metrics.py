@@ -47,18 +47,19 @@ def aicl_session_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequ
 
 
 def one_to_one_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> tuple[float, float, float]:
-    """Corrected variant: each true bundle is matched by at most one subset prediction (the one that covers it
-    most), so recall <= 1. Coverage averages over matched true bundles."""
+    """Corrected variant: each true bundle is matched by at most one subset prediction and each prediction by at
+    most one true bundle (as many matches as possible, then the most coverage), so recall <= 1. Coverage averages
+    over matched true bundles."""
     preds = [ItemSet(p) for p in predicted if len(p) > 0]
     gts = [ItemSet(t) for t in truth if len(t) > 0]
-    pairs = sorted(((len(p) / len(t), i, j) for i, p in enumerate(preds) for j, t in enumerate(gts) if p <= t),
-                   reverse=True)
-    used_p, used_t, covs = set(), set(), []
-    for cov, i, j in pairs:
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-            covs.append(cov)
+    covs = []
+    if preds and gts:  # the most matches, then the most coverage (a maximum-weight assignment, not greedy)
+        from scipy.optimize import linear_sum_assignment
+
+        weight = np.array([[1000.0 + len(p) / len(t) if p <= t else 0.0 for t in gts] for p in preds])
+        for i, j in zip(*linear_sum_assignment(weight, maximize=True)):
+            if weight[i, j] > 0:
+                covs.append(weight[i, j] - 1000.0)
     precision = len(covs) / len(preds) if preds else 0.0
     return precision, len(covs) / len(gts), float(np.mean(covs)) if covs else 0.0
 
@@ -87,17 +88,54 @@ def session_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[
 # ---- ranking ----
 
 
-def rank_of(scores: np.ndarray, target: int, candidates: np.ndarray | None = None) -> tuple[int, float]:
-    """1-based rank of `target` among finite-scored items, and its AUC (ties count half)."""
+@dataclass(frozen=True)
+class TiedRank:
+    """Where a target lands among scored items: `higher` items score above it and `ties` others equal it, so under
+    a random tie-break it is equally likely at each of ranks higher+1 .. higher+ties+1."""
+
+    higher: int
+    ties: int
+    auc: float
+
+    @property
+    def rank(self) -> float:
+        """The expected rank."""
+        return self.higher + 1 + self.ties / 2
+
+    def _block(self, last: int | None = None) -> np.ndarray:
+        top = self.higher + self.ties + 1 if last is None else min(last, self.higher + self.ties + 1)
+        return np.arange(self.higher + 1, top + 1, dtype=np.float64)
+
+    def recall_at(self, k: int) -> float:
+        """Recall@k averaged over the tie block (exactly, without drawing a tie-break)."""
+        return len(self._block(k)) / (self.ties + 1)
+
+    def ndcg_at(self, k: int) -> float:
+        return float(np.sum(1.0 / np.log2(self._block(k) + 1))) / (self.ties + 1)
+
+    def mrr(self) -> float:
+        return float(np.sum(1.0 / self._block())) / (self.ties + 1)
+
+
+def tied_rank(scores: np.ndarray, target: int, candidates: np.ndarray | None = None) -> TiedRank:
+    """The target's place among finite-scored items. A target without a finite score ranks below all of them
+    (AUC 0); ties count half in the AUC and spread the rank, so a constant scorer gets no hits for free."""
     valid = np.isfinite(scores) if candidates is None else candidates
     s = scores[target]
-    others = scores[valid]
     n_other = int(valid.sum()) - (1 if valid[target] else 0)
+    if not np.isfinite(s) or not valid[target]:
+        return TiedRank(n_other, 0, 0.0)
+    others = scores[valid]
     higher = int((others > s).sum())
     ties = int((others == s).sum()) - 1
-    rank = higher + 1
     auc = 1.0 - (higher + 0.5 * ties) / n_other if n_other > 0 else 0.0
-    return rank, auc
+    return TiedRank(higher, ties, auc)
+
+
+def rank_of(scores: np.ndarray, target: int, candidates: np.ndarray | None = None) -> tuple[float, float]:
+    """Expected 1-based rank of `target` among finite-scored items (random tie-break), and its AUC."""
+    placed = tied_rank(scores, target, candidates)
+    return placed.rank, placed.auc
 
 
 def recall_at(rank: int, k: int) -> float:

@@ -55,11 +55,15 @@ class ScorerRanker:
         return self
 
     def score_vector(self, anchors: Sequence[str], user_id: str | None = None) -> np.ndarray:
-        vec = 1e-6 * self._pop.counts / max(self._pop.counts.max(), 1.0)
-        for item, s in self.scorer.score(anchors, user_id).items():
+        """The scorer's scores, ties broken by popularity; items it did not score rank below every item it did
+        (a negative score is still a score)."""
+        backfill = 1e-6 * self._pop.counts / max(self._pop.counts.max(), 1.0)
+        scores = self.scorer.score(anchors, user_id)
+        vec = backfill + (min(scores.values()) - 1.0 if scores else 0.0)
+        for item, s in scores.items():
             j = self.vocab.index.get(item)
             if j is not None:
-                vec[j] += s
+                vec[j] = s + backfill[j]
         vec[self.vocab.known(anchors)] = -np.inf
         return vec
 
@@ -67,13 +71,14 @@ class ScorerRanker:
 def _als(settings: Settings) -> Ranker:
     from rag_rec.signals.als import ALSScorer
 
-    return ScorerRanker(ALSScorer(settings.cf), "als")
+    # every item scored, the user's own purchases included: repeat purchases are valid basket targets
+    return ScorerRanker(ALSScorer(settings.cf, filter_seen=False, max_results=None), "als")
 
 
 def _behaviour(settings: Settings) -> Ranker:
     from rag_rec.signals.behaviour import BehaviourModel
 
-    return ScorerRanker(BehaviourModel(settings.behaviour), "behaviour")
+    return ScorerRanker(BehaviourModel(settings.behaviour, filter_seen=False, max_results=None), "behaviour")
 
 
 def _text(settings: Settings) -> Ranker:

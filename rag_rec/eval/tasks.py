@@ -47,7 +47,7 @@ def bundle_completion_split(dataset: Dataset, *, test_frac: float = 0.2, seed: i
     test_sessions = set(session_ids[: max(1, int(len(session_ids) * test_frac))])
     cases: list[RankCase] = []
     leaked: set[tuple[str, str]] = set()
-    for sid in sorted(test_sessions, key=lambda s: int(s) if s.isdigit() else s):
+    for sid in sorted(test_sessions, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s)):
         user = dataset.sessions[sid].user_id if sid in dataset.sessions else None
         for bundle in by_session[sid]:
             if len(bundle.items) < 2:
@@ -67,16 +67,28 @@ def bundle_completion_split(dataset: Dataset, *, test_frac: float = 0.2, seed: i
     return train, cases
 
 
+def _duplicate_rate(bundles: Sequence[Sequence[str]]) -> float:
+    """Share of predicted bundles holding an item twice or an item another bundle also holds (at most 1)."""
+    if not bundles:
+        return 0.0
+    counts: dict[str, int] = {}
+    for items in bundles:
+        for i in set(items):
+            counts[i] = counts.get(i, 0) + 1
+    return sum(len(set(b)) != len(b) or any(counts[i] > 1 for i in b) for b in bundles) / len(bundles)
+
+
 def basket_completion_split(dataset: Dataset, *, max_cases: int = 1000, seed: int = 0) -> tuple[Dataset, list[RankCase]]:
     """Each household's last basket (>= 2 items): hide one item, the rest are anchors; the basket leaves training."""
     rng = random.Random(seed)
-    last: dict[str, Session] = {}
+    last: dict[str, Session] = {}  # each household's last basket, whatever its size
     for s in dataset.sessions.values():
-        if s.user_id is None or len(s.items) < 2:
+        if s.user_id is None:
             continue
         cur = last.get(s.user_id)
         if cur is None or (s.timestamp or 0) > (cur.timestamp or 0):
             last[s.user_id] = s
+    last = {u: s for u, s in last.items() if len(s.items) >= 2}  # no later basket of the household stays in training
     users = sorted(last)
     rng.shuffle(users)
     chosen = [last[u] for u in users[:max_cases]]
@@ -104,14 +116,14 @@ def run_ranking(task: str, train: Dataset, cases: Sequence[RankCase], ranker: Ra
     rows = []
     for case in track(cases, description=f"{task} / {ranker.name}", transient=True):
         j = ranker.vocab.index.get(case.target)
-        if j is None:
-            rank, auc = len(ranker.vocab), 0.0
+        if j is None:  # the ranker cannot know the target: below every item it scores
+            placed = M.TiedRank(len(ranker.vocab), 0, 0.0)
         else:
-            rank, auc = M.rank_of(ranker.score_vector(case.anchors, case.user_id), j)
-        row = {"rank": rank, "auc": auc, "mrr": M.mrr(rank)}
+            placed = M.tied_rank(ranker.score_vector(case.anchors, case.user_id), j)
+        row = {"rank": placed.rank, "auc": placed.auc, "mrr": placed.mrr()}
         for k in ks:
-            row[f"recall@{k}"] = M.recall_at(rank, k)
-            row[f"ndcg@{k}"] = M.ndcg_at(rank, k)
+            row[f"recall@{k}"] = placed.recall_at(k)
+            row[f"ndcg@{k}"] = placed.ndcg_at(k)
         rows.append(row)
     metrics = {key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key != "rank"}
     if task == "basket_completion":
@@ -144,8 +156,7 @@ def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: in
         row = {"valid": float(valid), **sc.__dict__, "n_pred": len(preds),
                "hallucinated_item_rate": (sum(i not in allowed for i in predicted_items) / len(predicted_items)
                                           if predicted_items else 0.0),
-               "duplicate_rate": (sum(len(set(p.items)) != len(p.items) for p in preds)
-                                  + (len(predicted_items) - len(set(predicted_items)) > 0)) / max(len(preds), 1)}
+               "duplicate_rate": _duplicate_rate([p.items for p in preds])}
         rows.append(row)
         if len(examples) < 12:
             examples.append({"session": session.id, "items": list(session.items),
