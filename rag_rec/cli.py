@@ -39,7 +39,7 @@ def cmd_demo(args) -> int:
 def cmd_models(args) -> int:
     from rag_rec.llm.models import models_main
 
-    return models_main(args.rest)
+    return models_main(args.rest, getattr(args, "config", None))
 
 
 def cmd_serve(args) -> int:
@@ -118,15 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import json
     import tomllib
 
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from rag_rec.errors import RagRecError
 
     try:
         return int(args.func(args) or 0)
-    except (RagRecError, ValidationError, tomllib.TOMLDecodeError) as exc:
+    except (RagRecError, ValidationError, tomllib.TOMLDecodeError, json.JSONDecodeError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the command was given: missing, not a directory, not writable

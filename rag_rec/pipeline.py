@@ -155,7 +155,10 @@ class BundlePipeline:
         t0 = time.perf_counter()
         for start in range(0, len(records), 1024):
             self.store.upsert(records[start:start + 1024])
-        stale = self._stale_points(len(records))
+        # a replica starting against a shared Qdrant must not delete what other replicas ingested: only the
+        # embedded index (one process owns it) or an explicit rebuild reconciles the index to the catalogue
+        reconcile = rebuild or self.settings.index.backend == "edge"
+        stale = self._stale_points(len(records)) if reconcile else []
         if stale:  # e.g. products added through the API before a restart: they would crowd out real ones
             self.store.delete(stale)
             console.log(f"removed {len(stale)} indexed products that are not in the catalogue")

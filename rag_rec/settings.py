@@ -130,6 +130,19 @@ class ServeSettings(_Section):
                               "under a request")
 
 
+def unknown_env_settings(environ) -> list[str]:
+    """RAG_REC_* names that no section of Settings reads."""
+    sections = {name.upper() for name in Settings.model_fields}
+    unknown = []
+    for name in environ:
+        if not name.startswith("RAG_REC_") or name == "RAG_REC_CONFIG":
+            continue
+        section, sep, _ = name[len("RAG_REC_"):].partition("__")
+        if not sep or section not in sections:
+            unknown.append(name)
+    return sorted(unknown)
+
+
 class Settings(BaseSettings):
     """All configuration. Env vars like RAG_REC_INDEX__BACKEND=qdrant override the file."""
 
@@ -146,15 +159,24 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides) -> "Settings":
-        """Settings from explicit overrides > env vars > a TOML/JSON file (path or $RAG_REC_CONFIG) > defaults."""
+        """Settings from explicit overrides > env vars > a TOML/JSON file (path or $RAG_REC_CONFIG) > defaults.
+        A RAG_REC_ variable that names no section (a typo such as RAG_REC_LMM__MODEL or RAG_REC_LLM_MODEL) is an
+        error: pydantic-settings would ignore it and the default would apply without a word."""
+        from rag_rec.errors import UsageError
+
+        unknown = unknown_env_settings(os.environ)
+        if unknown:
+            raise UsageError(f"unknown settings in the environment: {', '.join(unknown)} (sections: "
+                             f"{', '.join(sorted(cls.model_fields))}; nested fields take a double underscore, "
+                             "e.g. RAG_REC_LLM__MODEL)")
         path = path or os.environ.get("RAG_REC_CONFIG")
         if path is None:
             return cls(**overrides)
         file_path = Path(path)
         if not file_path.is_file():
-            from rag_rec.errors import UsageError
-
             raise UsageError(f"settings file not found: {file_path}")
+        if file_path.suffix not in (".toml", ".json"):
+            raise UsageError(f"settings file {file_path}: expected a .toml or .json file")
         source_cls = TomlConfigSettingsSource if file_path.suffix == ".toml" else JsonConfigSettingsSource
 
         class _WithFile(cls):  # type: ignore[misc, valid-type]

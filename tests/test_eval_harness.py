@@ -91,3 +91,32 @@ def test_settings_file_env_and_overrides(tmp_path, monkeypatch):
     cfg.write_text("[index]\nbogus = 1\n")
     with pytest.raises(Exception, match="bogus"):
         Settings.load(cfg)
+
+
+@pytest.mark.parametrize("name", ["RAG_REC_LMM__MODEL", "RAG_REC_LLM_MODEL"])
+def test_a_mistyped_setting_in_the_environment_is_an_error_not_ignored(monkeypatch, name):
+    from rag_rec.errors import UsageError
+
+    monkeypatch.setenv(name, "qwen2.5-coder-0.5b")
+    with pytest.raises(UsageError, match=name):
+        Settings.load()
+
+
+def test_settings_files_other_than_toml_or_json_and_broken_json_are_usage_errors(tmp_path, capsys):
+    from rag_rec.cli import main
+    from rag_rec.errors import UsageError
+
+    (tmp_path / "rag.yaml").write_text("llm:\n  model: x\n")
+    with pytest.raises(UsageError, match="toml or .json"):
+        Settings.load(tmp_path / "rag.yaml")
+    (tmp_path / "rag.json").write_text('{"llm": ')
+    assert main(["--config", str(tmp_path / "rag.json"), "models", "list"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_models_commands_read_the_settings_file(tmp_path, capsys):
+    from rag_rec.cli import main
+
+    (tmp_path / "rag.toml").write_text(f'[llm]\ncache_dir = "{tmp_path / "models"}"\n')
+    assert main(["--config", str(tmp_path / "rag.toml"), "models", "list"]) == 0
+    assert str(tmp_path / "models") in capsys.readouterr().out.replace("\n", "")

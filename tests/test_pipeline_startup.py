@@ -117,3 +117,26 @@ def test_a_rebuild_recreates_an_index_of_another_layout(tmp_path):
         assert pipeline.sync_index() == 0
     finally:
         pipeline.close()
+
+
+def test_a_replica_starting_on_a_shared_qdrant_keeps_what_others_ingested(tmp_path):
+    from rag_rec.pipeline import BundlePipeline
+    from rag_rec.schemas import ProductIn, ProductsIn
+
+    root = tmp_path / "shop"
+    write_shop(root)
+    settings = Settings(index={"backend": "qdrant", "path": tmp_path / "qdrant"}, llm={"backend": "none"},
+                        embedding={"cache_path": tmp_path / "embeddings.sqlite"})
+    first = BundlePipeline.from_settings(settings, data=f"generic:{root}")
+    first.add_products(ProductsIn(products=[ProductIn(id="API-1", title="Trail lamp added by a replica")]))
+    first.close()
+    second = BundlePipeline.from_settings(settings, data=f"generic:{root}")  # a scale-up or a rolling update
+    try:
+        assert second.store.count() == 61
+    finally:
+        second.close()
+    rebuilt = BundlePipeline.from_settings(settings, data=f"generic:{root}", rebuild=True)  # rag-rec index
+    try:
+        assert rebuilt.store.count() == 60
+    finally:
+        rebuilt.close()

@@ -410,7 +410,7 @@ def provision(name_or_path: str | Path, settings: LLMSettings) -> Path:
 # ---- CLI: rag-rec models list | pull NAME | verify NAME ----
 
 
-def models_main(argv: Sequence[str]) -> int:
+def models_main(argv: Sequence[str], config: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rag-rec models", description="Provision LLM weights (offline).")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registry models and whether they are installed and cached")
@@ -419,7 +419,7 @@ def models_main(argv: Sequence[str]) -> int:
     verify = sub.add_parser("verify", help="check the sources and every cached file against their sha256")
     verify.add_argument("name")
     args = parser.parse_args(list(argv))
-    settings = _settings()
+    settings = _settings(config)
 
     from rich.console import Console
 
@@ -440,10 +440,10 @@ def models_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _settings() -> LLMSettings:
+def _settings(config: str | None = None) -> LLMSettings:
     from rag_rec.settings import Settings
 
-    return Settings.load().llm
+    return Settings.load(config).llm
 
 
 def _print_list(console, settings: LLMSettings) -> None:
