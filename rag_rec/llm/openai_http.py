@@ -12,7 +12,16 @@ from rag_rec.llm.base import Generation, GenerationRequest, LLMUnavailable
 from rag_rec.settings import LLMSettings
 from rag_rec.slots import waiting
 
-RETRY_STATUS = {502, 503, 504}
+RETRY_STATUS = {429, 500, 502, 503, 504}  # a router or gateway may send 429 / 500 that another replica answers
+MAX_RETRY_AFTER_S = 30.0
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a Retry-After header asks for (delta seconds only; capped), else 0."""
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S) if value else 0.0
+    except ValueError:
+        return 0.0
 
 
 class OpenAIBackend:
@@ -23,11 +32,15 @@ class OpenAIBackend:
         if not settings.base_url:
             raise LLMUnavailable("the openai backend needs settings.llm.base_url (RAG_REC_LLM__BASE_URL), "
                                  "e.g. http://127.0.0.1:8001/v1")
+        if not settings.base_url.strip().lower().startswith(("http://", "https://")):
+            raise LLMUnavailable(f"settings.llm.base_url must start with http:// or https://, got "
+                                 f"{settings.base_url!r}")
         self.settings = settings
         self.name = settings.model
-        self.base_url = settings.base_url.rstrip("/")
+        self.base_url = settings.base_url.strip().rstrip("/")
         self.retries, self.backoff_s, self.max_parallel = retries, backoff_s, max_parallel
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        key = (settings.api_key or "").strip()  # a key read from a file or a Secret often ends in a newline
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._httpx = httpx
         self._client = httpx.Client(
             base_url=self.base_url, headers=headers,
@@ -54,7 +67,10 @@ class OpenAIBackend:
         """settings.model when the server serves it, else the server's only model."""
         if self._served_model is None:
             listing = self._request("GET", "/models")
-            ids = [m.get("id") for m in listing.get("data", [])]
+            data = listing.get("data") if isinstance(listing, dict) else None
+            if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+                raise LLMUnavailable(f"{self.base_url}/models: not an OpenAI model list: {str(listing)[:300]}")
+            ids = [m.get("id") for m in data]
             if self.settings.model in ids:
                 self._served_model = self.settings.model
             elif len(ids) == 1:
@@ -84,26 +100,30 @@ class OpenAIBackend:
                 finish_reason=choice.get("finish_reason") or "stop",
                 extra={"model": reply.get("model", model), "id": reply.get("id")},
             )
-        except (KeyError, IndexError, TypeError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise LLMUnavailable(f"{self.base_url}: malformed chat completion: {str(reply)[:300]}") from exc
 
     def _request(self, method: str, path: str, **kwargs) -> dict[str, Any]:
         httpx = self._httpx
         last: str = ""
+        wait_s = 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(max(self.backoff_s * 2 ** (attempt - 1), wait_s))
             try:
                 response = self._client.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
                     httpx.WriteError, httpx.PoolTimeout) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last, wait_s = f"{type(exc).__name__}: {exc}", 0.0
                 continue
             except httpx.TimeoutException as exc:
                 raise LLMUnavailable(f"{self.base_url}{path} did not answer within {self.settings.timeout_s}s "
                                      f"({type(exc).__name__})") from exc
+            except (httpx.HTTPError, RuntimeError) as exc:  # a bad header or URL, a closed client
+                raise LLMUnavailable(f"{self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
             if response.status_code in RETRY_STATUS:
                 last = f"HTTP {response.status_code}: {response.text[:300]}"
+                wait_s = _retry_after(response.headers.get("retry-after"))
                 continue
             if response.status_code >= 400:
                 raise LLMUnavailable(f"{self.base_url}{path} refused the request: HTTP {response.status_code}: "
