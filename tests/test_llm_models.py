@@ -163,3 +163,26 @@ def test_auto_dtype_is_bf16_only_where_the_cpu_has_it(tmp_path):
                        "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
     assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "avx512_bf16"} and cpu_model(cpuinfo) == "AMD EPYC"
     assert cpu_flags(tmp_path / "missing") == set() and cpu_model(tmp_path / "missing") == "unknown"
+
+
+def test_gguf_files_of_one_name_in_two_folders_get_two_caches_and_leftovers_are_cleared(tmp_path, monkeypatch):
+    def fake_convert(gguf, out):
+        (out / "model.safetensors").write_bytes(Path(gguf).read_bytes())
+
+    monkeypatch.setattr(models, "convert_gguf", fake_convert)
+    settings = LLMSettings(cache_dir=tmp_path / "cache")
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for path, body in ((a, b"MODEL-A"), (b, b"MODEL-B")):
+        path.parent.mkdir()
+        path.write_bytes(body)
+    first = provision(str(a), settings)
+    killed = settings.cache_dir / f".stage-{first.name}-killed"  # a conversion killed mid-way left these
+    (killed / "big.gguf").parent.mkdir()
+    (killed / "big.gguf").write_bytes(b"x" * 1024)
+    second = provision(str(b), settings)
+    assert first != second
+    assert (first / "model.safetensors").read_bytes() == b"MODEL-A"
+    assert (second / "model.safetensors").read_bytes() == b"MODEL-B"
+    a.write_bytes(b"MODEL-A2")  # a changed source reconverts, clearing its key's leftovers first
+    assert (provision(str(a), settings) / "model.safetensors").read_bytes() == b"MODEL-A2"
+    assert not killed.exists()

@@ -287,8 +287,17 @@ def _cache_is_current(target: Path, source_digest: str) -> bool:
     return True
 
 
+def _remove_leftovers(cache_dir: Path, key: str) -> None:
+    """Scratch directories of conversions that were killed (an OOM kill leaves a GGUF copy and partial weights);
+    called under the key's lock, so none of them belongs to a running conversion."""
+    for prefix in (".tmp-", ".stage-", ".trash-"):
+        for leftover in cache_dir.glob(f"{prefix}{key}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _convert_into_cache(key: str, target: Path, cache_dir: Path, source_digest: str, stage,
                         description: dict) -> Path:
+    _remove_leftovers(cache_dir, key)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir))
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".stage-{key}-", dir=cache_dir))
@@ -344,7 +353,8 @@ def _provision_spec(spec: ModelSpec, cache_dir: Path) -> Path:
 
 
 def _provision_gguf_file(path: Path, cache_dir: Path) -> Path:
-    key = "gguf-" + re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem)
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]  # same file name, other folders
+    key = "gguf-" + re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem) + "-" + where
     target = cache_dir / key
     with _locked(cache_dir, key):
         digest = sha256_file(path)
