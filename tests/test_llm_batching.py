@@ -279,3 +279,23 @@ def test_nothing_to_generate_never_reaches_the_engine():
     assert engine.log == []
     with pytest.raises(ValueError, match="max_batch"):
         ContinuousBatcher(engine, max_batch=0)
+
+
+def test_a_wedged_engine_frees_its_callers_and_their_requests_are_aborted_when_it_moves():
+    engine = Engine(gated=True)
+    batcher = ContinuousBatcher(engine, max_batch=8)
+    started = time.monotonic()
+    with pytest.raises(LLMUnavailable, match="no progress"):
+        batcher.submit(["stuck:3"], timeout_s=0.5)  # the engine's step waits for a permit that never comes
+    assert time.monotonic() - started < 5
+    engine.allow(10)  # the engine moves again: the abandoned request is aborted, later callers are served
+    assert batcher.submit(["next"], timeout_s=5) == ["answer to next"]
+    assert engine.aborted and "stuck" not in [name for name, _ in engine.running.values()]
+    batcher.close(timeout_s=5)
+
+
+def test_a_long_generation_that_keeps_stepping_is_not_timed_out():
+    engine = Engine()
+    batcher = ContinuousBatcher(engine, max_batch=8)
+    assert batcher.submit(["long:400"], timeout_s=0.2) == ["answer to long"]  # ~0.4 s of steps, each in time
+    batcher.close(timeout_s=5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -57,12 +58,21 @@ class _Job(Generic[Request, Output]):
 _STOP = object()
 
 
+@dataclass(frozen=True, eq=False)
+class _Abandon:
+    """A caller stopped waiting for `job` (no progress within its timeout): drop it and abort its requests."""
+
+    job: _Job
+
+
 class ContinuousBatcher(Generic[Request, Output]):
     """Runs a SteppedEngine on its own thread only.
 
-    `submit` blocks until its requests are answered. Requests are admitted between steps while fewer than
-    `max_batch` are decoding (a caller's list is admitted whole, alone if it is larger). An exception from a step
-    reaches every caller with requests in flight; one from `add` reaches that caller only. `close` lets the
+    `submit` blocks until its requests are answered, or until the engine has made no progress (no finished step)
+    for `timeout_s`: a wedged engine then answers its callers with LLMUnavailable instead of holding them forever,
+    and their requests are aborted if the engine ever moves again. Requests are admitted between steps while fewer
+    than `max_batch` are decoding (a caller's list is admitted whole, alone if it is larger). An exception from a
+    step reaches every caller with requests in flight; one from `add` reaches that caller only. `close` lets the
     requests in flight finish; queued and later callers get LLMUnavailable.
     """
 
@@ -75,10 +85,11 @@ class ContinuousBatcher(Generic[Request, Output]):
         self._close_lock = threading.Lock()
         self.steps = 0
         self.most_in_flight = 0  # the most requests decoding together so far
+        self._progress = time.monotonic()  # when the engine thread last finished a step or woke up
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, requests: Sequence[Request]) -> list[Output]:
+    def submit(self, requests: Sequence[Request], timeout_s: float | None = None) -> list[Output]:
         if not requests:
             return []
         job: _Job[Request, Output] = _Job(list(requests))
@@ -87,7 +98,10 @@ class ContinuousBatcher(Generic[Request, Output]):
                 raise LLMUnavailable("the LLM engine is closed")
             self._queue.put(job)
         with waiting():  # a request thread's compute slot is free while the engine works
-            job.done.wait()
+            while not job.done.wait(None if timeout_s is None else min(timeout_s, 1.0)):
+                if time.monotonic() - self._progress > timeout_s:
+                    self._queue.put(_Abandon(job))
+                    raise LLMUnavailable(f"the LLM engine made no progress for {timeout_s:.0f} s")
         if job.error is not None:
             raise job.error
         return job.outputs  # type: ignore[return-value]
@@ -124,7 +138,7 @@ class ContinuousBatcher(Generic[Request, Output]):
             idle = not owners and not held
             if idle and stopping:
                 break
-            stopping |= self._collect(held, block=idle and not stopping)
+            stopping |= self._collect(held, owners, block=idle and not stopping)
             if stopping:
                 for job in held:
                     job.finish(LLMUnavailable("the LLM engine is closed"))
@@ -133,17 +147,34 @@ class ContinuousBatcher(Generic[Request, Output]):
             if owners:
                 self._step(owners)
 
-    def _collect(self, held: deque, block: bool) -> bool:
-        """Move queued callers to `held`; True once close was asked."""
+    def _collect(self, held: deque, owners: dict, block: bool) -> bool:
+        """Move queued callers to `held`, drop abandoned ones; True once close was asked."""
         while True:
             try:
                 job = self._queue.get() if block else self._queue.get_nowait()
             except queue.Empty:
                 return False
+            if block:
+                self._progress = time.monotonic()  # idle until now: the wait was not the engine's
             block = False
             if job is _STOP:
                 return True
+            if isinstance(job, _Abandon):
+                self._abandon(job.job, held, owners)
+                continue
             held.append(job)
+
+    def _abandon(self, job: _Job, held: deque, owners: dict) -> None:
+        if job in held:
+            held.remove(job)
+        keys = [key for key, (owner, _) in owners.items() if owner is job]
+        for key in keys:
+            del owners[key]
+        if keys:
+            try:
+                self._engine.abort(keys)
+            except Exception as exc:  # noqa: BLE001 - nobody waits for these any more
+                log.warning("abort of abandoned requests failed: %s", exc)
 
     def _admit(self, held: deque, owners: dict) -> None:
         in_flight = len(owners)
@@ -165,7 +196,9 @@ class ContinuousBatcher(Generic[Request, Output]):
     def _step(self, owners: dict) -> None:
         self.steps += 1
         try:
-            for key, output in self._engine.step():
+            finished = self._engine.step()
+            self._progress = time.monotonic()
+            for key, output in finished:
                 owner = owners.pop(key, None)
                 if owner is None:
                     continue

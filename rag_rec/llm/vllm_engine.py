@@ -134,7 +134,7 @@ class VLLMEngine:
         return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        return self._batches.submit(requests)
+        return self._batches.submit(requests, timeout_s=self.settings.timeout_s)  # a wedged engine frees callers
 
     def close(self) -> None:
         batches = getattr(self, "_batches", None)
