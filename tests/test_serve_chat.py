@@ -171,8 +171,8 @@ def test_curly_apostrophes_and_other_scripts_are_understood():
 
 def test_a_flood_of_filler_is_cleaned_in_bounded_time():
     started = time.perf_counter()
-    ChatPolicy().plan(conversation(*(["no " * 600] * 29)))
-    assert time.perf_counter() - started < 2.0  # was ~6 s: a regex pass per stripped word
+    ChatPolicy().plan(conversation(*(["no " * 666] * 29)))  # the longest turns the API takes
+    assert time.perf_counter() - started < 3.0  # linear now (~0.05 s); it was a regex pass per stripped word (~7 s)
 
 
 def test_request_budget_is_used_unless_the_text_names_one():
