@@ -6,6 +6,7 @@ Deterministic and free of I/O: the app gives it a product lookup and the service
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -281,7 +282,7 @@ class ChatPolicy:
         if request.need:
             parts.append(f"{'' if request.need.lower().startswith('for ') else 'for '}“{request.need}”")
         if state.anchors:
-            titles = ", ".join(a.title[:50] for a in state.anchors[:2])
+            titles = ", ".join(textwrap.shorten(a.title, 50, placeholder="…") for a in state.anchors[:2])
             parts.append(f"to go with {titles}")
         if not parts and request.user_id:
             parts.append("based on your past purchases")
