@@ -143,6 +143,15 @@ def test_malformed_json_is_400_with_position(api):
     assert r.json()["error"] == "malformed_json" and "not valid JSON" in r.json()["detail"]
 
 
+def test_a_body_that_is_not_json_is_415_naming_the_content_type(api):
+    r = client.post(f"{api}/v1/bundles", content=b"need=usb", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
+    assert "application/json" in r.json()["detail"]
+    ok = client.post(f"{api}/v1/bundles", content=b'{"need": "usb hub"}',
+                     headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
 def test_missing_body_is_422(api):
     r = client.post(f"{api}/v1/copy")
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body"

@@ -74,13 +74,15 @@ ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {400: "Malformed JSON", 401: "Missing or invalid X-API-Key", 404: "Unknown product id",
+                    415: "A body that is not JSON (Content-Type other than application/json)",
                     413: "Request body larger than the limit", 422: "Invalid fields (named in detail)",
                     429: "Rate limit exceeded (see Retry-After)", 503: "Overloaded or a backend is unavailable"}
     return {code: {"model": ErrorOut, "description": descriptions.get(code, ERROR_CODES[code])} for code in codes}
 
 
 READ_ERRORS = _errors(400, 413, 422, 429, 503)
-WRITE_ERRORS = _errors(400, 401, 413, 422, 429, 503)
+WRITE_ERRORS = _errors(400, 401, 413, 415, 422, 429, 503)
+BODY_ERRORS = _errors(400, 413, 415, 422, 429, 503)  # endpoints that take a JSON body
 
 
 class BodyTooLarge(HTTPException):
@@ -168,6 +170,12 @@ class GuardMiddleware:
             if declared.isdigit() and int(declared) > limit:
                 await reject(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes", "too_large")
                 return
+            content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+            if (path.startswith(GUARDED_PREFIX) and method in ("POST", "PUT", "PATCH") and content_type
+                    and content_type != "application/json" and not content_type.endswith("+json")):
+                await reject(415, f"send the body as JSON with Content-Type: application/json (got {content_type})",
+                             "unsupported_media_type")
+                return
             if path.startswith(GUARDED_PREFIX):
                 wait = self.rate.acquire(self._client_key(scope))
                 if wait is not None:
@@ -253,7 +261,7 @@ SSE_DOC = {
             },
         }}},
     },
-    **READ_ERRORS,
+    **BODY_ERRORS,
 }
 
 
@@ -329,14 +337,14 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
     @app.post("/v1/bundles", response_model=BundleResponse, summary="Recommend complementary bundles",
               description="Bundles for a user, anchor items and/or a need in words. Unknown ids are reported in "
                           "`notes`, never as errors. `produced_by` says which path composed the answer.",
-              responses=READ_ERRORS, tags=["bundles"])
+              responses=BODY_ERRORS, tags=["bundles"])
     async def bundles(request: BundleRequest, http: Response) -> BundleResponse:
         response = await compute(service.recommend, request, response=http)
         metrics.composed("bundles", response.produced_by)
         return response
 
     @app.post("/v1/copy", response_model=CopyResponse, summary="Write a title and blurb for a bundle",
-              responses={**READ_ERRORS, **_errors(404)}, tags=["bundles"])
+              responses={**BODY_ERRORS, **_errors(404)}, tags=["bundles"])
     async def copy(request: Request, body: CopyRequest) -> CopyResponse:
         try:
             response = await compute(service.copy, body)
