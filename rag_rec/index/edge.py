@@ -231,6 +231,11 @@ class EdgeStore:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         old.close()
+        self._swap_in(scratch)
+
+    def _swap_in(self, scratch: Path) -> None:
+        """Replace the shard directory with `scratch` by two renames; a crash between them leaves the old shard
+        under the replaced- name, which the next open restores (_remove_interrupted_creations)."""
         replaced = self.root / f".{self.collection}{_REPLACED}{uuid.uuid4().hex[:8]}"
         os.rename(self.shard_dir, replaced)
         os.rename(scratch, self.shard_dir)
@@ -353,13 +358,9 @@ class EdgeStore:
             except BaseException:
                 shutil.rmtree(scratch, ignore_errors=True)
                 raise
-            old = self.root / f".{self.collection}{_REPLACED}{uuid.uuid4().hex[:8]}"
             self._shard.close()
             self._shard, self._ids = None, None
-            os.rename(self.shard_dir, old)
-            os.rename(scratch, self.shard_dir)
-            _fsync_dir(self.root)
-            shutil.rmtree(old, ignore_errors=True)
+            self._swap_in(scratch)
             self._specs, self._payload_indexes = wanted, indexes
             self._shard = self._load()
 
