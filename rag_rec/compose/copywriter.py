@@ -9,7 +9,7 @@ from typing import Sequence
 
 from pydantic import ValidationError
 
-from rag_rec.compose.grounding import _leaks, degenerate, parse_json_object, placeholder, plain_text
+from rag_rec.compose.grounding import _leaks, degenerate, parse_json_object, placeholder, plain_text, vocabulary
 from rag_rec.compose.heuristic import short_title
 from rag_rec.compose.llm_composer import _clean
 from rag_rec.compose.prompts import load_prompt
@@ -53,7 +53,7 @@ def copy_problem(title: str, blurb: str, products: Sequence[Product]) -> str | N
     titles = " ".join(p.title for p in products).lower()
     if any(m.group(0).lower() not in titles for m in (*_MONEY.finditer(text), *_RATING.finditer(text))):
         return "copy states a price, discount or rating the product titles do not"
-    own = {w for p in products for w in re.findall(r"[a-z0-9]+", " ".join((p.title, p.brand or "", *p.category)).lower())}
+    own = vocabulary(products)
     claims = {t for t in re.findall(r"[a-z0-9]+", text.lower()) if re.search("[a-z]", t) and re.search("[0-9]", t)}
     if claims - own:
         return "copy names models or specifications none of the products has"

@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from pydantic import ValidationError
 
@@ -223,10 +223,11 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
         assert set(ids) <= allowed_ids
         seen_sets.add(frozenset(ids))
         dropped = [i for i in chosen if i not in ids]
+        own = vocabulary(products[i] for i in ids)
         reason = named_by_title(plain_text(b.reason), ids, key_to_id, products)
         title = plain_text(b.title)
-        if (not _reason_is_grounded(reason, ids, key_to_id, products) or _leaks(reason) or degenerate(reason)
-                or names_dropped(reason, dropped, ids, products)):
+        if (not _reason_is_grounded(reason, ids, key_to_id, products, own) or _leaks(reason) or degenerate(reason)
+                or names_dropped(reason, dropped, ids, products, own)):
             report.note(f"bundle {n + 1}: reason named products outside the bundle, repeated the instructions "
                         "or looped; replaced")
             reason = grounded_reason(ids, products)
@@ -235,8 +236,8 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
             report.note(f"bundle {n + 1}: reason was filler, not a reason; replaced")
             reason = grounded_reason(ids, products)
         if (_leaks(title) or degenerate(title + " x") or len(title) < 3 or placeholder(title) or _KEY.search(title)
-                or not _reason_is_grounded(title, ids, key_to_id, products)
-                or names_dropped(title, dropped, ids, products)):
+                or not _reason_is_grounded(title, ids, key_to_id, products, own)
+                or names_dropped(title, dropped, ids, products, own)):
             report.note(f"bundle {n + 1}: title replaced")
             title = fallback_title(ids, products)
         bundles.append(ComposedBundle(title or "Bundle", tuple(ids), reason))
@@ -246,11 +247,12 @@ def ground_bundles(text: str, key_to_id: dict[str, str], products: dict[str, Pro
 
 
 def _reason_is_grounded(reason: str, ids: Sequence[str], key_to_id: dict[str, str],
-                        products: dict[str, Product]) -> bool:
-    """No key, title signature (first three words), brand or model number of a candidate outside the bundle."""
+                        products: dict[str, Product], own: set[str] | None = None) -> bool:
+    """No key, title signature (first three words), brand or model number of a candidate outside the bundle
+    (`own`: the bundle's vocabulary, when the caller has it)."""
     text = " ".join(re.findall(r"[a-z0-9]+", reason.lower()))
     inside = set(ids)
-    own = _vocabulary(ids, products)
+    own = vocabulary(products[i] for i in ids) if own is None else own
     for key, item in key_to_id.items():
         if item in inside:
             continue
@@ -283,10 +285,10 @@ def named_by_title(text: str, ids: Sequence[str], key_to_id: dict[str, str], pro
                     if key_to_id.get(m.group(0)) in inside else m.group(0), text)
 
 
-def _vocabulary(ids: Sequence[str], products: dict[str, Product]) -> set[str]:
+def vocabulary(products: Iterable[Product]) -> set[str]:
+    """Every word of the products' titles, brands and categories (lower case)."""
     words: set[str] = set()
-    for i in ids:
-        p = products[i]
+    for p in products:
         words.update(re.findall(r"[a-z0-9]+", " ".join((p.title, p.brand or "", *p.category)).lower()))
     return words
 
@@ -319,12 +321,13 @@ _NOT_BRANDS = frozenset("generic unbranded unknown none replacement original gen
                         "compatible universal high pack".split())
 
 
-def names_dropped(text: str, dropped: Sequence[str], ids: Sequence[str], products: dict[str, Product]) -> bool:
+def names_dropped(text: str, dropped: Sequence[str], ids: Sequence[str], products: dict[str, Product],
+                  own: set[str] | None = None) -> bool:
     """The text mentions a product grounding took out of the model's bundle: a title word (4+ letters) of it that
     no kept product has; a reason written for the whole set would otherwise describe what is not served."""
     if not dropped:
         return False
-    own = _vocabulary(ids, products)
+    own = vocabulary(products[i] for i in ids) if own is None else own
     text_words = " ".join(re.findall(r"[a-z0-9]+", text.lower()))
     words = set(text_words.split())
     for i in dropped:
