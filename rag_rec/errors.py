@@ -42,6 +42,10 @@ class IncompatibleIndexError(IndexStoreError):
     """The collection exists with other vectors (names, dimensions or distances) than the product needs."""
 
 
+class StorageError(RagRecError):
+    """Durable storage (the ingest journal) refused a write: nothing of that write was stored or applied."""
+
+
 class ModelError(RagRecError):
     """A model file is missing, has a wrong checksum or cannot be converted."""
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rag_rec.compose.base import ComposeContext, ComposeResult
 from rag_rec.compose.heuristic import HeuristicComposer
 from rag_rec.data import load_dataset
+from rag_rec.data.journal import IngestJournal, journal_file
 from rag_rec.data.models import Dataset, Interactions, Product
 from rag_rec.errors import DataError, IncompatibleIndexError
 from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, Record, VectorSpec, open_store
@@ -28,9 +29,11 @@ from rag_rec.schemas import (
     BundleResponse,
     CopyRequest,
     CopyResponse,
+    EventIn,
     EventsIn,
     Filters,
     ItemOut,
+    ProductIn,
     ProductsIn,
     UpsertResult,
 )
@@ -58,11 +61,20 @@ def product_payload(p: Product) -> dict:
             "in_stock": p.in_stock}
 
 
+def product_from(p: ProductIn, stored: dict[str, Product]) -> Product:
+    """The catalogue product for an API product (the API has no attributes field: a product keeps those it was
+    loaded with)."""
+    return Product(p.id, p.title, tuple(p.category), p.brand, p.price, p.description,
+                   dict(stored[p.id].attributes) if p.id in stored else {}, p.in_stock)
+
+
 class BundlePipeline:
     """The product. Thread-safe for concurrent requests; writes (events/products) take a lock."""
 
-    def __init__(self, settings: Settings, dataset: Dataset, signals: Signals, store, llm=None):
+    def __init__(self, settings: Settings, dataset: Dataset, signals: Signals, store, llm=None,
+                 journal: IngestJournal | None = None):
         self.settings, self.dataset, self.signals, self.store = settings, dataset, signals, store
+        self.journal = journal  # API writes are committed here before they are applied (replayed at start)
         self.retriever = HybridRetriever(store, signals, dataset.products, settings.retrieve)
         self.heuristic = HeuristicComposer()
         self._llm = llm
@@ -92,12 +104,34 @@ class BundlePipeline:
                 console.log(f"{len(report.quarantined)} quarantined rows written to {written}")
         if not dataset.products:
             raise DataError(f"no products in {spec}: nothing to index or recommend")
-        signals = fit_signals(dataset, settings, console=console)
-        if signals.encoder is not None:
-            signals.encoder.encode(["warm up the text encoder"])
-        store = open_store(settings.index)
-        pipeline = cls(settings, dataset, signals, store, llm)
-        pipeline.sync_index(rebuild=rebuild, console=console)
+        path = journal_file(settings)
+        journal = IngestJournal(path) if path is not None else None
+        try:
+            replay = journal.replay(dataset.name, strict=settings.data.strict) if journal is not None else None
+            if replay is not None:  # API-ingested products join the catalogue before the signals are fitted
+                for p in replay.products:
+                    dataset.products[p.id] = product_from(p, dataset.products)
+            signals = fit_signals(dataset, settings, console=console)
+            if signals.encoder is not None:
+                signals.encoder.encode(["warm up the text encoder"])
+            store = open_store(settings.index)
+        except BaseException:
+            if journal is not None:
+                journal.close()
+            raise
+        pipeline = cls(settings, dataset, signals, store, llm, journal)
+        try:
+            pipeline.sync_index(rebuild=rebuild, console=console)
+            if replay is not None:
+                pipeline._replay_events(replay.event_batches)
+                if replay.products or replay.events or replay.skipped:
+                    console.log(f"ingest journal {path}: {len(replay.products)} products and {replay.events} events "
+                                "the API accepted before this start")
+                for line in replay.skipped:
+                    console.log(f"skipped (kept in the journal): {line}")
+        except BaseException:
+            pipeline.close()
+            raise
         return pipeline
 
     def vector_specs(self) -> list[VectorSpec]:
@@ -311,11 +345,10 @@ class BundlePipeline:
         over the catalogue (bench/bench_upsert.py)."""
         with self._lock:
             s, stored = self.signals, self.dataset.products
-            # the API has no attributes field: a product keeps those it was loaded with
-            new = [Product(p.id, p.title, tuple(p.category), p.brand, p.price, p.description,
-                           dict(stored[p.id].attributes) if p.id in stored else {}, p.in_stock)
-                   for p in products.products]
-            new = list({p.id: p for p in new}.values())  # the last version of an id wins, as in the store
+            latest = list({p.id: p for p in products.products}.values())  # the last version of an id wins
+            if self.journal is not None:  # durable before anything changes: a crash from here on is replayed
+                self.journal.record_products(self.dataset.name, latest)
+            new = [product_from(p, stored) for p in latest]
             known = [p.id in s.vocab.index for p in new]
             before = [stored.get(p.id) for p in new]
             # a stock or price change keeps its vector and its words: only new texts are encoded and tokenized
@@ -374,23 +407,41 @@ class BundlePipeline:
                 rows = ", ".join(f"events[{n}].item_id={item!r}" for n, item in unknown[:5])
                 raise KeyError(f"unknown product id(s) at {rows}; nothing from this batch was stored")
             now = int(time.time())
-            self._event_log.extend(
-                {"user_id": e.user_id, "item_id": e.item_id, "timestamp": now if e.timestamp is None else e.timestamp, "event": e.event,
-                 "session_id": e.session_id, "quantity": e.quantity} for e in events.events)
-            kept = [e for e in events.events if e.event != "return"]  # a return is no co-purchase and no vote
-            sessions: dict[str, list[str]] = {}
-            for e in kept:
-                if e.session_id is not None:
-                    sessions.setdefault(e.session_id, []).append(e.item_id)
-            if sessions:
-                self.signals.cooc.add_groups([tuple(items) for items in sessions.values()], self.dataset)
-            for idx in self.signals.vocab.known(e.item_id for e in kept):
-                self.signals.popularity.counts[idx] += 1
-            if self.signals.als is not None:
-                self.signals.als.fold_in_many([(str(e.user_id), e.item_id, str(e.event)) for e in events.events])
-            for e in events.events:
-                self._history.setdefault(str(e.user_id), []).append(e.item_id)
-            return UpsertResult(accepted=len(events.events), total=len(self.dataset.interactions) + len(self._event_log))
+            stamped = [e if e.timestamp is not None else e.model_copy(update={"timestamp": now})
+                       for e in events.events]
+            if self.journal is not None:  # durable before anything changes: a crash from here on is replayed
+                self.journal.record_events(self.dataset.name, stamped)
+            self._apply_events(stamped)
+            return UpsertResult(accepted=len(stamped), total=len(self.dataset.interactions) + len(self._event_log))
+
+    def _replay_events(self, batches: list[list[EventIn]]) -> None:
+        """Apply journaled event batches as they were applied when accepted (events of products the catalogue
+        no longer has are left out here and stay in the journal)."""
+        products = self.dataset.products
+        with self._lock:
+            for batch in batches:
+                known = [e for e in batch if e.item_id in products]
+                if known:
+                    self._apply_events(known)
+
+    def _apply_events(self, events: list[EventIn]) -> None:
+        """Update co-occurrence, popularity, ALS user factors and histories with events of known products."""
+        self._event_log.extend(
+            {"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp, "event": e.event,
+             "session_id": e.session_id, "quantity": e.quantity} for e in events)
+        kept = [e for e in events if e.event != "return"]  # a return is no co-purchase and no vote
+        sessions: dict[str, list[str]] = {}
+        for e in kept:
+            if e.session_id is not None:
+                sessions.setdefault(e.session_id, []).append(e.item_id)
+        if sessions:
+            self.signals.cooc.add_groups([tuple(items) for items in sessions.values()], self.dataset)
+        for idx in self.signals.vocab.known(e.item_id for e in kept):
+            self.signals.popularity.counts[idx] += 1
+        if self.signals.als is not None:
+            self.signals.als.fold_in_many([(str(e.user_id), e.item_id, str(e.event)) for e in events])
+        for e in events:
+            self._history.setdefault(str(e.user_id), []).append(e.item_id)
 
     @property
     def interactions(self) -> Interactions:
@@ -403,7 +454,8 @@ class BundlePipeline:
     def health(self) -> dict[str, object]:
         return {"status": "ok", "products": len(self.dataset.products), "indexed": self.store.count(),
                 "index_backend": self.settings.index.backend, "llm_backend": self.settings.llm.backend,
-                "llm_loaded": self._llm_composer is not None, "llm_error": self._llm_error}
+                "llm_loaded": self._llm_composer is not None, "llm_error": self._llm_error,
+                "journal": str(self.journal.path) if self.journal is not None else None}
 
     @staticmethod
     def _histories(frame: pd.DataFrame) -> dict[str, list[str]]:
@@ -413,5 +465,7 @@ class BundlePipeline:
 
     def close(self) -> None:
         self.store.close()
+        if self.journal is not None:
+            self.journal.close()
         if self._llm is not None:
             self._llm.close()

@@ -24,6 +24,11 @@ class DataSettings(_Section):
     domain: str = "electronic"
     strict: bool = True
     quarantine_dir: Path | None = None
+    journal: bool = Field(default=True, description="Keep products and events accepted through the API in a "
+                          "durable journal (committed before the API answers) and replay it at start, so a restart "
+                          "loses no acknowledged write (docs/ROBUSTNESS.md)")
+    journal_path: Path | None = Field(default=None, description="The journal's SQLite file; default: "
+                                      "ingest-journal.sqlite in index.path")
 
 
 class EmbeddingSettings(_Section):

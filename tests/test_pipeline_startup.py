@@ -125,11 +125,15 @@ def test_a_replica_starting_on_a_shared_qdrant_keeps_what_others_ingested(tmp_pa
 
     root = tmp_path / "shop"
     write_shop(root)
-    settings = Settings(index={"backend": "qdrant", "path": tmp_path / "qdrant"}, llm={"backend": "none"},
-                        embedding={"cache_path": tmp_path / "embeddings.sqlite"})
-    first = BundlePipeline.from_settings(settings, data=f"generic:{root}")
+    def replica(name):  # each replica its own ingest journal, as each pod its own volume
+        return Settings(index={"backend": "qdrant", "path": tmp_path / "qdrant"}, llm={"backend": "none"},
+                        embedding={"cache_path": tmp_path / "embeddings.sqlite"},
+                        data={"journal_path": tmp_path / f"journal-{name}.sqlite"})
+
+    first = BundlePipeline.from_settings(replica("a"), data=f"generic:{root}")
     first.add_products(ProductsIn(products=[ProductIn(id="API-1", title="Trail lamp added by a replica")]))
     first.close()
+    settings = replica("b")
     second = BundlePipeline.from_settings(settings, data=f"generic:{root}")  # a scale-up or a rolling update
     try:
         assert second.store.count() == 61

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from test_serve_fixtures import API_KEY, OTHER_API_KEY
 
-from rag_rec.errors import IndexStoreError
+from rag_rec.errors import IndexStoreError, StorageError
 from rag_rec.schemas import BundleResponse, CopyResponse, ItemOut
 from rag_rec.settings import ServeSettings
 
@@ -363,6 +363,8 @@ def test_health_checks_answer_while_more_requests_wait_for_a_slot_than_the_threa
 
 @pytest.mark.parametrize("error, status, code", [
     (IndexStoreError("index locked by another process"), 503, "service_unavailable"),
+    (StorageError("the ingest journal refused the write (disk full, locked); nothing of it was stored"), 503,
+     "service_unavailable"),
     (RuntimeError("secret internal state"), 500, "internal_error"),
 ])
 def test_service_errors_become_clear_json(live_server, recording_service, serve_settings, error, status, code):

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rag_rec.errors import IndexStoreError, LLMOutputError, MissingExtraError, RagRecError
+from rag_rec.errors import IndexStoreError, LLMOutputError, MissingExtraError, RagRecError, StorageError
 from rag_rec.schemas import (
     BundleRequest,
     BundleResponse,
@@ -232,7 +232,7 @@ def _sse(event: str, data: BaseModel | dict[str, Any]) -> bytes:
 
 def _service_error(exc: Exception) -> tuple[int, str, str]:
     """(status, code, detail) for an exception raised by the service."""
-    if isinstance(exc, (IndexStoreError, MissingExtraError)):
+    if isinstance(exc, (IndexStoreError, MissingExtraError, StorageError)):
         return 503, "service_unavailable", str(exc)
     if isinstance(exc, LLMOutputError):
         return 502, "bad_gateway", str(exc)
