@@ -1,4 +1,4 @@
-"""`rag-rec` command line: demo, eval, index, models, serve, bench."""
+"""`rag-rec` command line: demo, eval, index, journal, models, serve, bench."""
 
 from __future__ import annotations
 
@@ -64,6 +64,40 @@ def cmd_index(args) -> int:
     return 0
 
 
+def cmd_journal(args) -> int:
+    from rag_rec.data.journal import IngestJournal, journal_file
+    from rag_rec.errors import UsageError
+
+    settings = _settings(args)
+    path = journal_file(settings)
+    if path is None:
+        raise UsageError("the ingest journal is off (data.journal = false)")
+    if not path.is_file():
+        print(f"{path}: no journal yet (nothing was ingested through the API)")
+        return 0
+    with IngestJournal(path) as journal:
+        counts = journal.counts()
+        if args.action == "show":
+            print(f"{path}")
+            for dataset, held in sorted(counts.items()):
+                print(f"  {dataset}: {held['products']} products, {held['events']} events")
+            if not counts:
+                print("  empty")
+            return 0
+        if args.dataset not in counts:
+            known = ", ".join(sorted(counts)) or "none"
+            raise UsageError(f"--dataset: the journal holds no dataset {args.dataset!r} (it holds: {known})")
+        if args.action == "export":
+            if not args.out:
+                raise UsageError("export needs --out DIR")
+            for written in journal.export(args.dataset, args.out):
+                print(f"wrote {written}")
+            return 0
+        dropped = journal.clear(args.dataset)
+        print(f"dropped {dropped['products']} products and {dropped['events']} events of {args.dataset} from {path}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     import runpy
 
@@ -109,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="(re)build the product index from a dataset")
     p.add_argument("--data", default=None)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("journal", help="the ingest journal of API writes: show | export | clear")
+    p.add_argument("action", nargs="?", choices=["show", "export", "clear"], default="show",
+                   help="show what it holds; export a dataset's rows as products.jsonl / events.jsonl (the API's "
+                        "shapes); clear them once the shop's own export includes them")
+    p.add_argument("--dataset", help="export/clear: the dataset name `show` lists (e.g. amazon-electronic)")
+    p.add_argument("--out", help="export: the folder to write")
+    p.set_defaults(func=cmd_journal)
 
     p = sub.add_parser("bench", help="run the benchmark suite (source checkout)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
