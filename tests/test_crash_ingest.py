@@ -1,9 +1,9 @@
-"""Crash safety of ingestion: kill -9 a process in the middle of add_products, reopen the same index.
+"""Crash safety of ingestion: kill -9 a process in the middle of add_products / add_events, restart on the same
+data directory.
 
-The pipeline keeps its catalogue in memory (rebuilt from the dataset on start), so what survives a crash is
-the index: every add_products call that returned is durable there, the call in flight is all or nothing and
-no point is duplicated. On restart the pipeline's sync drops index points its catalogue does not know (they
-would crowd real products out of retrieval); replaying the ingest calls makes catalogue and index agree.
+Every API write is committed to the ingest journal before it is applied, and a start replays the journal: after
+a kill, every call that returned is in the catalogue, the index and the interactions; the call in flight is all
+or nothing; no point or event is duplicated; and the restarted pipeline's index holds exactly its catalogue.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from rag_rec.schemas import BundleRequest, ProductIn, ProductsIn
+from rag_rec.retrieve.base import RetrievalRequest
+from rag_rec.schemas import EventIn, EventsIn, ProductIn, ProductsIn
 from rag_rec.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ CHILD = textwrap.dedent(f"""
     import sys
 
     from rag_rec.pipeline import BundlePipeline
-    from rag_rec.schemas import ProductIn, ProductsIn
+    from rag_rec.schemas import EventIn, EventsIn, ProductIn, ProductsIn
     from rag_rec.settings import Settings
 
 
@@ -42,13 +43,21 @@ CHILD = textwrap.dedent(f"""
                                               category={CATEGORY!r}, price=1.0 + i) for i in range({BATCH})])
 
 
+    def events(prefix, b):
+        return EventsIn(events=[EventIn(user_id=f"{{prefix}}-user", item_id=p.id, session_id=f"{{prefix}}-{{b}}", timestamp=b)
+                                for p in batch(prefix, b - 1).products])
+
+
     if __name__ == "__main__":
         index, prefix = sys.argv[1], sys.argv[2]
         pipeline = BundlePipeline.from_settings(Settings(index={{"path": index}}, llm={{"backend": "none"}}))
-        print("READY", len(pipeline.dataset.products), pipeline.store.count(), flush=True)
+        print("READY", len(pipeline.dataset.products), pipeline.store.count(), len(pipeline.interactions), flush=True)
         for b in range(100_000):
             print("BEGIN", b, flush=True)
-            pipeline.add_products(batch(prefix, b))
+            if b % 2:
+                pipeline.add_events(events(prefix, b))
+            else:
+                pipeline.add_products(batch(prefix, b))
             print("DONE", b, flush=True)
 """)
 
@@ -56,6 +65,11 @@ CHILD = textwrap.dedent(f"""
 def batch(prefix: str, b: int) -> ProductsIn:
     return ProductsIn(products=[ProductIn(id=f"{prefix}-{b:05d}-{i}", title=f"crash ingest tripod mount {prefix} {b} {i}",
                                           category=CATEGORY, price=1.0 + i) for i in range(BATCH)])
+
+
+def events(prefix: str, b: int) -> EventsIn:
+    return EventsIn(events=[EventIn(user_id=f"{prefix}-user", item_id=p.id, session_id=f"{prefix}-{b}", timestamp=b)
+                            for p in batch(prefix, b - 1).products])
 
 
 def ingest_and_kill(index: Path, prefix: str, script: Path, rng: random.Random, min_done: int = 4,
@@ -101,10 +115,11 @@ def ingest_and_kill(index: Path, prefix: str, script: Path, rng: random.Random, 
     begun = [int(parts[1]) for parts in lines if parts[0] == "BEGIN"]
     assert done == list(range(len(done))) and len(done) >= min_done
     in_flight = begun[-1] if begun and begun[-1] not in done else None
-    return {"catalogue": int(ready[1]), "indexed_at_start": int(ready[2]), "done": done, "in_flight": in_flight}
+    return {"catalogue": int(ready[1]), "indexed_at_start": int(ready[2]), "events_at_start": int(ready[3]),
+            "done": done, "in_flight": in_flight}
 
 
-def test_kill_9_during_add_products_leaves_a_consistent_index(tmp_path):
+def test_kill_9_during_ingestion_loses_no_acknowledged_write(tmp_path):
     from rag_rec.index import open_store
     from rag_rec.pipeline import BundlePipeline
 
@@ -113,52 +128,57 @@ def test_kill_9_during_add_products_leaves_a_consistent_index(tmp_path):
     script = tmp_path / "ingest_child.py"
     script.write_text(CHILD)
     rng = random.Random(20240611)
-    persisted: set[str] = set()
-    replay: list[ProductsIn] = []
-    base = None
-    for prefix in ("CRASHA", "CRASHB"):  # the second child opens the index the first one crashed on
+    products: set[str] = set()  # every product the journal holds after the kills
+    n_events = 0
+    base = base_events = None
+    for prefix in ("CRASHA", "CRASHB"):  # the second child starts on the directory the first one crashed on
         run = ingest_and_kill(index, prefix, script, rng)
-        base = run["catalogue"] if base is None else base
-        assert run["indexed_at_start"] == base, "a restarted pipeline's index holds exactly its catalogue"
-        # What survives a crash is the index: every returned call, the call in flight all or nothing, no
-        # duplicate points.
-        acknowledged = {p.id for b in run["done"] for p in batch(prefix, b).products}
-        in_flight = {p.id for p in batch(prefix, run["in_flight"]).products} if run["in_flight"] is not None \
+        if base is None:
+            base, base_events = run["catalogue"], run["events_at_start"]
+        # a start replays every write the crashed process acknowledged (and the call in flight, all or nothing)
+        assert run["catalogue"] == base + len(products) and run["indexed_at_start"] == run["catalogue"]
+        assert run["events_at_start"] == base_events + n_events
+        acknowledged = {p.id for b in run["done"] if b % 2 == 0 for p in batch(prefix, b).products}
+        in_flight = run["in_flight"]
+        flying = {p.id for p in batch(prefix, in_flight).products} if in_flight is not None and in_flight % 2 == 0 \
             else set()
-        store = open_store(settings.index)
+        store = open_store(settings.index)  # what the crash left in the index itself
         try:
-            found = {r.id for r in store.retrieve(sorted(acknowledged | in_flight))}
+            found = {r.id for r in store.retrieve(sorted(acknowledged | flying))}
             assert acknowledged <= found, f"{len(acknowledged - found)} products of returned calls were lost"
-            assert found - acknowledged in (set(), in_flight), "the call in flight was half applied"
-            assert store.count() == base + len(found), "duplicate or stray points in the index"
+            assert found - acknowledged in (set(), flying), "the call in flight was half applied"
+            assert store.count() == run["catalogue"] + len(found), "duplicate or stray points in the index"
         finally:
             store.close()
-        persisted |= found
-        replay += [batch(prefix, b) for b in run["done"]]
-        if run["in_flight"] is not None:
-            replay.append(batch(prefix, run["in_flight"]))
 
-    # The catalogue is rebuilt from the dataset on start; the sync drops index points it does not know, so
-    # they cannot crowd real products out of retrieval.
+        restarted = BundlePipeline.from_settings(settings)
+        try:
+            held = {i for i in restarted.dataset.products if i.startswith(prefix)}
+            assert acknowledged <= held and held - acknowledged in (set(), flying), "a product call was lost or split"
+            assert restarted.store.count() == len(restarted.dataset.products) == run["catalogue"] + len(held)
+            sessions = restarted.interactions.frame["session_id"]
+            got = sessions[sessions.fillna("").str.startswith(f"{prefix}-")].value_counts().to_dict()
+            wanted = {f"{prefix}-{b}": BATCH for b in run["done"] if b % 2}
+            assert {k: v for k, v in got.items() if k in wanted} == wanted, "an event call was lost or duplicated"
+            assert set(got) - set(wanted) <= {f"{prefix}-{in_flight}"} and all(v == BATCH for v in got.values())
+            n_events = len(restarted.interactions) - base_events
+            products |= {i for i in restarted.dataset.products if i.startswith("CRASH")}
+            records = {r.id: r for r in restarted.store.retrieve(sorted(held))}
+            assert all(records[i].payload["title"] == restarted.dataset.products[i].title for i in held)
+        finally:
+            restarted.close()
+
     pipeline = BundlePipeline.from_settings(settings)
     try:
         assert pipeline.health()["status"] == "ok"
-        assert len(pipeline.dataset.products) == base and pipeline.store.count() == base
-        assert pipeline.store.retrieve(sorted(persisted)) == []
-        response = pipeline.recommend(BundleRequest(need="crash ingest tripod mount", use_llm=False))
-        assert response.bundles, response.notes
-        assert not any(it.id.startswith("CRASH") for b in response.bundles for it in b.items)
-
-        # Re-sync: the client replays the calls of its ingest job (idempotent by id) and both sides agree.
-        for products in replay:
-            pipeline.add_products(products)
-            pipeline.add_products(products)
-        replayed = {p.id for products in replay for p in products.products}
-        assert persisted <= replayed
-        assert pipeline.store.count() == len(pipeline.dataset.products) == base + len(replayed)
-        records = {r.id: r for r in pipeline.store.retrieve(sorted(replayed))}
-        assert all(records[i].payload["title"] == pipeline.dataset.products[i].title for i in replayed)
+        assert pipeline.store.count() == len(pipeline.dataset.products) == base + len(products)
         hits = pipeline.search_products("crash ingest tripod mount CRASHA 0 0", k=10)
-        assert any(h.id.startswith("CRASH") for h in hits)
+        assert hits[0].id == "CRASHA-00000-0"
+        anchor = "CRASHB-00000-0"
+        result = pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=40))
+        # the replayed session events made the batch's products co-purchase partners of each other
+        bought_with = {c.id: c.evidence.get("co_purchases") for c in result.candidates if "cooc" in c.payload["found_by"]}
+        assert {f"CRASHB-00000-{i}" for i in range(1, BATCH)} <= set(bought_with), result.candidates[:5]
+        assert all(bought_with[f"CRASHB-00000-{i}"] == 1 for i in range(1, BATCH))  # one session, replayed once
     finally:
         pipeline.close()
