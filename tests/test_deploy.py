@@ -235,6 +235,19 @@ def test_dockerfile_runs_the_api_as_non_root_with_a_healthcheck():
         assert f"!{copied}" in ignore or f"!{copied}/" in ignore, f"{copied} is copied but excluded by dockerignore"
 
 
+def test_the_api_journal_is_writable_and_kept_where_the_deployments_keep_state():
+    text = (DEPLOY / "Dockerfile").read_text()
+    journal = Path(re.search(r"RAG_REC_DATA__JOURNAL_PATH=(\S+)", text).group(1))
+    assert re.search(rf"install -d -o app -g app {journal.parent}$", text, re.MULTILINE), "the non-root user writes it"
+    api = yaml.safe_load(COMPOSE.read_text())["services"]["api"]
+    volume = next(v for v in api["volumes"] if v.split(":")[1] == str(journal.parent))
+    assert volume.split(":")[0] in yaml.safe_load(COMPOSE.read_text())["volumes"], "a named volume outlives the container"
+    pod = by_kind("Deployment", "rag-rec-api")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    owner = next(path for path in mounts if str(journal).startswith(path.rstrip("/") + "/"))  # read-only root
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mounts[owner])  # survives container restarts
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomize_renders_everything_into_the_namespace():
     out = subprocess.run(["kubectl", "kustomize", str(K8S)], check=False, capture_output=True, text=True,
