@@ -2,8 +2,8 @@
 
 - Product path: `BundlePipeline.add_products` with one product: a new product, a price and stock change, and a
   title change, each repeated (a fresh product id or another existing product every time). It encodes the text
-  when it is new, writes the product's rows of the signals and of the retriever's lookups, and upserts the record
-  into qdrant-edge (flushed).
+  when it is new, commits the product to the ingest journal (durable before it is applied), writes the product's
+  rows of the signals and of the retriever's lookups, and upserts the record into qdrant-edge (flushed).
 - Bare: the same product's text through the bare encoder (not for a price change: its text is unchanged) and
   the same record upserted into the engine — what any upsert pays.
 - Full rebuild: `HybridRetriever.refresh()` without rows (every lookup rebuilt from the catalogue), the cost
@@ -26,6 +26,7 @@ from rich.table import Table
 
 from bench_retrieval import machine, sized, write_json
 from rag_rec.data.dunnhumby import load_dunnhumby
+from rag_rec.data.journal import IngestJournal
 from rag_rec.index.edge import EdgeStore
 from rag_rec.schemas import ProductIn, ProductsIn
 from rag_rec.settings import Settings
@@ -45,7 +46,7 @@ def bench_size(ds, settings: Settings, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         store = EdgeStore(Path(tmp) / "idx", collection="products")
         pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
-            update={"path": Path(tmp)})}), ds, signals, store)
+            update={"path": Path(tmp)})}), ds, signals, store, journal=IngestJournal(Path(tmp) / "journal.sqlite"))
         pipe.sync_index(rebuild=True, console=console)
         pipe.retriever.warm()
         encoder = signals.encoder
@@ -86,7 +87,7 @@ def bench_size(ds, settings: Settings, repeats: int) -> dict:
             t = time.perf_counter()
             pipe.retriever.refresh()
             rebuild.append(time.perf_counter() - t)
-        store.close()
+        pipe.close()
     return {"products": len(ds.products), "repeats": repeats, "cases": out,
             "full_rebuild_p50_ms": ms(rebuild, 50)}
 
