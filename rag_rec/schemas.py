@@ -168,13 +168,17 @@ class LLMBundles(Strict):
     bundles: list[LLMBundle] = Field(min_length=1, max_length=10)
 
 
+MAX_SESSION_GROUP_ITEMS = 10  # the JSON schema the session bundler sends caps answers at these too
+MAX_SESSION_GROUPS = 10
+
+
 class LLMSessionGroup(Strict):
     intent: str = Field(min_length=1, max_length=120)
-    items: list[str] = Field(min_length=2, max_length=10)
+    items: list[str] = Field(min_length=2, max_length=MAX_SESSION_GROUP_ITEMS)
 
 
 class LLMSessionGroups(Strict):
-    bundles: list[LLMSessionGroup] = Field(max_length=10)
+    bundles: list[LLMSessionGroup] = Field(max_length=MAX_SESSION_GROUPS)
 
 
 class LLMCopy(Strict):

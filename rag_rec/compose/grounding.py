@@ -51,7 +51,7 @@ def placeholder(text: str) -> bool:
     snake_case slugs, or nothing but generic words ("Custom Product Bundles")."""
     if _PLACEHOLDER.search(text):
         return True
-    words = re.findall(r"[a-z]+", text.lower())
+    words = re.findall(r"[^\W\d_]+", text.lower())  # letters of any script
     return not words or set(words) <= _GENERIC_WORDS
 
 

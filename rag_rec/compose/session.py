@@ -22,6 +22,9 @@ _STOP = {"for", "and", "with", "the", "of", "to", "in", "a", "an", "&", "-", "by
          "white", "inch", "x", "w", "+", "/", "|", "compatible", "set", "kit", "pcs", "piece"}
 
 
+_WORD = re.compile(r"[^\W\d_][\w']+")  # a word in any script that starts with a letter
+
+
 def name_group(products: Sequence[Product]) -> str:
     """A short intent for a group: the deepest category shared by most items, else the commonest title words."""
     paths = [p.category for p in products if p.category]
@@ -34,16 +37,18 @@ def name_group(products: Sequence[Product]) -> str:
         if shared:
             depth, term = max(shared)
             return f"{term} essentials" if depth >= 2 else f"{term} bundle"
-    words = Counter()
+    words: Counter = Counter()
+    shown: dict[str, str] = {}
     for p in products:
         seen = set()
-        for w in re.findall(r"[A-Za-z][A-Za-z0-9']+", p.title):
-            lw = w.lower()
+        for w in _WORD.findall(p.title):
+            lw = w.casefold()
             if lw not in _STOP and len(lw) > 2 and lw not in seen:
                 seen.add(lw)
-                words[w.capitalize()] += 1
+                words[lw] += 1
+                shown.setdefault(lw, w if w[:1].isupper() else w[:1].upper() + w[1:])  # USB stays USB
     common = [w for w, n in words.most_common(3) if n >= 2] or [w for w, _ in words.most_common(2)]
-    return " ".join(common[:2]) + " set" if common else "Bundle"
+    return " ".join(shown[w] for w in common[:2]) + " set" if common else "Bundle"
 
 
 def category_similarity(a: Product, b: Product) -> float:
@@ -157,7 +162,7 @@ class SimilarityBundler:
             self._cooc = CooccurrenceScorer(alpha=0.5).fit(rest)
         vectors = self._vectors(sessions, train)
         best = (-1.0, self.threshold)
-        for threshold in np.arange(0.2, 0.95, 0.05):
+        for threshold in np.arange(0.2, 0.95, 0.05) if sessions else ():  # nothing labelled: the default stays
             f = []
             for s in sessions:
                 preds = [p.items for p in self._predict(s, train, vectors, threshold)]
