@@ -110,6 +110,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag-rec", description=__doc__)
     parser.add_argument("--config", help="settings file (TOML or JSON); env vars RAG_REC_* override it")
@@ -120,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="amazon:DIR | aicl:FILE[@AMAZON_DIR] | dunnhumby[:HOUSEHOLDS] | generic:DIR | PATH")
     p.add_argument("--recommender", action="append", help="repeatable; default: the task's baselines")
-    p.add_argument("--limit", type=int, help="at most N test cases/sessions")
+    p.add_argument("--limit", type=_positive_int, help="at most N test cases/sessions (N >= 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge", action="store_true", help="session_bundling: score intents with the LLM judge")
     p.add_argument("--out", required=True)

@@ -79,15 +79,24 @@ def load_aicl_split(path: str | Path, *, strict: bool = True, catalog: Dataset |
             if outside:
                 chk.reject(number, bfield + ".items", f"items {outside[:3]} are not in the session", b)
                 continue
+            if len(set(b["items"])) < 2:
+                chk.reject(number, bfield + ".items", "a bundle needs at least 2 distinct products", b)
+                continue
             bundles.append(Bundle(f"{sid}-{j}", tuple(dict.fromkeys(b["items"])), (b.get("intent") or "").strip() or None,
                                   str(sid)))
     missing_splits = [s for key in ("test_sessions", "train_sessions") for s in doc[key] if str(s) not in sessions]
     if missing_splits:
         chk.reject(0, "test_sessions/train_sessions", f"{len(missing_splits)} split ids have no session_items, "
                    f"e.g. {missing_splits[:3]}", missing_splits[:10])
+    test = list(dict.fromkeys(str(s) for s in doc["test_sessions"] if str(s) in sessions))
+    overlap = set(test) & {str(s) for s in doc["train_sessions"]}
+    if overlap:  # a test session among the demonstrations would show the model its own answer
+        chk.reject(0, "train_sessions", f"{len(overlap)} sessions are also test sessions, e.g. "
+                   f"{sorted(overlap)[:3]}; they are left out of training", sorted(overlap)[:10])
     splits = {
-        "test": [str(s) for s in doc["test_sessions"] if str(s) in sessions],
-        "train": [str(s) for s in doc["train_sessions"] if str(s) in sessions],
+        "test": test,
+        "train": [s for s in dict.fromkeys(str(s) for s in doc["train_sessions"] if str(s) in sessions)
+                  if s not in overlap],
     }
     neighbours = {}
     for k, v in doc.get("neighbour_sessions", {}).items():

@@ -36,9 +36,10 @@ DIMENSIONS = ("naturalness", "coverage", "motivation", "faithful")
 def parse_judgement(text: str) -> LLMJudgement:
     doc = parse_json_object(text)
     if "hallucination" in doc:
-        said = str(doc.pop("hallucination")).strip().lower()
+        value = doc.pop("hallucination")
+        said = value.strip().lower() if isinstance(value, str) else None  # JSON null is no verdict
         if said not in ("none", "found"):
-            raise LLMOutputError(f"hallucination must be 'none' or 'found', got {said[:20]!r}")
+            raise LLMOutputError(f"hallucination must be 'none' or 'found', got {str(value)[:20]!r}")
         doc["faithful"] = said == "none"
     return LLMJudgement.model_validate(doc)
 
@@ -69,8 +70,10 @@ class LLMJudge:
 
 def summarize_judgements(judgements: Sequence[LLMJudgement | None]) -> dict[str, float]:
     valid = [j for j in judgements if j is not None]
+    if not judgements:
+        return {"judged": 0.0}  # nothing to judge is not "every answer invalid"
     if not valid:
-        return {"judge_valid": 0.0}
+        return {"judge_valid": 0.0, "judged": float(len(judgements))}
     return {
         "judge_naturalness": float(np.mean([j.naturalness for j in valid])),
         "judge_coverage": float(np.mean([j.coverage for j in valid])),

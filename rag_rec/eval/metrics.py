@@ -23,6 +23,14 @@ class SessionScores:
     jaccard: float
 
 
+def _true_sets(truth: Sequence[Sequence[str]]) -> list[ItemSet]:
+    """A session's true bundles without empty ones (every session metric ignores those alike)."""
+    gts = [ItemSet(t) for t in truth if len(t) > 0]
+    if not gts:
+        raise ValueError("a session needs at least one true bundle")
+    return gts
+
+
 def aicl_session_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> tuple[float, float, float]:
     """AICL's per-session precision, recall, coverage.
 
@@ -32,9 +40,7 @@ def aicl_session_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequ
     |pred| / |matched true bundle| (0 when there is no hit).
     """
     preds = [ItemSet(p) for p in predicted if len(p) > 0]
-    gts = [ItemSet(t) for t in truth if len(t) > 0]
-    if not gts:
-        raise ValueError("a session needs at least one true bundle")
+    gts = _true_sets(truth)
     hits, covs = 0, []
     for p in preds:
         for t in gts:
@@ -51,7 +57,7 @@ def one_to_one_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequen
     most one true bundle (as many matches as possible, then the most coverage), so recall <= 1. Coverage averages
     over matched true bundles."""
     preds = [ItemSet(p) for p in predicted if len(p) > 0]
-    gts = [ItemSet(t) for t in truth if len(t) > 0]
+    gts = _true_sets(truth)
     covs = []
     if preds and gts:  # the most matches, then the most coverage (a maximum-weight assignment, not greedy)
         from scipy.optimize import linear_sum_assignment
@@ -66,15 +72,15 @@ def one_to_one_scores(predicted: Sequence[Sequence[str]], truth: Sequence[Sequen
 
 def exact_match_rate(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> float:
     """Share of true bundles that some prediction reproduces exactly."""
-    preds = {ItemSet(p) for p in predicted}
-    gts = [ItemSet(t) for t in truth]
+    preds = {ItemSet(p) for p in predicted if len(p) > 0}
+    gts = _true_sets(truth)
     return sum(t in preds for t in gts) / len(gts)
 
 
 def mean_best_jaccard(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> float:
     """For each true bundle, the best Jaccard with any prediction; averaged over true bundles."""
-    preds = [ItemSet(p) for p in predicted]
-    gts = [ItemSet(t) for t in truth]
+    preds = [ItemSet(p) for p in predicted if len(p) > 0]
+    gts = _true_sets(truth)
     best = [max((len(t & p) / len(t | p) for p in preds), default=0.0) for t in gts]
     return float(np.mean(best))
 

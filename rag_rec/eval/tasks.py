@@ -138,12 +138,15 @@ def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: in
                          intent_scorer=None, judge=None) -> TaskResult:
     """AICL task on the dataset's test split: predict bundles for each test session."""
     t0 = time.perf_counter()
-    train_ids = set(dataset.splits.get("train", []))
+    truth = dataset.bundles_of_session()
+    test_ids = [s for s in dict.fromkeys(dataset.splits.get("test", [])) if s in truth][: limit or None]
+    if not test_ids:
+        raise DataError(f"dataset {dataset.name} has no test session with a true bundle: session_bundling needs a "
+                        "split with test sessions and their bundles (e.g. aicl:FILE)")
+    train_ids = set(dataset.splits.get("train", [])) - set(dataset.splits.get("test", []))
     train = replace(dataset, sessions={k: v for k, v in dataset.sessions.items() if k in train_ids},
                     bundles=[b for b in dataset.bundles if b.session_id in train_ids])
     bundler.fit(train)
-    truth = dataset.bundles_of_session()
-    test_ids = [s for s in dataset.splits.get("test", []) if s in truth][: limit or None]
     sessions = [dataset.sessions[s] for s in test_ids]
     predictions = bundler.bundle_sessions(sessions, dataset)
     rows, examples = [], []
@@ -156,7 +159,8 @@ def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: in
         row = {"valid": float(valid), **sc.__dict__, "n_pred": len(preds),
                "hallucinated_item_rate": (sum(i not in allowed for i in predicted_items) / len(predicted_items)
                                           if predicted_items else 0.0),
-               "duplicate_rate": _duplicate_rate([p.items for p in preds])}
+               "duplicate_rate": _duplicate_rate([p.items for p in preds]),
+               "unnamed_rate": sum(not (p.intent or "").strip() for p in preds) / len(preds) if preds else 0.0}
         rows.append(row)
         if len(examples) < 12:
             examples.append({"session": session.id, "items": list(session.items),
@@ -171,8 +175,9 @@ def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: in
     if judge is not None:
         from rag_rec.eval.judge import JudgeCase, summarize_judgements
 
-        cases = [JudgeCase(tuple(dataset.products[i].title for i in p.items), p.intent)
-                 for preds in predictions for p in preds if p.intent]
+        cases = [JudgeCase(tuple(dataset.products[i].title for i in p.items), p.intent)  # unnamed: unnamed_rate
+                 for preds in predictions for p in preds
+                 if (p.intent or "").strip() and all(i in dataset.products for i in p.items)]
         judge_instance = judge() if callable(judge) and not hasattr(judge, "judge_many") else judge
         metrics.update(summarize_judgements(judge_instance.judge_many(cases)))
         if hasattr(judge_instance.llm, "close"):
