@@ -68,6 +68,17 @@ def product_from(p: ProductIn, stored: dict[str, Product]) -> Product:
                    dict(stored[p.id].attributes) if p.id in stored else {}, p.in_stock)
 
 
+def journaled_events_in(interactions: Interactions, batches: list[list[EventIn]]) -> int:
+    """How many journaled events the dataset also holds (same user, product and timestamp)."""
+    journaled = {(e.user_id, e.item_id, e.timestamp) for batch in batches for e in batch}
+    if not journaled:
+        return 0
+    frame = interactions.frame
+    rows = frame.loc[frame["item_id"].isin({item for _, item, _ in journaled}), ["user_id", "item_id", "timestamp"]]
+    held = {(str(u), str(i), int(t)) for u, i, t in rows.itertuples(index=False, name=None)}
+    return sum(key in held for batch in batches for key in ((e.user_id, e.item_id, e.timestamp) for e in batch))
+
+
 class BundlePipeline:
     """The product. Thread-safe for concurrent requests; writes (events/products) take a lock."""
 
@@ -85,6 +96,7 @@ class BundlePipeline:
         self._history = self._histories(dataset.interactions.frame)
         self._event_log: list[dict] = []  # events added through add_events, appended (see `interactions`)
         self._text_rows: RowBuffer | None = None  # the text vectors' spare capacity for appended products
+        self._marker_current = False  # the build marker describes the index (until an API write changes it)
 
     # ---- construction ----
 
@@ -127,6 +139,11 @@ class BundlePipeline:
                 if replay.products or replay.events or replay.skipped:
                     console.log(f"ingest journal {path}: {len(replay.products)} products and {replay.events} events "
                                 "the API accepted before this start")
+                twice = journaled_events_in(dataset.interactions, replay.event_batches)
+                if twice:
+                    console.log(f"warning: {twice} journaled events are also in the dataset (its export holds them "
+                                f"now), so they count twice: run `rag-rec journal clear --dataset {dataset.name}` "
+                                "once the export holds everything the journal does")
                 for line in replay.skipped:
                     console.log(f"skipped (kept in the journal): {line}")
         except BaseException:
@@ -157,6 +174,10 @@ class BundlePipeline:
         h.update(json.dumps([product_payload(products[i]) for i in ids], default=str).encode())
         return h.hexdigest()[:16]
 
+    def _marker(self) -> Path:
+        """The embedded index's build marker: the fingerprint of what the last full sync indexed."""
+        return Path(self.settings.index.path) / f"{self.settings.index.collection}.build.json"
+
     def _indexed_build(self, marker: Path) -> str | None:
         """The fingerprint the marker records, or None when the marker is missing or unreadable (then the index
         is synced again: upserts are idempotent)."""
@@ -169,7 +190,7 @@ class BundlePipeline:
     def sync_index(self, *, rebuild: bool = False, console: Console | None = None) -> int:
         """Upsert every product (idempotent) unless the index already holds this exact build."""
         console = console or Console(stderr=True)
-        marker = Path(self.settings.index.path) / f"{self.settings.index.collection}.build.json"
+        marker = self._marker()
         try:
             self.store.ensure_collection(self.vector_specs(), PRODUCT_PAYLOAD_INDEXES)
         except IncompatibleIndexError as exc:
@@ -181,6 +202,7 @@ class BundlePipeline:
         fingerprint = self._fingerprint()
         if not rebuild and self.settings.index.backend == "edge" and marker.is_file():
             if self._indexed_build(marker) == fingerprint and self.store.count() == len(self.dataset.products):
+                self._marker_current = True
                 self.store.warm()  # the embedded store's point-id map, so the first request does not build it
                 self.retriever.warm()
                 return 0
@@ -205,6 +227,7 @@ class BundlePipeline:
             tmp = marker.with_suffix(".tmp")
             tmp.write_text(json.dumps({"fingerprint": fingerprint, "count": len(records)}))
             tmp.replace(marker)
+        self._marker_current = True
         self.store.warm()
         self.retriever.warm()
         return len(records)
@@ -376,6 +399,9 @@ class BundlePipeline:
                 s.category.extend(self.dataset, s.vocab, changed)
             if s.lexical is not None and reword:
                 s.lexical.update(self.dataset, s.vocab, reword)
+            if self._marker_current:  # the index no longer holds the marked build: the next start syncs it in full,
+                self._marker().unlink(missing_ok=True)  # even when the journal is cleared or turned off by then
+                self._marker_current = False
             try:
                 self.store.upsert(self.records([p.id for p in new]))
             finally:  # the lookups follow the signals even when the engine refused the records (a retry is idempotent)
@@ -411,32 +437,33 @@ class BundlePipeline:
                        for e in events.events]
             if self.journal is not None:  # durable before anything changes: a crash from here on is replayed
                 self.journal.record_events(self.dataset.name, stamped)
-            self._apply_events(stamped)
+            self._apply_events([stamped])
             return UpsertResult(accepted=len(stamped), total=len(self.dataset.interactions) + len(self._event_log))
 
     def _replay_events(self, batches: list[list[EventIn]]) -> None:
-        """Apply journaled event batches as they were applied when accepted (events of products the catalogue
-        no longer has are left out here and stay in the journal)."""
+        """Apply journaled event batches as they were applied when accepted, in one update (events of products
+        the catalogue no longer has are left out here and stay in the journal)."""
         products = self.dataset.products
         with self._lock:
-            for batch in batches:
-                known = [e for e in batch if e.item_id in products]
-                if known:
-                    self._apply_events(known)
+            self._apply_events([[e for e in batch if e.item_id in products] for batch in batches])
 
-    def _apply_events(self, events: list[EventIn]) -> None:
-        """Update co-occurrence, popularity, ALS user factors and histories with events of known products."""
+    def _apply_events(self, batches: list[list[EventIn]]) -> None:
+        """Update co-occurrence, popularity, ALS user factors and histories with batches of events of known
+        products; a session's events form one co-purchase group per batch (as each batch was sent)."""
+        events = [e for batch in batches for e in batch]
+        if not events:
+            return
         self._event_log.extend(
             {"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp, "event": e.event,
              "session_id": e.session_id, "quantity": e.quantity} for e in events)
-        kept = [e for e in events if e.event != "return"]  # a return is no co-purchase and no vote
-        sessions: dict[str, list[str]] = {}
-        for e in kept:
-            if e.session_id is not None:
-                sessions.setdefault(e.session_id, []).append(e.item_id)
-        if sessions:
-            self.signals.cooc.add_groups([tuple(items) for items in sessions.values()], self.dataset)
-        for idx in self.signals.vocab.known(e.item_id for e in kept):
+        groups: dict[tuple[int, str], list[str]] = {}
+        for n, batch in enumerate(batches):
+            for e in batch:
+                if e.event != "return" and e.session_id is not None:  # a return is no co-purchase and no vote
+                    groups.setdefault((n, e.session_id), []).append(e.item_id)
+        if groups:
+            self.signals.cooc.add_groups([tuple(items) for items in groups.values()], self.dataset)
+        for idx in self.signals.vocab.known(e.item_id for e in events if e.event != "return"):
             self.signals.popularity.counts[idx] += 1
         if self.signals.als is not None:
             self.signals.als.fold_in_many([(str(e.user_id), e.item_id, str(e.event)) for e in events])

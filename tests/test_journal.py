@@ -1,7 +1,10 @@
 """The ingest journal: API writes are durable before they are applied and come back after a restart."""
 
 import json
+import os
+import shutil
 import sqlite3
+import sys
 
 import pytest
 
@@ -148,6 +151,7 @@ def state(pipeline):
         "popularity": [float(s.popularity.counts[s.vocab.index[i]]) if i in s.vocab.index else None
                        for i in ("p1", "p2", "API-1")],
         "partners of p1": sorted(s.cooc.top_partners([s.vocab.index["p1"]], 5)[0].tolist()),
+        "partners of p4": sorted(s.cooc.top_partners([s.vocab.index["p4"]], 5)[0].tolist()),
         "history": pipeline._history.get("shopper"),
     }
 
@@ -165,6 +169,8 @@ def test_api_writes_survive_a_restart_exactly(tmp_path):
         pipeline.add_events(EventsIn(events=[EventIn(user_id="shopper", item_id=i, session_id="new-session")
                                              for i in ("p1", "API-1", "p2")]))
         pipeline.add_events(EventsIn(events=[EventIn(user_id="shopper", item_id="p2", event="return")]))
+        pipeline.add_events(EventsIn(events=[EventIn(user_id="shopper", item_id=i, session_id="new-session")
+                                             for i in ("p4", "p5")]))  # the same session later: its own group
         live = state(pipeline)
     finally:
         pipeline.close()
@@ -237,3 +243,110 @@ def test_the_journal_command_shows_exports_and_clears(tmp_path, capsys):
     assert "dropped 2 products and 1 events" in capsys.readouterr().out
     assert main(["--config", str(config), "journal"]) == 0
     assert "empty" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("then", ["clear the journal", "turn the journal off"])
+def test_an_api_change_to_the_index_is_synced_away_when_the_journal_no_longer_holds_it(tmp_path, then):
+    from rag_rec.cli import main
+
+    write_shop(tmp_path / "shop")
+    pipeline = open_pipeline(tmp_path)
+    try:
+        pipeline.add_products(ProductsIn(products=[product("p3", "Trail bag model 3", price=999.0, in_stock=False,
+                                                           category=["Outdoor", "Bags"])]))
+        assert pipeline.store.retrieve(["p3"])[0].payload["price"] == 999.0
+    finally:
+        pipeline.close()
+    sections = {}
+    if then == "clear the journal":
+        config = tmp_path / "rag.json"
+        config.write_text(json.dumps({"index": {"path": str(tmp_path / "index")}}))
+        assert main(["--config", str(config), "journal", "clear", "--dataset", "shop"]) == 0
+    else:
+        sections = {"data": {"journal": False}}
+    restarted = open_pipeline(tmp_path, **sections)
+    try:
+        assert restarted.dataset.products["p3"].price == 13.0
+        payload = restarted.store.retrieve(["p3"])[0].payload
+        assert (payload["price"], payload["in_stock"]) == (13.0, True)  # the index follows the catalogue again
+    finally:
+        restarted.close()
+
+
+@pytest.mark.slow
+def test_a_long_journal_replays_in_one_update(tmp_path, monkeypatch):
+    from rag_rec.signals.als import ALSScorer
+
+    write_shop(tmp_path / "shop")
+    pipeline = open_pipeline(tmp_path)
+    try:
+        for n in range(300):  # one event a call, as a shop's click stream posts them
+            pipeline.add_events(EventsIn(events=[EventIn(user_id=f"u{n % 9}", item_id=f"p{n % 60}",
+                                                         session_id=f"s{n // 2}")]))
+        live = state(pipeline)
+    finally:
+        pipeline.close()
+    calls = []
+    original = ALSScorer.fold_in_many
+    monkeypatch.setattr(ALSScorer, "fold_in_many", lambda self, events: calls.append(len(events)) or original(self, events))
+    restarted = open_pipeline(tmp_path)
+    try:
+        assert calls == [300] and state(restarted) == live
+    finally:
+        restarted.close()
+
+
+def test_journaled_events_the_dataset_also_holds_are_counted():
+    from rag_rec.data.models import Interactions
+    from rag_rec.pipeline import journaled_events_in
+    import pandas as pd
+
+    held = Interactions(pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "timestamp": [5, 6]}))
+    batches = [[EventIn(user_id="u1", item_id="a", timestamp=5), EventIn(user_id="u1", item_id="a", timestamp=7)],
+               [EventIn(user_id="u2", item_id="b", timestamp=6)]]
+    assert journaled_events_in(held, batches) == 2
+    assert journaled_events_in(held, []) == 0
+
+
+def test_export_and_clear_name_what_they_need(tmp_path, capsys):
+    from rag_rec.cli import main
+
+    config = tmp_path / "rag.json"
+    config.write_text(json.dumps({"index": {"path": str(tmp_path / "idx")}}))
+    for argv, message in ((["journal", "export"], "needs --dataset"), (["journal", "clear"], "needs --dataset"),
+                          (["journal", "export", "--dataset", "shop"], "needs --out"),
+                          (["journal", "export", "--dataset", "shop", "--out", str(tmp_path / "o")], "no ingest journal")):
+        assert main(["--config", str(config), *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_show_and_export_read_a_journal_this_user_cannot_write():
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="rag-rec-ro-"))  # pytest's own folders are private to root
+    try:
+        folder = tmp_path / "ro"
+        with IngestJournal(folder / "ingest-journal.sqlite") as journal:
+            journal.record_products("shop", [product("a")])
+        for path in (tmp_path, folder, *folder.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        config = tmp_path / "rag.json"
+        config.write_text(json.dumps({"index": {"path": str(folder)}}))
+        config.chmod(0o644)
+        out = tmp_path / "out"
+        out.mkdir()
+        out.chmod(0o777)
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        for argv in (["journal"], ["journal", "export", "--dataset", "shop", "--out", str(out)]):
+            run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                                  "rag_rec.cli", "--config", str(config), *argv], capture_output=True, text=True,
+                                 env={**os.environ, "HOME": str(out)}, timeout=120)
+            assert run.returncode == 0, run.stderr
+        assert (out / "products.jsonl").read_text().count("\n") == 1
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
