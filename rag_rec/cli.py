@@ -72,10 +72,16 @@ def cmd_journal(args) -> int:
     path = journal_file(settings)
     if path is None:
         raise UsageError("the ingest journal is off (data.journal = false)")
+    if args.action != "show" and not args.dataset:
+        raise UsageError(f"journal {args.action} needs --dataset NAME (`rag-rec journal` lists them)")
+    if args.action == "export" and not args.out:
+        raise UsageError("journal export needs --out DIR")
     if not path.is_file():
+        if args.action != "show":
+            raise UsageError(f"no ingest journal at {path} (nothing was ingested through the API)")
         print(f"{path}: no journal yet (nothing was ingested through the API)")
         return 0
-    with IngestJournal(path) as journal:
+    with IngestJournal(path, read_only=args.action != "clear") as journal:
         counts = journal.counts()
         if args.action == "show":
             print(f"{path}")
@@ -88,8 +94,6 @@ def cmd_journal(args) -> int:
             known = ", ".join(sorted(counts)) or "none"
             raise UsageError(f"--dataset: the journal holds no dataset {args.dataset!r} (it holds: {known})")
         if args.action == "export":
-            if not args.out:
-                raise UsageError("export needs --out DIR")
             for written in journal.export(args.dataset, args.out):
                 print(f"wrote {written}")
             return 0

@@ -57,19 +57,24 @@ def journal_file(settings) -> Path | None:
 class IngestJournal:
     """Append-only record of API writes. Thread-safe; each record_* call is one durable transaction."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        """Open (creating it unless `read_only`) the journal at `path`; read-only opens change nothing on disk, so a
+        backup copy or a read-only volume can be shown and exported."""
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            if read_only:
+                self._db = self._read_only()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
             version = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if version is None:
+            if version is None and not read_only:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(version[0]) > SCHEMA_VERSION:
+            elif version is not None and int(version[0]) > SCHEMA_VERSION:
                 raise DataError(f"written by a newer rag_rec (journal schema {version[0]}, this one reads "
                                 f"{SCHEMA_VERSION}): upgrade rag_rec", file=str(self.path))
         except sqlite3.OperationalError as exc:
@@ -81,6 +86,24 @@ class IngestJournal:
             raise DataError(f"the ingest journal is damaged ({exc}); it holds products and events the API "
                             "acknowledged: restore it from a backup, or move it aside to start without them",
                             file=str(self.path)) from exc
+
+    def _read_only(self) -> sqlite3.Connection:
+        """A connection that writes nothing. SQLite reads a WAL database read-only only where it may create the
+        shared-memory file; in a folder this user cannot write, a journal without a write-ahead log (closed
+        cleanly, or a copy) is read as an immutable file."""
+        if not self.path.is_file():
+            raise sqlite3.OperationalError("unable to open database file: it does not exist")
+        uri = self.path.resolve().as_uri()
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, timeout=10, isolation_level=None)
+        try:
+            db.execute("SELECT COUNT(*) FROM meta").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+            if Path(f"{self.path}-wal").exists():
+                raise sqlite3.OperationalError("its write-ahead log holds writes this user cannot read without write "
+                                               "access to the folder: run as the service's user") from None
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False, isolation_level=None)
 
     def _write(self, statements) -> None:
         """Run `statements(db)` (it executes the writes) as one durable transaction."""
