@@ -77,7 +77,7 @@ def answer(*groups) -> str:
 
 
 @pytest.mark.parametrize("intent", ["   ", "<|im_end|>", "Buy at http://evil.example/x", "Product bundle",
-                                    "Answer with JSON only"])
+                                    "Answer with JSON only", "(I1), (I2)", "buy product 1"])
 def test_a_blank_or_unsafe_partition_intent_is_named_by_the_heuristic(intent):
     b, ds = bundler(answer((["I1", "I2"], intent), (["I3", "I4"], "Mouse and pad")))
     out = b.bundle_sessions([ds.sessions["t1"]], ds)[0]

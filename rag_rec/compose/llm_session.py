@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Sequence
 
 import numpy as np
@@ -27,6 +28,7 @@ from rag_rec.schemas import MAX_SESSION_GROUP_ITEMS, MAX_SESSION_GROUPS, LLMSess
 from rag_rec.settings import Settings
 
 log = logging.getLogger(__name__)
+_SESSION_KEY = re.compile(r"\bI\d+\b")
 TITLE_LENGTHS = (120, 60, 30)  # a prompt over the model's context is retried with shorter titles, then without examples
 
 
@@ -176,7 +178,8 @@ class LLMSessionBundler:
         """The model's intent as one clean line, unless it is not text, blank, a placeholder, or carries links or
         prompt text: then the heuristic's name for the group."""
         intent = plain_text(_clean(text, 60)) if isinstance(text, str) else ""
-        if len(intent) < 3 or placeholder(intent) or _leaks(intent, "session_bundles"):
+        if (len(intent) < 3 or placeholder(intent) or _leaks(intent, "session_bundles")
+                or _SESSION_KEY.search(intent)):  # "(I1), (I2)": the prompt's keys, not a name
             self.intents_replaced += 1
             return fallback or name_group([dataset.products[i] for i in items if i in dataset.products])
         return intent
