@@ -97,6 +97,7 @@ class BundlePipeline:
         self._event_log: list[dict] = []  # events added through add_events, appended (see `interactions`)
         self._text_rows: RowBuffer | None = None  # the text vectors' spare capacity for appended products
         self._marker_current = False  # the build marker describes the index (until an API write changes it)
+        self._user_groups: dict[str, dict[str, None]] | None = None  # see _purchases
 
     # ---- construction ----
 
@@ -448,27 +449,59 @@ class BundlePipeline:
             self._apply_events([[e for e in batch if e.item_id in products] for batch in batches])
 
     def _apply_events(self, batches: list[list[EventIn]]) -> None:
-        """Update co-occurrence, popularity, ALS user factors and histories with batches of events of known
-        products; a session's events form one co-purchase group per batch (as each batch was sent)."""
+        """Update co-occurrence, category affinity, popularity, ALS user factors and histories with batches of
+        events of known products, counted as a refit on the same events would count them: a session's events
+        form one co-purchase group per batch (as each batch was sent); without sessions in the data, a user's
+        purchases are the group; an event repeated verbatim within a batch counts once (the loaders drop such
+        rows too)."""
+        batches = [list({(e.user_id, e.item_id, e.event, e.timestamp, e.session_id, e.quantity): e
+                         for e in reversed(batch)}.values())[::-1] for batch in batches]
         events = [e for batch in batches for e in batch]
         if not events:
             return
-        self._event_log.extend(
-            {"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp, "event": e.event,
-             "session_id": e.session_id, "quantity": e.quantity} for e in events)
+        s = self.signals
+        bought = [e for e in events if e.event != "return"]  # a return is no co-purchase and no vote
         groups: dict[tuple[int, str], list[str]] = {}
         for n, batch in enumerate(batches):
             for e in batch:
-                if e.event != "return" and e.session_id is not None:  # a return is no co-purchase and no vote
+                if e.event != "return" and e.session_id is not None:
                     groups.setdefault((n, e.session_id), []).append(e.item_id)
-        if groups:
-            self.signals.cooc.add_groups([tuple(items) for items in groups.values()], self.dataset)
-        for idx in self.signals.vocab.known(e.item_id for e in events if e.event != "return"):
-            self.signals.popularity.counts[idx] += 1
-        if self.signals.als is not None:
-            self.signals.als.fold_in_many([(str(e.user_id), e.item_id, str(e.event)) for e in events])
+        sessions = [tuple(items) for items in groups.values()]
+        if sessions:
+            s.cooc.add_groups(sessions, self.dataset)
+            if s.category is not None:
+                with self.retriever.scorer.writing_rows():  # pair counts the fusion reads, written in place
+                    s.category.add_groups(sessions)
+        if getattr(s.cooc, "user_groups", False):  # the fit grouped each user's purchases: extend those groups
+            purchases = self._purchases()
+            grown: dict[str, list[str]] = {}
+            for e in bought:
+                grown.setdefault(e.user_id, []).append(e.item_id)
+            s.cooc.extend_groups([(tuple(purchases.get(user, ())), items) for user, items in grown.items()],
+                                 self.dataset)
+            for user, items in grown.items():
+                purchases.setdefault(user, {}).update(dict.fromkeys(items))
+        for idx in s.vocab.known(e.item_id for e in bought):
+            s.popularity.counts[idx] += 1
+        for items in sessions:  # the fit also counts each group an item is in
+            for idx in s.vocab.known(set(items)):
+                s.popularity.counts[idx] += 1
+        if s.als is not None:
+            s.als.fold_in_many([(str(e.user_id), e.item_id, str(e.event)) for e in events])
+        self._event_log.extend(
+            {"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp, "event": e.event,
+             "session_id": e.session_id, "quantity": e.quantity} for e in events)
         for e in events:
             self._history.setdefault(str(e.user_id), []).append(e.item_id)
+
+    def _purchases(self) -> dict[str, dict[str, None]]:
+        """Each user's products in the co-occurrence fit's user groups (every event but returns), kept current by
+        _apply_events; built from the loaded interactions on first use."""
+        if self._user_groups is None:
+            frame = self.dataset.interactions.frame
+            kept = frame.loc[frame["event"].fillna("") != "return", ["user_id", "item_id"]]
+            self._user_groups = {str(u): dict.fromkeys(map(str, items)) for u, items in kept.groupby("user_id")["item_id"]}
+        return self._user_groups
 
     @property
     def interactions(self) -> Interactions:

@@ -54,6 +54,25 @@ class CategoryAffinity:
         codes = [self.codes.get(k, -1) if k else -1 for k in keys]
         self.item_code = patched(self.item_code, len(vocab), rows, codes, -1)
 
+    def add_groups(self, groups: Sequence[Sequence[str]]) -> None:
+        """Incremental update: the category pairs and counts of new sessions, counted as the fit counts them
+        (dense pairs are added in place; a sparse pair matrix is replaced whole)."""
+        sets = [sorted({int(self.item_code[j]) for j in self.vocab.known(group) if self.item_code[j] >= 0})
+                for group in groups]
+        sets = [cats for cats in sets if cats]
+        if not sets:
+            return
+        rows = [g for g, cats in enumerate(sets) for _ in cats]
+        x = sp.csr_matrix((np.ones(len(rows)), (rows, [c for cats in sets for c in cats])),
+                          shape=(len(sets), len(self.codes)))
+        delta = (x.T @ x).tocoo()
+        if isinstance(self.pair, np.ndarray):
+            off = delta.row != delta.col
+            np.add.at(self.pair, (delta.row[off], delta.col[off]), delta.data[off])
+        else:
+            self.pair = (self.pair + delta).tocsr()
+        self.count = self.count + np.asarray(x.sum(axis=0)).ravel()
+
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
         return self.score_codes(anchor_idx, self.item_code[pool])
 

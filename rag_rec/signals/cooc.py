@@ -99,13 +99,32 @@ class CooccurrenceScorer:
         groups = [s.items for s in dataset.sessions.values()] + [b.items for b in dataset.bundles]
         weights = [1.0] * len(dataset.sessions) + [self.bundle_weight] * len(dataset.bundles)
         users = dataset.interactions.frame
-        if len(users) and not dataset.sessions:
-            for _, items in users.groupby("user_id")["item_id"]:
+        self.user_groups = bool(len(users)) and not dataset.sessions  # no sessions: a user's purchases are a group
+        if self.user_groups:
+            kept = users.loc[users["event"].fillna("") != "return"]  # a returned product was not bought with the rest
+            for _, items in kept.groupby("user_id")["item_id"]:
                 groups.append(tuple(items))
                 weights.append(1.0)
         x = item_set_matrix(groups, self.vocab, weights)
         self._fit_matrix(x, dataset)
+        self.bundle_pairs = None  # bundles shared per pair: evidence counts a bundle once, the scores bundle_weight times
+        if dataset.bundles and self.bundle_weight != 1.0:
+            xb = item_set_matrix([b.items for b in dataset.bundles], self.vocab)
+            pairs = (xb.T @ xb).tocsr()
+            pairs.setdiag(0)
+            pairs.eliminate_zeros()
+            self.bundle_pairs = pairs
         return self
+
+    def bundle_surplus(self, anchor_idx: Sequence[int], items: np.ndarray, r: int) -> float:
+        """What the bundle weight adds to the co-occurrence count of items[r] with the anchors, beyond one per
+        bundle: the count minus this is how many sessions and bundles hold both."""
+        pairs = self.bundle_pairs
+        if pairs is None:
+            return 0.0
+        j = int(items[r])
+        shared = sum(float(pairs[a, j]) for a in anchor_idx if a < pairs.shape[0] and j < pairs.shape[1])
+        return (self.bundle_weight - 1.0) * shared
 
     def _fit_matrix(self, x: sp.csr_matrix, dataset: Dataset) -> None:
         binary = x.copy()
@@ -283,10 +302,11 @@ class CooccurrenceScorer:
         return cols[order].astype(int), vals[order]
 
     def evidence(self, anchors: Sequence[str], item: str) -> int:
-        """Raw co-occurrence count of `item` with the anchors (for provenance)."""
+        """How many sessions and bundles hold `item` with the anchors (for provenance)."""
         if item not in self.vocab.index:
             return 0
-        return int(self.counts_with(self.vocab.known(anchors), np.array([self.vocab.index[item]]))[0])
+        idx, items = self.vocab.known(anchors), np.array([self.vocab.index[item]])
+        return max(0, round(float(self.counts_with(idx, items)[0]) - self.bundle_surplus(idx, items, 0)))
 
     def score(self, anchors: Sequence[str], user_id: str | None = None) -> dict[str, float]:
         vec = self.score_vector(anchors, user_id)
@@ -302,8 +322,31 @@ class CooccurrenceScorer:
         x = item_set_matrix(groups, self.vocab)
         binary = x.copy()
         binary.data[:] = 1.0
-        delta = (x.T @ binary).tocoo()
-        off_diagonal = delta.row != delta.col
+        self._add_delta((x.T @ binary).tocoo(), np.asarray(binary.sum(axis=0)).ravel())
+
+    def extend_groups(self, extensions: Sequence[tuple[Sequence[str], Sequence[str]]], dataset: Dataset) -> None:
+        """Incremental update of groups the fit already counted (a user's purchases, when the data has no
+        sessions): each (old items, new items) adds exactly the pairs the group gains, as a refit would."""
+        extensions = [(tuple(dict.fromkeys(old)), tuple(i for i in dict.fromkeys(new) if i not in set(old)))
+                      for old, new in extensions]
+        extensions = [(old, new) for old, new in extensions if new]
+        if not extensions:
+            return
+        new_ids = [i for old, new in extensions for i in (*old, *new) if i not in self.vocab.index]
+        if new_ids:
+            self.extend_vocab(self.vocab.extended(new_ids), dataset)
+        grown = item_set_matrix([old + new for old, new in extensions], self.vocab)
+        before = item_set_matrix([old for old, _ in extensions], self.vocab)
+        grown.data[:] = 1.0
+        before.data[:] = 1.0
+        delta = ((grown.T @ grown) - (before.T @ before)).tocoo()
+        added = np.asarray(grown.sum(axis=0)).ravel() - np.asarray(before.sum(axis=0)).ravel()
+        self._add_delta(delta, added)
+
+    def _add_delta(self, delta: sp.coo_matrix, added_counts: np.ndarray) -> None:
+        """Add pair counts (only the rows they touch are rewritten, into the overlay; the strongest max_partners
+        kept per row) and per-item group counts."""
+        off_diagonal = (delta.row != delta.col) & (delta.data != 0)
         rows, cols, vals = delta.row[off_diagonal], delta.col[off_diagonal], delta.data[off_diagonal]
         with self._lock:
             for i in np.unique(rows).tolist():
@@ -316,7 +359,7 @@ class CooccurrenceScorer:
                 self._overlay[i] = (merged.astype(self._matrix.indices.dtype), summed)
             if len(self._overlay) > self.OVERLAY_ROWS:
                 self._compact()
-        self._publish_counts(self.counts + np.asarray(binary.sum(axis=0)).ravel().astype(self.counts.dtype))
+        self._publish_counts(self.counts + added_counts.astype(self.counts.dtype))
 
 
 class PopularityScorer:

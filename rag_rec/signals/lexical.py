@@ -9,6 +9,7 @@ the anchors' mean row).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -18,18 +19,23 @@ from rag_rec.data.models import Dataset, Product
 from rag_rec.rows import patched, replace_rows
 from rag_rec.signals.cooc import ItemVocab
 
-_TOKEN = re.compile(r"\w+", re.UNICODE)
+_MARKS = "".join(chr(c) for c in range(0x10000) if unicodedata.category(chr(c)).startswith("M"))
+_TOKEN = re.compile(f"[\\w{re.escape(_MARKS)}]+")  # words with their combining marks (vowel signs, accents)
 
 
 def lexical_text(product: Product | None) -> str:
+    """The title, and the brand when the title does not name it as words of its own."""
     if product is None:
         return ""
     brand = product.brand or ""
-    return product.title if brand.lower() in product.title.lower() else f"{product.title} {brand}"
+    named = set(tokens(brand)) <= set(tokens(product.title))
+    return product.title if named else f"{product.title} {brand}"
 
 
 def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
+    """Lower-case words of any script: Unicode-normalised (NFKC), so composed and decomposed forms of a title
+    are the same words, and combining marks (Devanagari vowel signs, accents) stay inside their word."""
+    return [t for t in _TOKEN.findall(unicodedata.normalize("NFKC", text).lower()) if not unicodedata.combining(t[0])]
 
 
 class LexicalSimilarity:

@@ -54,7 +54,8 @@ class SentenceTransformerEncoder:
 
     def __init__(self, settings: EmbeddingSettings | None = None):
         self.settings = settings or EmbeddingSettings()
-        self.name = self.settings.model
+        # the embedding cache's key for this encoder's vectors: settings that change them change it too
+        self.name = self.settings.model if self.settings.normalize else f"{self.settings.model}|unnormalised"
         self._model = None
         self._lock = threading.Lock()
 
