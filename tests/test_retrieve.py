@@ -585,7 +585,8 @@ def test_anchors_with_rows_changed_since_the_fit_are_prepared_in_python(pipeline
     original = dict(zip([s.vocab.ids[j] for j in cols.tolist()], vals.tolist()))
     served = {c.id: c.evidence["co_purchases"] for c in fast if c.id in original}
     assert any(original[i] % 2 for i in served)  # the doubled (overlay) counts are what was served
-    assert all(count == 2 * original[i] for i, count in served.items())
+    surplus = {i: s.cooc.bundle_surplus(idx, np.array([s.vocab.index[i]]), 0) for i in served}  # bundles count once
+    assert all(count == 2 * original[i] - surplus[i] for i, count in served.items())
 
 
 def test_a_behaviour_signal_is_fused_and_explained(pipeline, monkeypatch):
@@ -626,7 +627,8 @@ def test_the_kernel_reads_a_co_occurrence_matrix_published_after_its_first_reque
     served = {c.id: c.evidence["co_purchases"] for c in pipeline.retriever.retrieve(request).candidates}
     original = dict(zip([s.vocab.ids[j] for j in cols.tolist()], vals.tolist()))
     assert calls and any(i in original for i in served)
-    assert all(count == 2 * original[i] for i, count in served.items() if i in original)
+    surplus = {i: s.cooc.bundle_surplus(idx, np.array([s.vocab.index[i]]), 0) for i in served}  # bundles count once
+    assert all(count == 2 * original[i] - surplus[i] for i, count in served.items() if i in original)
 
 
 def test_a_candidates_contributions_are_read_from_its_ranked_row():
@@ -937,3 +939,45 @@ def test_a_request_that_overlaps_in_place_row_writes_is_redone(pipeline, monkeyp
         pipeline.add_products(ProductsIn(products=[ProductIn(
             id=anchor, title=original.title, category=list(original.category), brand=original.brand,
             price=original.price, in_stock=original.in_stock)]))
+
+
+def test_a_repeated_anchor_is_one_anchor(pipeline):
+    anchor = anchors_of(pipeline, 1)[0]
+    once = pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=20)).candidates
+    twice = pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchor, anchor), k=20)).candidates
+    assert [(c.id, c.score, c.evidence) for c in twice] == [(c.id, c.score, c.evidence) for c in once]
+
+
+def test_co_purchase_evidence_counts_each_shared_session_or_bundle_once(pipeline):
+    groups = [set(g) for g in pipeline.dataset.item_sets()]
+    checked = bundled = 0
+    for anchor in anchors_of(pipeline, 40):
+        for c in pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchor,), k=40)).candidates:
+            if "cooc" not in c.payload["found_by"]:
+                continue
+            shared = sum(anchor in g and c.id in g for g in groups)
+            assert c.evidence["co_purchases"] == shared, (anchor, c.id)
+            checked += 1
+            bundled += any(anchor in b.items and c.id in b.items for b in pipeline.dataset.bundles)
+    assert checked >= 20 and bundled >= 10  # bundles weigh double in the scores, once in the evidence
+
+
+def test_the_popular_fallback_finds_a_narrow_filters_products_anywhere_in_the_catalogue(pipeline):
+    products = pipeline.dataset.products
+    counts = pipeline.signals.popularity.counts
+    order = np.argsort(-counts, kind="stable")
+    tail = [pipeline.signals.vocab.ids[j] for j in order[-400:] if products[pipeline.signals.vocab.ids[j]].price]
+    price = products[tail[0]].price
+    matching = {i for i, p in products.items() if p.price is not None and price <= p.price <= price}
+    result = pipeline.retriever.retrieve(RetrievalRequest(filter=Filter(ranges={"price": (price, price)}), k=10))
+    assert {c.id for c in result.candidates} == set(sorted(matching, key=lambda i: -counts[pipeline.signals.vocab.index[i]])[:10])
+    nothing = pipeline.retriever.retrieve(RetrievalRequest(filter=Filter(ranges={"price": (-2.0, -1.0)}), k=10))
+    assert nothing.candidates == [] and "no product in the catalogue passes the filters" in nothing.notes
+
+
+def test_a_price_range_without_bounds_is_no_condition(pipeline):
+    from rag_rec.retrieve.hybrid import product_matches
+
+    unpriced = next(p for p in pipeline.dataset.products.values() if p.price is None)
+    assert product_matches(unpriced, Filter(ranges={"price": (None, None)}))
+    assert not product_matches(unpriced, Filter(ranges={"price": (0.0, None)}))

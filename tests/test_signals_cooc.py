@@ -18,7 +18,9 @@ def tiny() -> Dataset:
 def test_counts_and_evidence():
     c = CooccurrenceScorer().fit(tiny())
     assert c.evidence(["cam"], "bat") == 2
-    assert c.evidence(["cam"], "bag") == 3          # one session + a bundle weighted 2
+    assert c.evidence(["cam"], "bag") == 2          # one session + one bundle (weighted 2 in the scores only)
+    bag = np.array([c.vocab.index["bag"]])
+    assert c.counts_with(c.vocab.known(["cam"]), bag)[0] == 3 and c.bundle_surplus(c.vocab.known(["cam"]), bag, 0) == 1
     scores = c.score(["cam"])
     assert "cam" not in scores and scores["bag"] > scores["bat"]
 
@@ -81,7 +83,8 @@ def test_pool_scores_equal_whole_vocabulary_scores():
         others = np.setdiff1d(pool, idx)  # the whole-vocabulary scores rule the anchors out (-inf)
         np.testing.assert_allclose(cooc.score_pool(idx, pool)[others], cooc.score_vector(anchors)[others], atol=1e-5)
         np.testing.assert_allclose(cat.score_pool(idx, pool)[others], cat.score_vector(anchors)[others], atol=1e-9)
-        assert cooc.counts_with(idx, pool).tolist() == [
+        weighted = cooc.counts_with(idx, pool)
+        assert [round(w - cooc.bundle_surplus(idx, pool, j)) for j, w in enumerate(weighted)] == [
             sum(cooc.evidence([a], i) for a in anchors) for i in cooc.vocab.ids]
     assert cat.score_pool(cooc.vocab.known(["cam"]), pool)[cooc.vocab.index["nocat"]] == 0.0
 

@@ -22,18 +22,22 @@ class RetrievalRequest:
 class _RankedRows:
     """What a request's candidates share: the ranked rows and how to read a row's labels and contributions."""
 
-    __slots__ = ("ranked", "names", "first", "found_by", "with_counts")
+    __slots__ = ("ranked", "names", "first", "found_by", "with_counts", "surplus")
 
     def __init__(self, ranked: np.ndarray, names: tuple[str, ...], first: int,
-                 found_by: Callable[[int], tuple[str, ...]], with_counts: bool):
-        self.ranked, self.names, self.first, self.found_by, self.with_counts = (
-            ranked, names, first, found_by, with_counts)
+                 found_by: Callable[[int], tuple[str, ...]], with_counts: bool,
+                 surplus: Callable[[int], float] | None = None):
+        self.ranked, self.names, self.first, self.found_by, self.with_counts, self.surplus = (
+            ranked, names, first, found_by, with_counts, surplus)
 
     def sources(self, r: int) -> dict[str, float]:
         return dict(zip(self.names, self.ranked[r, self.first:].tolist()))
 
     def evidence(self, r: int) -> dict[str, object]:
-        return {"co_purchases": int(self.ranked[r, 1])} if self.with_counts else {}
+        if not self.with_counts:
+            return {}
+        count = float(self.ranked[r, 1]) - (self.surplus(r) if self.surplus is not None else 0.0)
+        return {"co_purchases": max(0, round(count))}  # sessions and bundles holding both, each once
 
     def payload(self, r: int) -> dict[str, object]:
         return {"found_by": list(self.found_by(int(self.ranked[r, 2])))}
@@ -80,11 +84,12 @@ class Candidate:
 
     @classmethod
     def from_ranked(cls, ids: list[str], ranked: np.ndarray, names: tuple[str, ...], first: int,
-                    found_by: Callable[[int], tuple[str, ...]], with_counts: bool) -> list[Candidate]:
-        """Candidates in rank order from rows (score, co-purchases, provenance code, one contribution per name from
-        column `first` on); `found_by(code)` gives the provenance labels. Their sources, evidence and payload are
-        read from the row when first asked for."""
-        shared, new, out = _RankedRows(ranked, names, first, found_by, with_counts), cls.__new__, []
+                    found_by: Callable[[int], tuple[str, ...]], with_counts: bool,
+                    surplus: Callable[[int], float] | None = None) -> list[Candidate]:
+        """Candidates in rank order from rows (score, co-occurrence count, provenance code, one contribution per name
+        from column `first` on); `found_by(code)` gives the provenance labels, `surplus(row)` what weighting added
+        to the row's count. Their sources, evidence and payload are read from the row when first asked for."""
+        shared, new, out = _RankedRows(ranked, names, first, found_by, with_counts, surplus), cls.__new__, []
         for r, (item, score) in enumerate(zip(ids, ranked[:, 0].tolist())):
             candidate = new(cls)
             candidate.id, candidate.score, candidate._row = item, score, (shared, r)

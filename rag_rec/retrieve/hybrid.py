@@ -45,6 +45,8 @@ def product_matches(product: Product, flt: Filter | None) -> bool:
         elif have != want:
             return False
     for key, (lo, hi) in flt.ranges.items():
+        if lo is None and hi is None:  # no bound: no condition, as in the engine
+            continue
         have = values.get(key)
         if have is None or (lo is not None and have < lo) or (hi is not None and have > hi):
             return False
@@ -475,6 +477,22 @@ class HybridRetriever:
             keep &= ~np.isnan(p) & (np.nan_to_num(p, nan=-np.inf) >= part.low) & (np.nan_to_num(p, nan=np.inf) <= part.high)
         return self._per_product(idx[keep], flt)
 
+    def _popular_passing(self, flt: Filter, n: int) -> np.ndarray:
+        """The n most popular products passing `flt`, read down the popularity order in growing windows (stock,
+        price and excluded ids in arrays, other conditions per product), so a narrow filter still finds its
+        products anywhere in the catalogue."""
+        counts = self.signals.popularity.counts
+        order = np.argsort(-counts, kind="stable")
+        excluded = [self.signals.vocab.index[i] for i in flt.must_not_ids if i in self.signals.vocab.index]
+        found: list[np.ndarray] = []
+        start, window, have = 0, 4 * n, 0
+        while start < len(order) and have < n:
+            passing = self._passing(order[start:start + window], flt, excluded)
+            found.append(passing)
+            have += len(passing)
+            start, window = start + window, window * 8
+        return np.concatenate(found)[:n] if found else np.zeros(0, dtype=np.int64)
+
     def _reference_partners(self, anchor_idx: Sequence[int], flt: Filter, excluded: Sequence[int],
                             n: int) -> np.ndarray:
         """The anchors' n strongest co-occurrence partners passing `flt`, in numpy (top_partners' reference)."""
@@ -501,7 +519,7 @@ class HybridRetriever:
         vocab_index = s.vocab.index
         notes: list[str] = []
         anchors, anchor_idx, unknown = [], [], []
-        for a in request.anchors:
+        for a in dict.fromkeys(request.anchors):  # a repeated anchor is one anchor
             i = vocab_index.get(a)
             if i is None:
                 unknown.append(a)
@@ -576,7 +594,7 @@ class HybridRetriever:
             if fused.status == fusion_kernel.NEW_KEY:
                 fused = fuse(self._key_table(int(keys.max())))
             if fused.status == fusion_kernel.OK and len(fused.pool):
-                candidates = self._candidates(fused.names, fused.chosen, fused.ranked, True, "engine")
+                candidates = self._candidates(fused.names, fused.chosen, fused.ranked, anchor_idx, "engine")
                 notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
                 return RetrievalResult(candidates, notes, paths)
             passing = self._reference_partners(anchor_idx, flt, excluded, n_partners)  # stale snapshot: reference path
@@ -586,7 +604,7 @@ class HybridRetriever:
                 fused = fusion_kernel.fuse_hits(table, self._key_table(int(keys.max())), keys, passing, query,
                                                 request.k)
             if fused.status == fusion_kernel.OK and len(fused.pool):
-                candidates = self._candidates(fused.names, fused.chosen, fused.ranked, bool(anchor_idx), "engine")
+                candidates = self._candidates(fused.names, fused.chosen, fused.ranked, anchor_idx, "engine")
                 notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
                 return RetrievalResult(candidates, notes, paths)
             # a pool beyond the snapshot taken before the engine call (the vocabulary grew during it): the
@@ -605,13 +623,9 @@ class HybridRetriever:
             notes.append("no retrieved product passes the filters: most popular items that do" if guided
                          else "no anchors, need or known user: most popular items")
             paths.append("popular")
-            pool_list: list[int] = []
-            for j in np.argsort(-s.popularity.counts)[: n * 4].tolist():
-                if product_matches(self.products.get(s.vocab.ids[j], _NO_PRODUCT), flt):
-                    pool_list.append(j)
-                    if len(pool_list) >= n:
-                        break
-            pool = np.asarray(pool_list, dtype=np.int64)
+            pool = self._popular_passing(flt, n)
+            if not len(pool):
+                notes[-1] = "no product in the catalogue passes the filters"
         feats = self.scorer.features(pool, anchors, user if user_known else None, need_vector, cf_query)
         names, weighted = self.scorer.weighted(feats, len(pool))
         scores = weighted.sum(axis=0)
@@ -629,17 +643,21 @@ class HybridRetriever:
                  + (contributions > 0) @ (fusion_kernel.POSITIVE << np.arange(len(names))))
         counts = s.cooc.counts_with(anchor_idx, chosen) if anchor_idx else np.zeros(len(chosen))
         ranked = np.column_stack([scores[order], counts, codes, contributions])
-        candidates = self._candidates(names, chosen, ranked, bool(anchor_idx), "popular" if popular else "engine")
+        candidates = self._candidates(names, chosen, ranked, anchor_idx, "popular" if popular else "engine")
         notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
         return RetrievalResult(candidates, notes, paths)
 
-    def _candidates(self, names: list[str], chosen: np.ndarray, ranked: np.ndarray, with_counts: bool,
+    def _candidates(self, names: list[str], chosen: np.ndarray, ranked: np.ndarray, anchor_idx: list[int],
                     base_source: str) -> list[Candidate]:
-        """Candidates in rank order from fusion_kernel's ranked layout (score, co-purchases, provenance code, one
-        contribution per name)."""
+        """Candidates in rank order from fusion_kernel's ranked layout (score, co-occurrence count, provenance code,
+        one contribution per name); with anchors, their evidence counts each shared session or bundle once."""
         names = tuple(names)
+        cooc = self.signals.cooc
+        surplus = (partial(cooc.bundle_surplus, tuple(anchor_idx), chosen)
+                   if anchor_idx and getattr(cooc, "bundle_pairs", None) is not None else None)
         return Candidate.from_ranked(self._id_array()[chosen].tolist(), ranked, names, fusion_kernel.RANKED_COLUMNS,
-                                     partial(found_by_of, names=names, base_source=base_source), with_counts)
+                                     partial(found_by_of, names=names, base_source=base_source), bool(anchor_idx),
+                                     surplus)
 
 
 _NO_PRODUCT = Product(id="", title="", in_stock=False)
