@@ -227,6 +227,7 @@ def test_dockerfile_runs_the_api_as_non_root_with_a_healthcheck():
     port = re.search(r"RAG_REC_SERVE__PORT=(\d+)", text).group(1)
     assert re.search(rf"^EXPOSE {port}$", text, re.MULTILINE)
     assert "[text,serve,fast]" in text and "NUMBA_CACHE_DIR" in text  # the compiled fusion, cache writable
+    assert re.search(r"^\s+OMP_NUM_THREADS=1 ", text, re.MULTILINE)  # spinning OpenMP workers (docs/ROBUSTNESS.md)
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     for line in ignore:
         if line.startswith("!") and not line.endswith(".md"):
