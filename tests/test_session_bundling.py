@@ -223,3 +223,9 @@ def test_eval_limit_must_be_positive(capsys):
 ])
 def test_heuristic_names_keep_other_scripts_and_acronyms(titles, name):
     assert name_group([Product(str(n), t) for n, t in enumerate(titles)]) == name
+
+
+def test_the_harness_reports_how_many_intents_the_heuristic_named():
+    b, ds = bundler(answer((["I1", "I2"], "(I1), (I2)"), (["I3", "I4"], "Mouse and pad")))
+    result = T.run_session_bundling(ds, b)
+    assert result.metrics["llm_intents_replaced"] == 1.0 and result.metrics["llm_llm_sessions"] == 1.0

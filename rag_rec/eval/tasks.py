@@ -182,7 +182,7 @@ def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: in
         metrics.update(summarize_judgements(judge_instance.judge_many(cases)))
         if hasattr(judge_instance.llm, "close"):
             judge_instance.llm.close()
-    for attr in ("fallbacks", "llm_sessions"):
+    for attr in ("fallbacks", "llm_sessions", "intents_replaced"):  # intents_replaced: named by the heuristic
         if hasattr(bundler, attr):
             metrics[f"llm_{attr}"] = float(getattr(bundler, attr))
     metrics["seconds_per_session"] = (time.perf_counter() - t0) / max(len(rows), 1)
