@@ -28,7 +28,7 @@ class DataSettings(_Section):
                           "durable journal (committed before the API answers) and replay it at start, so a restart "
                           "loses no acknowledged write (docs/ROBUSTNESS.md)")
     journal_path: Path | None = Field(default=None, description="The journal's SQLite file; default: "
-                                      "ingest-journal.sqlite in index.path")
+                                      "ingest-journal.sqlite in index.path (deleting that folder deletes it)")
 
 
 class EmbeddingSettings(_Section):
