@@ -452,10 +452,8 @@ class BundlePipeline:
         """Update co-occurrence, category affinity, popularity, ALS user factors and histories with batches of
         events of known products, counted as a refit on the same events would count them: a session's events
         form one co-purchase group per batch (as each batch was sent); without sessions in the data, a user's
-        purchases are the group; an event repeated verbatim within a batch counts once (the loaders drop such
-        rows too)."""
-        batches = [list({(e.user_id, e.item_id, e.event, e.timestamp, e.session_id, e.quantity): e
-                         for e in reversed(batch)}.values())[::-1] for batch in batches]
+        purchases are the group. Every event counts, repeated ones too (three views of a product in one batch, all
+        stamped with the same second, are three views)."""
         events = [e for batch in batches for e in batch]
         if not events:
             return
