@@ -40,6 +40,18 @@ def estimated_tokens(messages: list[dict[str, str]]) -> int:
     return sum(len(m["content"].encode()) // 3 + 8 for m in messages)
 
 
+def prompt_tokens(llm, messages: list[dict[str, str]]) -> int:
+    """The prompt's tokens by the backend's own tokenizer when it has one (VLLMEngine.prompt_tokens), else the
+    estimate."""
+    counter = getattr(llm, "prompt_tokens", None)
+    if counter is not None:
+        try:
+            return counter(messages)
+        except Exception:  # the estimate is an upper bound for any byte-level tokenizer's English
+            log.exception("counting prompt tokens failed; using the estimate")
+    return estimated_tokens(messages)
+
+
 def describe(product, key: str) -> str:
     parts = [f"{key}: {_clean(product.title)}"]
     if product.category:
@@ -65,22 +77,13 @@ class LLMComposer:
         limit = self.settings.max_model_len - 2 * self.settings.max_tokens - REPAIR_ALLOWANCE
         while True:
             request, key_to_id = self._request(context, cands)
-            used = self._prompt_tokens(request.messages)
+            used = prompt_tokens(self.llm, request.messages)
             if used <= limit or not cands:
                 break
             cands = cands[:min(len(cands) - 1, len(cands) * limit // used)]
         if used > limit or len(key_to_id) < 2:
             return None, key_to_id
         return request, key_to_id
-
-    def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        counter = getattr(self.llm, "prompt_tokens", None)
-        if counter is not None:
-            try:
-                return counter(messages)
-            except Exception:  # the estimate is an upper bound for any byte-level tokenizer's English
-                log.exception("counting prompt tokens failed; using the estimate")
-        return estimated_tokens(messages)
 
     def _request(self, context: ComposeContext, cands: Sequence[str]) -> tuple[GenerationRequest, dict[str, str]]:
         anchors = [a for a in context.anchors if a in context.products]

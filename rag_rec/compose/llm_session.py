@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from rag_rec.compose.grounding import _leaks, keyed, parse_json_object, placeholder, plain_text
-from rag_rec.compose.llm_composer import _clean, estimated_tokens
+from rag_rec.compose.llm_composer import _clean, prompt_tokens
 from rag_rec.compose.prompts import load_prompt
 from rag_rec.compose.session import SimilarityBundler, name_group
 from rag_rec.data.models import Dataset, Session
@@ -123,19 +123,10 @@ class LLMSessionBundler:
                                       if dataset.products[i].category else "")
                                    for k, i in keys.items())
                 messages = self.template.render(examples=examples if with_examples else "", items=items + instruction)
-                if self._prompt_tokens(messages) <= limit:
+                if prompt_tokens(self._llm, messages) <= limit:
                     return GenerationRequest(messages, schema, self.settings.llm.max_tokens, 0.0,
                                              repetition_penalty=self.settings.llm.repetition_penalty)
         return None
-
-    def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        counter = getattr(self._llm, "prompt_tokens", None) if self._llm is not None else None
-        if counter is not None:
-            try:
-                return counter(messages)
-            except Exception:
-                log.exception("counting prompt tokens failed; using the estimate")
-        return estimated_tokens(messages)
 
     def bundle_sessions(self, sessions: Sequence[Session], dataset: Dataset) -> list[list[PredictedBundle]]:
         vectors = self.pregroup._vectors(sessions, dataset)
