@@ -15,25 +15,9 @@ from rag_rec.eval import metrics as M
 from rag_rec.eval import tasks as T
 from rag_rec.eval.judge import LLMJudge, parse_judgement, summarize_judgements
 from rag_rec.eval.recommenders import PredictedBundle
-from rag_rec.llm.base import Generation, LLMUnavailable
+from rag_rec.llm.base import LLMUnavailable
 from rag_rec.settings import Settings
-
-
-class ScriptedLLM:
-    name = "scripted"
-
-    def __init__(self, *outputs):
-        self.outputs, self.requests = list(outputs), []
-
-    def generate(self, requests):
-        self.requests.append(list(requests))
-        item = self.outputs.pop(0) if self.outputs and isinstance(self.outputs[0], Exception) else None
-        if item is not None:
-            raise item
-        return [Generation(self.outputs.pop(0)) for _ in requests]
-
-    def close(self):
-        pass
+from test_compose import ScriptedLLM
 
 
 class HashEncoder:
