@@ -28,12 +28,7 @@ class CategoryAffinity:
         self.codes = {k: n for n, k in enumerate(sorted({k for k in keys if k}))}
         self.item_code = np.array([self.codes[k] if k else -1 for k in keys])
         n = len(self.codes)
-        rows, cols = [], []
-        for g, group in enumerate(dataset.item_sets()):
-            cats = {self.item_code[j] for j in self.vocab.known(group) if self.item_code[j] >= 0}
-            rows.extend([g] * len(cats))
-            cols.extend(cats)
-        x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(max(rows, default=-1) + 1, n))
+        x = self._group_matrix(dataset.item_sets())
         # symmetric; C order so an anchor's row is one contiguous read (toarray of the CSC product is F order,
         # which made each row 3,903 cache lines on Dunnhumby)
         self.pair = np.ascontiguousarray((x.T @ x).toarray()) if n <= 5000 else (x.T @ x).tocsr()
@@ -54,17 +49,21 @@ class CategoryAffinity:
         codes = [self.codes.get(k, -1) if k else -1 for k in keys]
         self.item_code = patched(self.item_code, len(vocab), rows, codes, -1)
 
+    def _group_matrix(self, groups) -> sp.csr_matrix:
+        """Binary group x category-code matrix: the categories of each group's known, categorised items."""
+        rows, cols = [], []
+        for g, group in enumerate(groups):
+            cats = {int(self.item_code[j]) for j in self.vocab.known(group) if self.item_code[j] >= 0}
+            rows.extend([g] * len(cats))
+            cols.extend(cats)
+        return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(max(rows, default=-1) + 1, len(self.codes)))
+
     def add_groups(self, groups: Sequence[Sequence[str]]) -> None:
         """Incremental update: the category pairs and counts of new sessions, counted as the fit counts them
         (dense pairs are added in place; a sparse pair matrix is replaced whole)."""
-        sets = [sorted({int(self.item_code[j]) for j in self.vocab.known(group) if self.item_code[j] >= 0})
-                for group in groups]
-        sets = [cats for cats in sets if cats]
-        if not sets:
+        x = self._group_matrix(groups)
+        if not x.nnz:
             return
-        rows = [g for g, cats in enumerate(sets) for _ in cats]
-        x = sp.csr_matrix((np.ones(len(rows)), (rows, [c for cats in sets for c in cats])),
-                          shape=(len(sets), len(self.codes)))
         delta = (x.T @ x).tocoo()
         if isinstance(self.pair, np.ndarray):
             off = delta.row != delta.col

@@ -327,8 +327,8 @@ class CooccurrenceScorer:
     def extend_groups(self, extensions: Sequence[tuple[Sequence[str], Sequence[str]]], dataset: Dataset) -> None:
         """Incremental update of groups the fit already counted (a user's purchases, when the data has no
         sessions): each (old items, new items) adds exactly the pairs the group gains, as a refit would."""
-        extensions = [(tuple(dict.fromkeys(old)), tuple(i for i in dict.fromkeys(new) if i not in set(old)))
-                      for old, new in extensions]
+        distinct = [(dict.fromkeys(old), dict.fromkeys(new)) for old, new in extensions]
+        extensions = [(tuple(old), tuple(i for i in new if i not in old)) for old, new in distinct]
         extensions = [(old, new) for old, new in extensions if new]
         if not extensions:
             return
