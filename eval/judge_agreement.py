@@ -4,6 +4,7 @@ usage: python eval/judge_agreement.py [MODEL] -> eval/results/judge_agreement-MO
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -17,13 +18,16 @@ if __name__ == "__main__":
     rows = load_labels(root / "judge_labels.jsonl")
     llm = make_llm(Settings().llm.model_copy(update={"model": model}))
     try:
-        judgements = LLMJudge(llm).judge_many([case for case, _ in rows])
+        judge = LLMJudge(llm)
+        judgements = judge.judge_many([case for case, _ in rows])
     finally:
         llm.close()
-    result = {"model": model, "labels": str(root / "judge_labels.jsonl"), "sample_size": len(rows),
+    result = {"model": model, "prompt": judge.template.id, "labels": str(root / "judge_labels.jsonl"),
+              "sample_size": len(rows),
               **agreement(judgements, [lab for _, lab in rows]),
               "judgements": [j.model_dump() if j else None for j in judgements]}
     out = root / "results" / f"judge_agreement-{model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    result = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}  # undefined kappa
+    out.write_text(json.dumps(result, indent=2, allow_nan=False))
     print(json.dumps({k: v for k, v in result.items() if k != "judgements"}, indent=2))

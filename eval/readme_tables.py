@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +43,7 @@ def results_md() -> str:
         out.append(f"| {name} | {fmt(e[name]['metrics']['recall@10'])} | {fmt(e[name]['metrics']['ndcg@10'])} | "
                    f"{fmt(c.get(name, {}).get('metrics', {}).get('recall@10'))} | "
                    f"{fmt(c.get(name, {}).get('metrics', {}).get('ndcg@10'))} |")
+    out += paired_lines(["bundle_completion-electronic", "bundle_completion-clothing"])
     out += ["", "**Basket completion** (Dunnhumby, 92k products, last basket of 1000 households, one item hidden):", "",
             "| recommender | HR@10 | NDCG@10 | HR@20 |", "|---|---|---|---|"]
     d = metrics("basket_completion-dunnhumby")
@@ -49,7 +51,31 @@ def results_md() -> str:
     for name, r in d.items():
         m = r["metrics"]
         out.append(f"| {name} | {fmt(m['hr@10'])} | {fmt(m['ndcg@10'])} | {fmt(m['hr@20'])} |")
+    out += paired_lines(["basket_completion-dunnhumby"])
     return "\n".join(out)
+
+
+SINGLE_SIGNALS = ("pop", "itemknn", "als", "text", "lexical", "behaviour")
+
+
+def paired_lines(runs: list[str]) -> list[str]:
+    """The hybrid against its best single signal per run, with the paired bootstrap interval and the sign test
+    over the same test cases (written by the harness as `paired`)."""
+    lines = []
+    for run in runs:
+        path = RES / run / "metrics.json"
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+        against = doc.get("paired", {}).get("against", {})
+        singles = {n: c for n, c in against.items() if n in SINGLE_SIGNALS}
+        if not singles:
+            continue
+        name, c = max(singles.items(), key=lambda kv: kv[1]["mean_b"])
+        lo, hi = c["ratio_ci95"]
+        lines.append(f"- {run.split('-', 1)[1]}: hybrid / {name} (the best single signal) on {doc['paired']['metric']} "
+                     f"= {c['ratio']:.2f}x, 95% paired bootstrap interval {lo:.2f}-{hi:.2f}x; the hybrid ranks the "
+                     f"target higher in {c['wins_a']} cases, {name} in {c['wins_b']} (sign test p = "
+                     f"{c['sign_test_p']:.2f}).")
+    return ["", "Uncertainty (over the test cases, same cases for both):", "", *lines] if lines else []
 
 
 def bench_md() -> str:
@@ -110,10 +136,15 @@ def replace(text: str, name: str, body: str) -> str:
     return text.replace(name.upper(), block)
 
 
+def regenerated(text: str) -> str:
+    return replace(replace(text, "results_tables", results_md()), "bench_table", bench_md())
+
+
 if __name__ == "__main__":
     readme = REPO / "README.md"
-    text = readme.read_text()
-    text = replace(text, "results_tables", results_md())
-    text = replace(text, "bench_table", bench_md())
+    text = regenerated(readme.read_text())
+    if "--check" in sys.argv[1:]:
+        sys.exit(0 if text == readme.read_text() else "README.md's tables differ from the committed results: "
+                 "run .venv/bin/python eval/readme_tables.py")
     readme.write_text(text)
     print(text[text.index("## Results"):text.index("## Configuration")])

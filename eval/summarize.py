@@ -23,7 +23,7 @@ def main() -> None:
                   "|---" * (len(keys) + 3) + "|"]
         for name, d in runs:
             for rec, r in d["results"].items():
-                cells = [f"{r['metrics'][k]:.3f}" if k in r["metrics"] else "" for k in keys]
+                cells = ["" if r["metrics"].get(k) is None else f"{r['metrics'][k]:.3f}" for k in keys]
                 lines.append(f"| [{name}]({name}/report.md) | {rec} | " + " | ".join(cells) + f" | {r['n_cases']} |")
         lines.append("")
     (ROOT / "SUMMARY.md").write_text("\n".join(lines))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +16,7 @@ from rich.table import Table
 
 from rag_rec.errors import UsageError
 from rag_rec.data import load_dataset
+from rag_rec.eval import metrics as M
 from rag_rec.eval import tasks as T
 from rag_rec.eval.recommenders import BUNDLERS, RANKERS
 from rag_rec.settings import Settings
@@ -28,7 +31,7 @@ HEADLINE = {
     "session_bundling": ["precision", "recall", "coverage", "precision_1to1", "recall_1to1", "coverage_1to1",
                          "exact_match", "jaccard", "valid", "hallucinated_item_rate", "duplicate_rate",
                          "intent_rouge1", "intent_rougeL", "intent_embedding_sim", "judge_naturalness",
-                         "judge_coverage", "judge_motivation", "judge_faithful"],
+                         "judge_coverage", "judge_motivation", "judge_faithful", "judge_valid", "judged"],
     "bundle_completion": ["recall@10", "ndcg@10", "recall@20", "mrr", "auc"],
     "basket_completion": ["hr@10", "ndcg@10", "hr@20", "mrr", "auc"],
 }
@@ -104,18 +107,67 @@ def run_eval(task: str, data: str, recommenders: Sequence[str] | None, out: str 
         "limit": limit,
         "seed": seed,
         "command": command,
+        "settings": run_settings(settings, judge=judge),
         "python": platform.python_version(),
         "seconds": time.perf_counter() - t0,
-        "results": {r.recommender: {"metrics": r.metrics, "n_cases": r.n_cases, "seconds": r.seconds}
+        "results": {r.recommender: {"metrics": r.metrics, "n_cases": r.n_cases, "seconds": r.seconds,
+                                    **({"ci95": ranking_ci(task, r)} if task != "session_bundling" else {})}
                     for r in results},
         "examples": {r.recommender: r.examples for r in results if r.examples},
         "cleaning": dataset.report.to_dict() if dataset.report else None,
     }
+    if task != "session_bundling":
+        doc["paired"] = paired_against("hybrid", results)
+        (out / "per_case.json").write_text(json.dumps(
+            {"cases": [{"anchors": list(c.anchors), "target": c.target, "user_id": c.user_id} for c in cases],
+             "scores": {r.recommender: {k: [row[k] for row in r.per_case] for k in r.per_case[0]}
+                        for r in results}}, allow_nan=False))
     if doc["cleaning"] and len(doc["cleaning"]["quarantined"]) > 50:
         doc["cleaning"]["quarantined"] = doc["cleaning"]["quarantined"][:50]
     (out / "metrics.json").write_text(json.dumps(_json_safe(doc), indent=2, default=str, allow_nan=False))
     write_report(doc, out)
     _print_table(doc, console)
+    return doc
+
+
+PRIMARY = "recall@10"  # bundle completion's Recall@10 is basket completion's HR@10
+
+
+def ranking_ci(task: str, result: T.TaskResult) -> dict[str, list[float]]:
+    """95% bootstrap intervals (over test cases) of the task's headline ranking metrics."""
+    out = {}
+    for key in HEADLINE[task]:
+        source = key.replace("hr@", "recall@")
+        if result.per_case and source in result.per_case[0]:
+            out[key] = list(M.bootstrap_ci([row[source] for row in result.per_case]))
+    return out
+
+
+def paired_against(reference: str, results: Sequence[T.TaskResult]) -> dict:
+    """The reference recommender against every other one on the same cases (Recall@10 / HR@10): ratio of
+    means with its paired bootstrap interval, per-case wins and the sign test. Empty without the reference."""
+    by_name = {r.recommender: r for r in results}
+    if reference not in by_name:
+        return {}
+    ref = [row[PRIMARY] for row in by_name[reference].per_case]
+    return {"reference": reference, "metric": PRIMARY,
+            "against": {name: asdict(M.paired_comparison(ref, [row[PRIMARY] for row in r.per_case]))
+                        for name, r in by_name.items() if name != reference}}
+
+
+def run_settings(settings: Settings, *, judge: bool = False) -> dict:
+    """What reproduces a run besides its command line: the resolved settings (secrets redacted), the RAG_REC_
+    variables that were set, and for judged runs the judge's model and prompt version."""
+    resolved = settings.model_dump(mode="json")
+    for section, field in (("index", "api_key"), ("llm", "api_key"), ("serve", "api_keys")):
+        if resolved.get(section, {}).get(field):
+            resolved[section][field] = "<redacted>"
+    doc = {"resolved": resolved,
+           "environment": sorted(k for k in os.environ if k.upper().startswith("RAG_REC_"))}
+    if judge:
+        from rag_rec.compose.prompts import load_prompt
+
+        doc["judge"] = {"model": settings.llm.judge_model or settings.llm.model, "prompt": load_prompt("judge").id}
     return doc
 
 
@@ -130,8 +182,18 @@ def _print_table(doc: dict, console: Console) -> None:
     for k in keys:
         table.add_column(k, justify="right")
     for name, r in doc["results"].items():
-        table.add_row(name, *[f"{r['metrics'].get(k, float('nan')):.3f}" for k in keys])
+        table.add_row(name, *[_cell(k, r["metrics"].get(k)) for k in keys])
     console.print(table)
+
+
+def _cell(key: str, value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"  # not measured (e.g. no valid judgement), never a zero
+    return f"{value:.0f}" if key == "judged" else f"{value:.4f}"
+
+
+def _plotted(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def write_report(doc: dict, out: Path) -> Path:
@@ -143,15 +205,22 @@ def write_report(doc: dict, out: Path) -> Path:
 
     keys = [k for k in HEADLINE[doc["task"]] if any(k in r["metrics"] for r in doc["results"].values())]
     names = list(doc["results"])
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) * max(1, len(names)) / 2), 4))
+    panels = [[k for k in keys if not k.startswith("judge") and k != "judged"],
+              [k for k in keys if k.startswith("judge_") and k != "judge_valid"]]  # 0-1 rates; 1-3 rubric scores
+    panels = [p for p in panels if p]
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, width_ratios=[len(p) for p in panels],
+                             figsize=(max(6, 0.6 * sum(map(len, panels)) * max(1, len(names))), 4))
     width = 0.8 / max(len(names), 1)
-    for n, name in enumerate(names):
-        values = [doc["results"][name]["metrics"].get(k, 0.0) for k in keys]
-        ax.bar([i + n * width for i in range(len(keys))], values, width, label=name)
-    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(keys))], keys, rotation=30, ha="right")
-    ax.set_title(f"{doc['task']} — {doc['dataset']}")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    for ax, panel in zip(axes[0], panels):
+        for n, name in enumerate(names):
+            values = [_plotted(doc["results"][name]["metrics"].get(k)) for k in panel]  # missing: no bar, not 0
+            ax.bar([i + n * width for i in range(len(panel))], values, width, label=name)
+        ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(panel))], panel, rotation=30, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_title(f"{doc['task']} — {doc['dataset']}")
+    if len(panels) > 1:
+        axes[0][1].set_title("LLM judge (rubric scores; means over valid judgements)")
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "metrics.png", dpi=110)
     plt.close(fig)
@@ -161,8 +230,7 @@ def write_report(doc: dict, out: Path) -> Path:
         lines += [f"Command: `{doc['command']}`", ""]
     lines += ["| " + " | ".join(["recommender", *keys, "cases"]) + " |", "|---" * (len(keys) + 2) + "|"]
     for name, r in doc["results"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['metrics'].get(k, float('nan')):.4f}" for k in keys)
-                     + f" | {r['n_cases']} |")
+        lines.append(f"| {name} | " + " | ".join(_cell(k, r["metrics"].get(k)) for k in keys) + f" | {r['n_cases']} |")
     lines += ["", "![metrics](metrics.png)", ""]
     for name, examples in doc.get("examples", {}).items():
         lines += [f"## Examples: {name}", ""]

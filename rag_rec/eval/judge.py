@@ -99,6 +99,7 @@ def agreement(judgements: Sequence[LLMJudgement | None], labels: Sequence[dict])
                              "judge_valid": sum(j is not None for j in judgements) / max(len(labels), 1)}
     for dim in DIMENSIONS:
         pairs = [(getattr(j, dim), lab[dim]) for j, lab in zip(judgements, labels) if j is not None]
+        out[f"{dim}_n"] = float(len(pairs))
         if not pairs:
             continue
         a = np.array([int(x) for x, _ in pairs])
@@ -107,5 +108,5 @@ def agreement(judgements: Sequence[LLMJudgement | None], labels: Sequence[dict])
         cats = sorted(set(a) | set(b))
         pe = sum(float(np.mean(a == c)) * float(np.mean(b == c)) for c in cats)
         out[f"{dim}_exact"] = po
-        out[f"{dim}_kappa"] = (po - pe) / (1 - pe) if pe < 1 else 1.0
+        out[f"{dim}_kappa"] = (po - pe) / (1 - pe) if pe < 1 else float("nan")  # undefined: both raters constant
     return out

@@ -168,3 +168,58 @@ def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
     scorer = rouge.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     result = scorer.score(reference, prediction)
     return {k: float(v.fmeasure) for k, v in result.items()}
+
+
+# ---- uncertainty ----
+
+def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over cases."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return (math.nan, math.nan)
+    means = x[np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Recommender a against b on the same cases: the ratio of means, its paired bootstrap interval, the cases
+    each one wins, and the two-sided sign test over those cases."""
+    mean_a: float
+    mean_b: float
+    ratio: float
+    ratio_ci95: tuple[float, float]
+    difference_ci95: tuple[float, float]
+    wins_a: int
+    wins_b: int
+    sign_test_p: float
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], *, resamples: int = 2000,
+                      seed: int = 0) -> PairedComparison:
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or len(x) == 0:
+        raise ValueError(f"paired scores need the same non-empty cases ({len(x)} vs {len(y)})")
+    idx = np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))
+    mx, my = x[idx].mean(axis=1), y[idx].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(my > 0, mx / my, np.nan)
+    ratio_ci = ((float(np.nanpercentile(ratios, 2.5)), float(np.nanpercentile(ratios, 97.5)))
+                if np.isfinite(ratios).any() else (math.nan, math.nan))
+    diff = mx - my
+    wins_a, wins_b = int((x > y).sum()), int((y > x).sum())
+    return PairedComparison(float(x.mean()), float(y.mean()), float(x.mean() / y.mean()) if y.mean() > 0 else math.nan,
+                            ratio_ci, (float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))),
+                            wins_a, wins_b, sign_test(wins_a, wins_b))
+
+
+def sign_test(wins_a: int, wins_b: int) -> float:
+    """Two-sided exact binomial p-value of wins_a vs wins_b under p = 1/2 (ties left out)."""
+    n = wins_a + wins_b
+    if n == 0:
+        return 1.0
+    k = min(wins_a, wins_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)

@@ -131,7 +131,7 @@ def run_ranking(task: str, train: Dataset, cases: Sequence[RankCase], ranker: Ra
     metrics["fit_seconds"] = fit_s
     elapsed = time.perf_counter() - t0
     metrics["ms_per_case"] = 1000 * (elapsed - fit_s) / max(len(rows), 1)
-    return TaskResult(task, ranker.name, metrics, len(rows), elapsed, per_case=[{"rank": r["rank"]} for r in rows])
+    return TaskResult(task, ranker.name, metrics, len(rows), elapsed, per_case=rows)
 
 
 def run_session_bundling(dataset: Dataset, bundler: SessionBundler, *, limit: int | None = None,
