@@ -124,7 +124,7 @@ class BundlePipeline:
             if replay is not None:  # API-ingested products join the catalogue before the signals are fitted
                 for p in replay.products:
                     dataset.products[p.id] = product_from(p, dataset.products)
-            signals = fit_signals(dataset, settings, console=console)
+            signals = fit_signals(dataset, settings, behaviour=settings.behaviour.serve, console=console)
             if signals.encoder is not None:
                 signals.encoder.encode(["warm up the text encoder"])
             store = open_store(settings.index)
@@ -491,6 +491,8 @@ class BundlePipeline:
              "session_id": e.session_id, "quantity": e.quantity} for e in events)
         for e in events:
             self._history.setdefault(str(e.user_id), []).append(e.item_id)
+        if s.behaviour is not None:
+            s.behaviour.extend_histories((str(e.user_id), e.item_id) for e in events)
 
     def _purchases(self) -> dict[str, dict[str, None]]:
         """Each user's products in the co-occurrence fit's user groups (every event but returns), kept current by

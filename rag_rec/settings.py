@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -51,15 +51,25 @@ class CFSettings(_Section):
 
 
 class BehaviourSettings(_Section):
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
+    serve: bool = Field(default=False, description="Fit the behaviour model when the service starts and use it as a "
+                        "feature of the served fusion (weight retrieve.weights.behaviour); API events extend the "
+                        "histories it reads, the network is retrained at the next start. Off by default: minutes "
+                        "of CPU training at every start, and the compiled fusion is not used with it")
+    dim: int = Field(default=64, ge=1)
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=2, ge=1)
     max_len: int = 20
     epochs: int = 20
     lr: float = 3e-3
     seed: int = 0
     max_windows_per_epoch: int = Field(default=20_000, description="Sample this many training windows per epoch "
                                                                     "on large data (keeps CPU training in minutes)")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> BehaviourSettings:
+        if self.dim % self.heads:
+            raise ValueError(f"behaviour.dim ({self.dim}) must be a multiple of behaviour.heads ({self.heads})")
+        return self
 
 
 class IndexSettings(_Section):
@@ -83,8 +93,8 @@ class RetrieveSettings(_Section):
     partners_k: int = Field(default=60, ge=0, description="At most this many of the anchors' co-occurrence partners "
                             "join the pool (no more than prefetch_k or the request's k, whichever is larger); chosen "
                             "on validation splits (eval/experiments/served_partners.py)")
-    fusion: Literal["rrf", "weighted"] = "rrf"
-    rrf_k: int = 60
+    rrf_k: int = Field(default=2, ge=1, description="k of the engine's reciprocal-rank fusion of the prefetch "
+                       "branches, which forms the candidate pool that the explained weighted fusion then ranks")
     weights: dict[str, float] = Field(default_factory=lambda: {
         "text": 0.5, "text_max": 0.5, "lex": 0.75, "category": 0.3, "cooc": 0.5, "cf": 0.3, "behaviour": 0.3,
         "need": 1.0})

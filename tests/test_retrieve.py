@@ -981,3 +981,34 @@ def test_a_price_range_without_bounds_is_no_condition(pipeline):
     unpriced = next(p for p in pipeline.dataset.products.values() if p.price is None)
     assert product_matches(unpriced, Filter(ranges={"price": (None, None)}))
     assert not product_matches(unpriced, Filter(ranges={"price": (0.0, None)}))
+
+
+def test_behaviour_scores_below_zero_still_rank_above_items_the_model_left_out(pipeline, monkeypatch):
+    s = pipeline.signals
+    anchor = anchors_of(pipeline, 1)[0]
+    pool = np.arange(40)
+    ids = [s.vocab.ids[j] for j in pool]
+    scored = {i: -1.0 - n / 10 for n, i in enumerate(ids[:30])}  # logits, all negative; ids[30:] left out
+
+    class Scores:
+        def score(self, anchors, user_id):
+            return scored
+
+    monkeypatch.setattr(s, "behaviour", Scores())
+    feats = pipeline.retriever.scorer.features(pool, [anchor], None, None)["behaviour"]
+    assert feats[:30].min() >= feats[30:].max()
+    assert list(np.argsort(-feats[:30], kind="stable")) == list(range(30))
+
+
+def test_the_engine_fusion_uses_the_configured_rrf_k(pipeline, monkeypatch):
+    seen = []
+    original = pipeline.store.fused_keys
+
+    def spy(prefetches, limit, flt=None, **kwargs):
+        seen.append(kwargs.get("rrf_k"))
+        return original(prefetches, limit, flt, **kwargs)
+
+    monkeypatch.setattr(pipeline.store, "fused_keys", spy)
+    monkeypatch.setattr(pipeline.retriever.settings, "rrf_k", 7)
+    pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchors_of(pipeline, 1)[0],), k=10))
+    assert seen == [7]

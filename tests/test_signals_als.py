@@ -149,3 +149,27 @@ def test_batched_fold_in_equals_one_user_at_a_time(tmp_path, split, fitted):
     # no weighted event of a known item: no factors to learn, so the user stays unknown (content cold start) instead
     # of becoming a zero vector that ranks arbitrary products
     assert batched.user_vector("new-empty") is None and batched.user_vector("new-clicks") is None
+
+
+def test_a_new_user_is_unknown_until_its_factors_exist(tmp_path, split, fitted, monkeypatch):
+    """Requests read the scorer without the writers' lock: in the middle of a fold-in a new user must be either
+    unknown or complete, never an index past the factor rows."""
+    scorer = ALSScorer.load(fitted.save(tmp_path / "als.npz"))
+    seen = []
+    model = scorer._model
+    original = model.partial_fit_users
+
+    def reading_in_the_middle(users, items):
+        seen.append((scorer.user_vector("late-user"), scorer.score([], "late-user")))
+        return original(users, items)
+
+    monkeypatch.setattr(model, "partial_fit_users", reading_in_the_middle)
+    item = scorer.item_ids[0]
+    assert scorer.fold_in("late-user", [item]) == 1
+    assert seen == [(None, {})]
+    assert scorer.user_vector("late-user") is not None
+
+
+def test_load_takes_overrides_of_stored_options(tmp_path, fitted):
+    loaded = ALSScorer.load(fitted.save(tmp_path / "als.npz"), seed=7, alpha=2.0)
+    assert (loaded.seed, loaded.alpha) == (7, 2.0)

@@ -126,3 +126,45 @@ def test_long_sequences_become_windows_covering_every_transition():
              for a, b in zip(row_in, row_out) if b != 0}
     assert pairs == {(a, a + 1) for a in range(1, 11)} | {(20, 21)}
     assert inputs.shape[1] == 4 and (inputs[:, 0] != 0).all()
+
+
+def test_heads_must_divide_the_model_width():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="multiple of behaviour.heads"):
+        BehaviourSettings(dim=64, heads=3)
+
+
+def test_histories_of_one_item_leave_the_service_without_a_behaviour_model():
+    from rag_rec.data.models import Product
+    from rag_rec.settings import Settings
+    from rag_rec.signals.suite import fit_signals
+
+    products = {f"p{n}": Product(f"p{n}", f"lamp {n}", ("Lamps",)) for n in range(4)}
+    frame = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["p0", "p1"], "timestamp": [1, 2], "event": "purchase"})
+    ds = Dataset("one-each", products, interactions=Interactions(frame))
+    signals = fit_signals(ds, Settings(embedding={"cache_path": None}), text=False, behaviour=True)
+    assert signals.behaviour is None and signals.als is not None
+
+
+@pytest.mark.slow
+def test_served_behaviour_model_reads_histories_extended_by_api_events(tmp_path):
+    from test_journal import open_pipeline, write_shop
+
+    from rag_rec.retrieve.base import RetrievalRequest
+    from rag_rec.schemas import EventIn, EventsIn
+
+    write_shop(tmp_path / "shop")
+    pipeline = open_pipeline(tmp_path, behaviour={"serve": True, "epochs": 2})
+    try:
+        model = pipeline.signals.behaviour
+        assert model is not None
+        assert model.score([], "newbie") == {}
+        pipeline.add_events(EventsIn(events=[EventIn(user_id="newbie", item_id="p1", timestamp=1700000100),
+                                             EventIn(user_id="newbie", item_id="p8", timestamp=1700000101)]))
+        assert model.histories["newbie"] == ["p1", "p8"]
+        assert model.score([], "newbie")
+        result = pipeline.retriever.retrieve(RetrievalRequest(user_id="newbie", anchors=("p2",), k=10))
+        assert any("behaviour" in c.sources for c in result.candidates)
+    finally:
+        pipeline.close()

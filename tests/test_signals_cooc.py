@@ -102,3 +102,24 @@ def test_updates_publish_counts_with_their_norms_so_no_reader_computes_them():
         np.testing.assert_allclose(norms, c.counts ** c.alpha)
         assert c._norms() is norms and len(norms) == len(c.vocab)
         np.testing.assert_allclose(c.popularity, c.counts / c.counts.max())
+
+
+def test_category_pairs_kept_sparse_leave_out_a_category_paired_with_itself():
+    from rag_rec.signals.category import CategoryAffinity
+
+    ds = tiny()
+    cooc = CooccurrenceScorer().fit(ds)
+    dense = CategoryAffinity(depth=2).fit(ds, cooc.vocab)
+    sparse = CategoryAffinity(depth=2)
+    sparse.dense_codes = 0
+    sparse.fit(ds, cooc.vocab)
+    assert not isinstance(sparse.pair, np.ndarray)
+    pool = np.arange(len(cooc.vocab))
+    for update in (None, [("bat", "bat2", "cam"), ("bag", "bag")]):
+        if update:
+            dense.add_groups(update)
+            sparse.add_groups(update)
+        for anchors in (["cam"], ["bat"], ["cam", "bag"]):
+            idx = cooc.vocab.known(anchors)
+            np.testing.assert_allclose(sparse.score_pool(idx, pool), dense.score_pool(idx, pool))
+        assert sparse.pair.diagonal().sum() == 0

@@ -257,9 +257,11 @@ class FusionScorer:
                 feats["cf"] = values / top
         if s.behaviour is not None:
             scores = s.behaviour.score(anchors, user_id)
-            if scores:
-                vec = np.array([scores.get(s.vocab.ids[j], 0.0) for j in pool])
-                feats["behaviour"] = vec / max(float(np.max(np.abs(vec))), 1e-9)
+            if scores:  # min-max over what it scored (logits may be negative); what it left out is the minimum
+                lo, hi = min(scores.values()), max(scores.values())
+                vec = np.array([scores.get(s.vocab.ids[j], np.nan) for j in pool])
+                scaled = (vec - lo) / (hi - lo) if hi > lo else vec - lo + 1.0  # one score: all scored are 1
+                feats["behaviour"] = np.nan_to_num(scaled, nan=0.0)
         return feats
 
     def weighted(self, feats: dict[str, np.ndarray], n: int) -> tuple[list[str], np.ndarray]:
@@ -582,7 +584,8 @@ class HybridRetriever:
                 passing = self._per_product(passing, flt)[:n_partners]
             else:
                 passing = self._reference_partners(anchor_idx, flt, excluded, n_partners)
-        keys = self.store.fused_keys(prefetches, n, flt) if prefetches else np.zeros(0, dtype=np.int64)
+        keys = (self.store.fused_keys(prefetches, n, flt, rrf_k=cfg.rrf_k) if prefetches
+                else np.zeros(0, dtype=np.int64))
         pool = None
         if in_kernel:
             def fuse(key_rows):

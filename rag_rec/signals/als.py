@@ -148,14 +148,14 @@ class ALSScorer:
         weighted = [(user, item, w) for user, item, w in weighted if item in self._item_index and w > 0]
         if not weighted:  # views of unknown items, clicks, returns: no factors to learn (a new user stays unknown)
             return 0
+        # Readers take no lock: a new user becomes visible (index, ids) only after its factors and rows exist.
         new_users = [u for u in dict.fromkeys(u for u, _, _ in weighted) if u not in self._user_index]
-        for user in new_users:
-            self._user_index[user] = len(self.user_ids)
-            self.user_ids.append(user)
-        rows = [self._user_index[user] for user, _, _ in weighted]
+        user_index = {**self._user_index, **{u: len(self.user_ids) + n for n, u in enumerate(new_users)}}
+        user_ids = self.user_ids + new_users
+        rows = [user_index[user] for user, _, _ in weighted]
         cols = [self._item_index[item] for _, item, _ in weighted]
         vals = [w for _, _, w in weighted]
-        shape = (len(self.user_ids), len(self.item_ids))
+        shape = (len(user_ids), len(self.item_ids))
         matrix = self._user_items
         if new_users:
             matrix = sp.csr_matrix((matrix.data, matrix.indices,
@@ -163,10 +163,11 @@ class ALSScorer:
                                    shape=shape)
         if vals:
             matrix = (matrix + sp.csr_matrix((np.asarray(vals, dtype=np.float32), (rows, cols)), shape=shape)).tocsr()
-        self._user_items = matrix
         touched = np.array(sorted(set(rows)))
         with _single_threaded_blas():
             model.partial_fit_users(touched, matrix[touched])
+        self._user_items = matrix
+        self.user_ids, self._user_index = user_ids, user_index
         return len(vals)
 
     def save(self, path: str | Path) -> Path:
@@ -190,8 +191,8 @@ class ALSScorer:
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read ALS model {path}: {exc}") from exc
         weights = {str(k): float(v) for k, v in data["event_weights"]}
-        scorer = cls(CFSettings.model_validate_json(str(data["settings"])), event_weights=weights,
-                     alpha=float(data["alpha"]), seed=int(data["seed"]), **kwargs)
+        stored = {"event_weights": weights, "alpha": float(data["alpha"]), "seed": int(data["seed"])}
+        scorer = cls(CFSettings.model_validate_json(str(data["settings"])), **{**stored, **kwargs})
         scorer.item_ids = data["item_ids"].tolist()
         scorer.user_ids = data["user_ids"].tolist()
         scorer._item_index = {it: i for i, it in enumerate(scorer.item_ids)}

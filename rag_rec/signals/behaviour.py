@@ -224,6 +224,11 @@ class BehaviourModel:
         vector = hidden[0, len(encoded) - 1].numpy().astype(np.float32)
         return np.append(vector, np.float32(1.0))
 
+    def extend_histories(self, events) -> None:
+        """Append (user, item) events to the histories the user vectors read (no retraining)."""
+        for user, item in events:
+            self.histories.setdefault(str(user), []).append(str(item))
+
     def score(self, anchors: Sequence[str], user_id: str | None = None) -> dict[str, float]:
         self._require_fitted()
         history = list(self.histories.get(user_id, [])) if user_id is not None else []
@@ -263,7 +268,7 @@ class BehaviourModel:
             raise ModelError(f"cannot read behaviour model {path}: {exc}") from exc
         if payload.get("format") != 1:
             raise ModelError(f"{path} is not a behaviour model file (format {payload.get('format')!r})")
-        model = cls(BehaviourSettings(**payload["settings"]), dropout=payload["dropout"], **kwargs)
+        model = cls(BehaviourSettings(**payload["settings"]), **{"dropout": payload["dropout"], **kwargs})
         model.item_ids = list(payload["item_ids"])
         model._item_index = {item: i + 1 for i, item in enumerate(model.item_ids)}
         model.histories = {u: list(h) for u, h in payload["histories"].items()}

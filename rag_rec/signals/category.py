@@ -18,6 +18,7 @@ from rag_rec.signals.cooc import ItemVocab
 
 class CategoryAffinity:
     name = "category"
+    dense_codes = 5000  # up to this many category codes the pair counts are one dense matrix
 
     def __init__(self, depth: int = 4, same_bonus: float = 0.5):
         self.depth, self.same_bonus = depth, same_bonus
@@ -31,10 +32,15 @@ class CategoryAffinity:
         x = self._group_matrix(dataset.item_sets())
         # symmetric; C order so an anchor's row is one contiguous read (toarray of the CSC product is F order,
         # which made each row 3,903 cache lines on Dunnhumby)
-        self.pair = np.ascontiguousarray((x.T @ x).toarray()) if n <= 5000 else (x.T @ x).tocsr()
+        pair = (x.T @ x).tocsr()
+        if n <= self.dense_codes:
+            self.pair = np.ascontiguousarray(pair.toarray())
+            np.fill_diagonal(self.pair, 0)  # a category's own count is `count`, never a pair with itself
+        else:
+            pair.setdiag(0)
+            pair.eliminate_zeros()
+            self.pair = pair
         self.count = np.asarray(x.sum(axis=0)).ravel()
-        if isinstance(self.pair, np.ndarray):
-            np.fill_diagonal(self.pair, 0)
         return self
 
     def extend(self, dataset: Dataset, vocab: ItemVocab, rows: np.ndarray | None = None) -> None:
@@ -65,11 +71,12 @@ class CategoryAffinity:
         if not x.nnz:
             return
         delta = (x.T @ x).tocoo()
+        off = delta.row != delta.col
         if isinstance(self.pair, np.ndarray):
-            off = delta.row != delta.col
             np.add.at(self.pair, (delta.row[off], delta.col[off]), delta.data[off])
         else:
-            self.pair = (self.pair + delta).tocsr()
+            self.pair = (self.pair + sp.csr_matrix((delta.data[off], (delta.row[off], delta.col[off])),
+                                                   shape=self.pair.shape)).tocsr()
         self.count = self.count + np.asarray(x.sum(axis=0)).ravel()
 
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:

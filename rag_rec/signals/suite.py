@@ -9,6 +9,7 @@ import numpy as np
 from rich.console import Console
 
 from rag_rec.data.models import Dataset
+from rag_rec.errors import ModelError
 from rag_rec.settings import Settings
 from rag_rec.signals.cooc import CooccurrenceScorer, ItemVocab, PopularityScorer
 
@@ -73,5 +74,8 @@ def fit_signals(dataset: Dataset, settings: Settings, *, text: bool = True, als:
     if behaviour and len(dataset.interactions):
         from rag_rec.signals.behaviour import BehaviourModel
 
-        behaviour_model = BehaviourModel(settings.behaviour).fit(dataset)
+        try:
+            behaviour_model = BehaviourModel(settings.behaviour, filter_seen=False).fit(dataset)
+        except ModelError as exc:  # e.g. every history is one item long: nothing to learn an order from
+            console.log(f"no behaviour model: {exc}")
     return Signals(vocab, vectors, encoder, cooc, pop, category, als_model, behaviour_model, lexical)
