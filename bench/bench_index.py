@@ -30,6 +30,8 @@ from rag_rec.index import PRODUCT_PAYLOAD_INDEXES, Filter, Prefetch, Record, Vec
 from rag_rec.index.edge import EdgeStore
 from rag_rec.index.qdrant import QdrantStore
 
+import provenance
+
 TEXT_DIM, CF_DIM = 384, 64
 SPECS = [VectorSpec("text", TEXT_DIM, "cosine"), VectorSpec("cf", CF_DIM, "dot")]
 CATEGORIES = [
@@ -337,6 +339,7 @@ def table(results: list[dict], best: str) -> Table:
 
 
 def main() -> None:
+    started = provenance.header()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -406,6 +409,7 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    report["provenance"] = provenance.finish(started)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(table(results, best))
     for r in results:

@@ -8,7 +8,9 @@
   the same record upserted into the engine — what any upsert pays.
 - Full rebuild: `HybridRetriever.refresh()` without rows (every lookup rebuilt from the catalogue), the cost
   product upserts paid in the writer before they became row-level (session 12).
-Calls alternate product / bare per case, same process. Writes bench/results/upsert.json and prints a table.
+Each repeat runs the product call, then the bare work on the record it wrote (same process; for a new product
+the bare upsert overwrites the point the product call inserted). Writes bench/results/upsert.json and prints a
+table.
 
     .venv/bin/python bench/bench_upsert.py [--sizes 10000 92331] [--repeats 30]
 """

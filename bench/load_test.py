@@ -10,8 +10,10 @@ cannot serve 50 clients; the LLM path's robustness is covered by eval/redteam. T
 OMP_NUM_THREADS=1 (torch intra-op threads): requests already run in parallel in the threadpool, and on a
 busy 2-core machine torch's default 2 threads made one query encoding ~40x slower (spinning OpenMP workers).
 
-A client counts a response as `shed` when it is 429/503, as an `error` for any other non-2xx status, a
-transport error, a timeout, or a chat stream that carries an `error` event or does not end with `done`.
+A client counts a response as `shed` only when the server refused it on purpose (429 `rate_limited`, 503
+`overloaded`), as an `error` for any other non-2xx status (a 503 from a failing index or journal, a /healthz that
+is not 200), a transport error, a timeout, or a chat stream that carries an `error` event or does not end with
+`done`. The load phase fails the run if it sheds anything.
 "API overhead" of /v1/bundles = HTTP latency measured by the client - the time it queued for a compute slot
 (`Server-Timing: slot;dur=`) - `latency_ms` reported by the service. The slot wait is reported beside it; the two
 together are `http_minus_service_bundles_ms` (the overhead as sessions 1-15 reported it).
@@ -45,9 +47,11 @@ from rich.table import Table
 
 from rag_rec.settings import Settings
 
+import provenance
+
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "load-test-key"
-SHED_STATUSES = (429, 503)
+SHED_STATUSES = {429: "rate_limited", 503: "overloaded"}  # status: the body's error code
 MIX = {"bundles": 35, "chat": 12, "copy": 10, "search": 18, "events": 10, "healthz": 15}
 NEEDS = ["accessories for my new DSLR camera", "a home office desk setup", "gaming on the go",
          "travel kit for a laptop", "better sound for my TV", "protect and charge my tablet",
@@ -93,10 +97,19 @@ class PhaseResult:
     wall_s: float = 0.0
 
 
-def _outcome(status: int) -> str:
-    if 200 <= status < 300:
+def _outcome(r: httpx.Response) -> str:
+    """ok; shed only for the server's own refusals (429 rate_limited, 503 overloaded); anything else is an error,
+    a 503 from a failing backend (index, journal) included."""
+    if 200 <= r.status_code < 300:
         return "ok"
-    return "shed" if status in SHED_STATUSES else "error"
+    if r.status_code in SHED_STATUSES:
+        try:
+            code = r.json().get("error")
+        except ValueError:
+            code = None
+        if SHED_STATUSES[r.status_code] == code:
+            return "shed"
+    return "error"
 
 
 async def _bundles(client: httpx.AsyncClient, wl: Workload, rng: random.Random) -> Sample:
@@ -118,7 +131,7 @@ async def _bundles(client: httpx.AsyncClient, wl: Workload, rng: random.Random) 
     if r.status_code == 200:
         slot = server_timing(r.headers.get("server-timing", "")).get("slot", 0.0)
         overhead = ms - float(r.json()["latency_ms"]) - slot
-    return Sample("POST /v1/bundles", r.status_code, ms, _outcome(r.status_code), overhead,
+    return Sample("POST /v1/bundles", r.status_code, ms, _outcome(r), overhead,
                   None if r.status_code < 400 else r.text[:200], slot)
 
 
@@ -143,7 +156,7 @@ async def _chat(client: httpx.AsyncClient, wl: Workload, rng: random.Random) -> 
         if r.status_code != 200:
             await r.aread()
             ms = 1000 * (time.perf_counter() - t0)
-            return Sample("POST /v1/chat", r.status_code, ms, _outcome(r.status_code), detail=r.text[:200])
+            return Sample("POST /v1/chat", r.status_code, ms, _outcome(r), detail=r.text[:200])
         async for line in r.aiter_lines():
             if line.startswith("event: "):
                 events.append(line[7:].strip())
@@ -157,7 +170,7 @@ async def _copy(client: httpx.AsyncClient, wl: Workload, rng: random.Random) -> 
     body = {"items": rng.sample(wl.product_ids, rng.choice((2, 3))), "tone": rng.choice(("friendly", "premium"))}
     t0 = time.perf_counter()
     r = await client.post("/v1/copy", json=body)
-    return Sample("POST /v1/copy", r.status_code, 1000 * (time.perf_counter() - t0), _outcome(r.status_code),
+    return Sample("POST /v1/copy", r.status_code, 1000 * (time.perf_counter() - t0), _outcome(r),
                   detail=None if r.status_code < 400 else r.text[:200])
 
 
@@ -165,7 +178,7 @@ async def _search(client: httpx.AsyncClient, wl: Workload, rng: random.Random) -
     t0 = time.perf_counter()
     r = await client.get("/v1/products/search", params={"q": rng.choice(QUERIES), "k": 10})
     return Sample("GET /v1/products/search", r.status_code, 1000 * (time.perf_counter() - t0),
-                  _outcome(r.status_code), detail=None if r.status_code < 400 else r.text[:200])
+                  _outcome(r), detail=None if r.status_code < 400 else r.text[:200])
 
 
 async def _events(client: httpx.AsyncClient, wl: Workload, rng: random.Random) -> Sample:
@@ -175,14 +188,15 @@ async def _events(client: httpx.AsyncClient, wl: Workload, rng: random.Random) -
                "session_id": session} for i in rng.sample(wl.product_ids, rng.randint(1, 4))]
     t0 = time.perf_counter()
     r = await client.post("/v1/events", json={"events": events}, headers={"X-API-Key": API_KEY})
-    return Sample("POST /v1/events", r.status_code, 1000 * (time.perf_counter() - t0), _outcome(r.status_code),
+    return Sample("POST /v1/events", r.status_code, 1000 * (time.perf_counter() - t0), _outcome(r),
                   detail=None if r.status_code < 400 else r.text[:200])
 
 
 async def _healthz(client: httpx.AsyncClient, wl: Workload, rng: random.Random) -> Sample:
     t0 = time.perf_counter()
-    r = await client.get("/healthz")
-    return Sample("GET /healthz", r.status_code, 1000 * (time.perf_counter() - t0), _outcome(r.status_code),
+    r = await client.get("/healthz")  # never shed: a 503 here is the service reporting an error
+    return Sample("GET /healthz", r.status_code, 1000 * (time.perf_counter() - t0),
+                  "ok" if r.status_code == 200 else "error",
                   detail=None if r.status_code < 400 else r.text[:200])
 
 
@@ -360,6 +374,7 @@ def print_table(title: str, summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = provenance.header()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of the load phase")
@@ -413,13 +428,14 @@ def main(argv: list[str] | None = None) -> int:
         "total_runtime_s": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    report["provenance"] = provenance.finish(started)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table("calibration (1 client)", calib)
     print_table(f"load ({args.clients} clients, max_concurrency {args.max_concurrency})", load)
     print_table(f"shed ({args.clients} clients, max_concurrency {args.shed_max_concurrency})", shed)
     Console().print(f"healthz after load {health_after_load}, after shed {health_after_shed}; "
                     f"bundles probe after shed {probe}; wrote {args.out}")
-    failed = load["errors"] or shed["errors"] or shed["server_errors_5xx_other_than_503"]
+    failed = load["errors"] or load["shed"] or shed["errors"] or shed["server_errors_5xx_other_than_503"]
     return 1 if failed else 0
 
 

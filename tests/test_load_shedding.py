@@ -84,3 +84,26 @@ def test_tiny_max_concurrency_sheds_with_503_and_stays_healthy(bench, workload, 
     assert after.status_code == 200 and after.json()["bundles"]
     shed = [s for s in result.samples if s.outcome == "shed"]
     assert all(s.status in (429, 503) for s in shed)
+
+
+@pytest.mark.parametrize(("status", "body", "outcome"), [
+    (200, {"bundles": []}, "ok"),
+    (503, {"error": "overloaded", "detail": "server busy"}, "shed"),
+    (429, {"error": "rate_limited", "detail": "slow down"}, "shed"),
+    (503, {"error": "service_unavailable", "detail": "the ingest journal refused the write"}, "error"),
+    (503, None, "error"),
+    (500, {"error": "internal_error"}, "error"),
+])
+def test_only_the_servers_own_refusals_count_as_shed(bench, status, body, outcome):
+    response = httpx.Response(status, json=body) if body is not None else httpx.Response(status, text="<html>")
+    assert bench._outcome(response) == outcome
+
+
+def test_a_health_check_that_is_not_200_is_an_error(bench, workload):
+    async def probe(status):
+        transport = httpx.MockTransport(lambda request: httpx.Response(status, json={"error": "overloaded"}))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            return await bench._healthz(client, workload, None)
+
+    assert asyncio.run(probe(503)).outcome == "error"
+    assert asyncio.run(probe(200)).outcome == "ok"

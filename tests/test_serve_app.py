@@ -301,7 +301,7 @@ def test_concurrency_limit_sheds_load_with_503(live_server, recording_service):
         assert recording_service.entered.acquire(timeout=10), "the service was not reached"
     try:
         shed = client.post(f"{base}/v1/bundles", json={"need": "headphones"})
-        assert shed.status_code == 503 and shed.json()["error"] == "service_unavailable"
+        assert shed.status_code == 503 and shed.json()["error"] == "overloaded"
         assert shed.headers["retry-after"] == "1"
         assert client.get(f"{base}/healthz").status_code == 200, "probes bypass the limiter"
         gauge = metric(client.get(f"{base}/metrics").text, "rag_rec_http_in_flight_requests")

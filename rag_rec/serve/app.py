@@ -149,7 +149,8 @@ class GuardMiddleware:
 
         async def reject(status: int, detail: str, reason: str, extra: dict[str, str] | None = None) -> None:
             self.metrics.rejected.labels(reason=reason).inc()
-            await _error_response(status, detail, request_id, extra)(scope, receive, send_with_headers)
+            code = "overloaded" if reason == "overloaded" else None  # not service_unavailable: a failing backend
+            await _error_response(status, detail, request_id, extra, code)(scope, receive, send_with_headers)
 
         limit = self.settings.max_body_bytes
         received = 0
