@@ -81,6 +81,28 @@ def write_json(path: str, doc: dict) -> None:
     Path(path).write_text(json.dumps(provenance.finish(doc) if "load_average_start" in doc else doc, indent=2))
 
 
+def bare_query(store: EdgeStore, signals, retriever: HybridRetriever, settings: Settings, flt: Filter):
+    """The least a caller does for an anchor: its stored vectors (the engine normalises for cosine itself), the
+    retriever's fused request (same branches, limits, RRF k and weights, filter), the hits' ids."""
+    shard, qe = store._open_shard(), store._qe
+    n, rrf_k = settings.retrieve.prefetch_k, settings.retrieve.rrf_k
+    two_branch_weights = [1.0, 1.0 - TIE_BREAK]  # what the store sends for a text + cf request
+
+    def bare(anchor: str, read_ids: bool = True):
+        i = signals.vocab.index[anchor]
+        branches = [qe.Prefetch(limit=n, query=qe.Query.Nearest(signals.text_vectors[i].tolist(), using="text"))]
+        cfq = retriever.scorer.cf_query([i], None)
+        if cfq is not None:
+            branches.append(qe.Prefetch(limit=n, query=qe.Query.Nearest(cfq.tolist(), using="cf")))
+        weights = two_branch_weights if len(branches) == 2 else None
+        request = qe.QueryRequest(limit=n, prefetches=branches, query=qe.Fusion.Rrf(k=rrf_k, weights=weights),
+                                  filter=store._filter(Filter(flt.must_match, (anchor,))), with_payload=False)
+        points = shard.query(request)
+        return [p.id for p in points] if read_ids else points
+
+    return bare
+
+
 def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) -> dict:
     from rag_rec.pipeline import BundlePipeline
     from rag_rec.signals.suite import fit_signals
@@ -99,28 +121,10 @@ def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) 
         reference = HybridRetriever(store, signals, ds.products,
                                     settings.retrieve.model_copy(update={"fusion_backend": "numpy"}))
         reference.warm()
-        shard, qe = store._open_shard(), store._qe
         popular = np.argsort(-signals.popularity.counts)[:2000]
         anchors = [signals.vocab.ids[i] for i in rng.choice(popular, size=queries)]
         flt = Filter(must_match={"in_stock": True})
-        n = settings.retrieve.prefetch_k
-
-        rrf_k = settings.retrieve.rrf_k
-        two_branch_weights = [1.0, 1.0 - TIE_BREAK]  # what the store sends for a text + cf request
-
-        def bare(anchor: str, read_ids: bool = True):
-            # The least a caller does: the anchor's stored vectors (the engine normalises for cosine itself), the
-            # retriever's fused request (same branches, limits, RRF k and weights, filter), the hits' ids.
-            i = signals.vocab.index[anchor]
-            branches = [qe.Prefetch(limit=n, query=qe.Query.Nearest(signals.text_vectors[i].tolist(), using="text"))]
-            cfq = retriever.scorer.cf_query([i], None)
-            if cfq is not None:
-                branches.append(qe.Prefetch(limit=n, query=qe.Query.Nearest(cfq.tolist(), using="cf")))
-            weights = two_branch_weights if len(branches) == 2 else None
-            request = qe.QueryRequest(limit=n, prefetches=branches, query=qe.Fusion.Rrf(k=rrf_k, weights=weights),
-                                      filter=store._filter(Filter(flt.must_match, (anchor,))), with_payload=False)
-            points = shard.query(request)
-            return [p.id for p in points] if read_ids else points
+        bare = bare_query(store, signals, retriever, settings, flt)
 
         for a in anchors[:20]:
             bare(a)
