@@ -352,16 +352,28 @@ class BundlePipeline:
         missing = [i for i in request.items if i not in self.dataset.products]
         if missing:
             raise KeyError(f"unknown product id(s): {', '.join(missing)}")
-        from rag_rec.compose.copywriter import write_copy
+        from pydantic import ValidationError
+        from pydantic_core import PydanticCustomError
 
+        from rag_rec.compose.copywriter import placeholder_product, write_copy
+        from rag_rec.compose.grounding import GroundingReport
+
+        products = [self.dataset.products[i] for i in request.items]
+        untitled = [{"type": PydanticCustomError("untitled_product", "items[{n}]: product {id} has no title in the "
+                                                 "catalogue, only a placeholder: there is nothing to write about",
+                                                 {"n": n, "id": p.id}),
+                     "loc": ("items", n), "input": p.id} for n, p in enumerate(products) if placeholder_product(p)]
+        if untitled:
+            raise ValidationError.from_exception_data("CopyRequest", untitled)
         llm = None
         composer = self.composer(True)
         if composer is not self.heuristic:
             llm = self._llm
-        title, blurb, path = write_copy(llm, self.settings.llm, [self.dataset.products[i] for i in request.items],
-                                        request.tone, request.length, request.language)
+        report = GroundingReport()
+        title, blurb, path = write_copy(llm, self.settings.llm, products, request.tone, request.length,
+                                        request.language, report, unavailable=self._llm_error)
         return CopyResponse(title=title, blurb=blurb, items=[self._item_out(i) for i in request.items],
-                            produced_by=path)
+                            produced_by=path, notes=report.repaired)
 
     def add_products(self, products: ProductsIn) -> UpsertResult:
         """Upsert products (idempotent): the index, the signals and the retriever's lookups change in the rows of

@@ -74,11 +74,16 @@ class BundleResponse(Strict):
     notes: list[str] = Field(default_factory=list)
 
 
+CopyLanguage = Literal["English", "German", "French", "Spanish", "Italian", "Portuguese", "Dutch", "Russian",
+                       "Japanese", "Chinese"]
+
+
 class CopyRequest(Strict):
     items: list[ProductId] = Field(min_length=2, max_length=8)
     tone: Literal["friendly", "premium", "playful", "technical", "neutral"] = "friendly"
     length: Literal["short", "medium", "long"] = "short"
-    language: str = Field(default="English", max_length=40)
+    language: CopyLanguage = Field(default="English", description="Languages the copy checks know the claim "
+                                   "words of (prices, discounts, ratings, promises)")
 
     @field_validator("items")
     @classmethod
@@ -95,6 +100,8 @@ class CopyResponse(Strict):
     blurb: str
     items: list[ItemOut]
     produced_by: Literal["llm", "llm_repaired", "fallback", "heuristic"]
+    notes: list[str] = Field(default_factory=list, description="Why the template was served and what of the request "
+                             "(tone, length, language) it could not apply")
 
 
 class ChatMessage(Strict):

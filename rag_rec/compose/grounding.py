@@ -35,21 +35,36 @@ _GENERIC_WORDS = frozenset(
     "sale sales now here all one stuff things seller sellers selling brand brands perfect awesome amazing budget "
     "ultimate essential essentials".split())
 MIN_REASON_WORDS = 5
+_UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0e7f]")  # kana, CJK, Thai
+
+
+def words_of(text: str) -> list[str]:
+    """Words of any script (lower case); in scripts written without spaces (Japanese, Chinese, Thai) each character
+    is a word."""
+    return re.findall(r"[^\W_]+(?:['’][^\W_]+)*", _UNSPACED.sub(lambda m: f" {m.group(0)} ", text.lower()))
 
 
 def degenerate(text: str) -> bool:
     """Looping or empty generations ("a part of a product that is a part of a product ...")."""
-    words = re.findall(r"[a-z0-9']+", text.lower())
+    words = words_of(text)
     if len(words) < 2:
         return True
-    grams = [" ".join(words[i:i + 4]) for i in range(len(words) - 3)]
+    n = 8 if 2 * len(_UNSPACED.findall(text)) > len(words) else 4  # characters are shorter than words
+    grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
     return bool(grams) and max(grams.count(g) for g in set(grams)) >= 3
 
 
-def placeholder(text: str) -> bool:
+def without(text: str, names: Iterable[str]) -> str:
+    """`text` with every occurrence of `names` (case-insensitive) blanked out."""
+    names = sorted({plain_text(n) for n in names if n.strip()}, key=len, reverse=True)
+    return re.sub("|".join(map(re.escape, names)), " ", text, flags=re.IGNORECASE) if names else text
+
+
+def placeholder(text: str, names: Iterable[str] = ()) -> bool:
     """Template filler instead of words for a shopper: "No description yet!", "Sell Product 1|Buy Product 2",
-    snake_case slugs, or nothing but generic words ("Custom Product Bundles")."""
-    if _PLACEHOLDER.search(text):
+    snake_case slugs, or nothing but generic words ("Custom Product Bundles"). `names` (product titles the text
+    may quote) are not filler."""
+    if _PLACEHOLDER.search(without(text, names)):
         return True
     words = re.findall(r"[^\W\d_]+", text.lower())  # letters of any script
     return not words or set(words) <= _GENERIC_WORDS
@@ -350,10 +365,10 @@ def _prompt_runs(prompt: str = "compose_bundles") -> frozenset[str]:
     return frozenset(runs)
 
 
-def _leaks(text: str, prompt: str = "compose_bundles") -> bool:
+def _leaks(text: str, prompt: str = "compose_bundles", names: Iterable[str] = ()) -> bool:
     """Prompt markers, internal/format words, links, or a run of PROMPT_RUN words of the `prompt` template's
-    system prompt."""
-    low = text.lower()
+    system prompt; `names` (product titles the text may quote) are left out of the marker and prompt checks."""
+    low = without(text, names).lower()
     if any(marker.lower() in low for marker in LEAK_MARKERS) or _LINK.search(text):
         return True
     words = re.findall(r"[a-z0-9]+", low)

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -345,6 +345,8 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
         return response
 
     @app.post("/v1/copy", response_model=CopyResponse, summary="Write a title and blurb for a bundle",
+              description="Products whose catalogue title is only a placeholder are refused (422 naming "
+                          "`body.items.N`). `notes` say why a template was served instead of LLM copy.",
               responses={**BODY_ERRORS, **_errors(404)}, tags=["bundles"])
     async def copy(request: Request, body: CopyRequest) -> CopyResponse:
         try:
@@ -352,6 +354,8 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
         except KeyError as exc:
             detail = exc.args[0] if exc.args else "unknown product id"
             return _error_response(404, str(detail), _request_id(request.scope), error="unknown_product")
+        except ValidationError as exc:  # products the catalogue cannot describe: reported like the body's fields
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
         metrics.composed("copy", response.produced_by)
         return response
 
