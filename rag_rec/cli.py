@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -25,21 +27,41 @@ def cmd_eval(args) -> int:
 
     settings = _settings(args)
     command = "rag-rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    run_eval(args.task, args.data, args.recommender, args.out, limit=args.limit, settings=settings, seed=args.seed,
-             command=command, judge=args.judge)
+    out = Path(args.out)
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    try:
+        run_eval(args.task, args.data, args.recommender, out, limit=args.limit, settings=settings, seed=args.seed,
+                 command=command, judge=args.judge)
+    except BaseException:
+        _remove_empty(out, created)
+        raise
     return 0
+
+
+def _remove_empty(path: Path, top: Path | None) -> None:
+    """Remove `path` and its parents up to `top` (the folders a failed command created), while they are empty."""
+    if top is None:
+        return
+    while path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path == top:
+            return
+        path = path.parent
 
 
 def cmd_demo(args) -> int:
     from rag_rec.demo import run_demo
+    from rag_rec.errors import UsageError
 
+    if args.port is not None and not args.serve:
+        raise UsageError("demo --port is the port of --serve's chat page: add --serve")
     return run_demo(_settings(args), serve=args.serve, use_llm=not args.no_llm, port=args.port)
 
 
 def cmd_models(args) -> int:
     from rag_rec.llm.models import models_main
 
-    return models_main(args.rest, getattr(args, "config", None))
+    return 2 if models_main(args.rest, args.config) else 0  # a model error is a usage error, as elsewhere
 
 
 def cmd_serve(args) -> int:
@@ -47,12 +69,21 @@ def cmd_serve(args) -> int:
     from rag_rec.serve.app import serve_main
 
     settings = _settings(args)
-    if args.port:
+    if args.port is not None:
         settings.serve.port = args.port
-    pipeline = BundlePipeline.from_settings(settings)
-    if settings.llm.backend != "none":  # start the engine now, not on the first shopper's request
-        threading.Thread(target=pipeline.composer, args=(True,), name="llm-start", daemon=True).start()
-    return serve_main(settings, pipeline) or 0
+    # uvicorn re-raises the SIGTERM it shut down on: a requested stop, leaving through `finally` (engine stopped)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        pipeline = BundlePipeline.from_settings(settings)
+        try:
+            if settings.llm.backend != "none":  # start the engine now, not on the first shopper's request
+                threading.Thread(target=pipeline.composer, args=(True,), name="llm-start", daemon=True).start()
+            serve_main(settings, pipeline)
+        finally:
+            pipeline.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
 
 
 def cmd_index(args) -> int:
@@ -60,12 +91,15 @@ def cmd_index(args) -> int:
 
     settings = _settings(args)
     pipeline = BundlePipeline.from_settings(settings, data=args.data, rebuild=True)
-    print(f"indexed {pipeline.store.count()} products into {settings.index.backend}")
+    try:
+        print(f"indexed {pipeline.store.count()} products into {settings.index.backend}")
+    finally:
+        pipeline.close()
     return 0
 
 
 def cmd_journal(args) -> int:
-    from rag_rec.data.journal import IngestJournal, journal_file
+    from rag_rec.data.journal import EXPORT_FILES, IngestJournal, journal_file
     from rag_rec.errors import UsageError
 
     settings = _settings(args)
@@ -94,24 +128,45 @@ def cmd_journal(args) -> int:
             known = ", ".join(sorted(counts)) or "none"
             raise UsageError(f"--dataset: the journal holds no dataset {args.dataset!r} (it holds: {known})")
         if args.action == "export":
+            existing = [str(Path(args.out) / name) for name in EXPORT_FILES if (Path(args.out) / name).exists()]
+            if existing and not args.force:
+                raise UsageError(f"{' and '.join(existing)} already there (another dataset's export?): choose "
+                                 "another --out, or add --force to overwrite")
             for written in journal.export(args.dataset, args.out):
                 print(f"wrote {written}")
             return 0
+        if not args.yes and not _confirm(f"drop {counts[args.dataset]['products']} products and "
+                                         f"{counts[args.dataset]['events']} events of {args.dataset} from {path}? "
+                                         "(the API acknowledged them) [y/N] "):
+            print("nothing dropped", file=sys.stderr)
+            return 1
         dropped = journal.clear(args.dataset)
         print(f"dropped {dropped['products']} products and {dropped['events']} events of {args.dataset} from {path}")
     return 0
 
 
+def _confirm(question: str) -> bool:
+    from rag_rec.errors import UsageError
+
+    if not sys.stdin.isatty():
+        raise UsageError("journal clear drops writes the API acknowledged: add --yes to confirm (no terminal to ask)")
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
 def cmd_bench(args) -> int:
-    import runpy
+    import importlib.util
 
     script = Path(__file__).resolve().parent.parent / "bench" / "run_all.py"
     if not script.is_file():
         print("bench/ is not part of an installed package: run from a source checkout", file=sys.stderr)
         return 2
-    sys.argv = [str(script), *args.rest]
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
+    spec = importlib.util.spec_from_file_location("bench_run_all", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args.rest, prog="rag-rec bench")
 
 
 def _positive_int(text: str) -> int:
@@ -124,12 +179,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rag-rec", description=__doc__)
-    parser.add_argument("--config", help="settings file (TOML or JSON); env vars RAG_REC_* override it")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0: a free one the OS picks), got {value}")
+    return value
 
-    p = sub.add_parser("eval", help="score recommenders on a task; writes metrics.json, report.md, plots")
+
+def build_parser() -> argparse.ArgumentParser:
+    config_help = "settings file (TOML or JSON); env vars RAG_REC_* override it"
+    parser = argparse.ArgumentParser(prog="rag-rec", description=__doc__)
+    parser.add_argument("--config", help=config_help)
+    common = argparse.ArgumentParser(add_help=False)  # --config after the subcommand too
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, parents=[common])
+
+    p = add("eval", help="score recommenders on a task; writes metrics.json, report.md, plots")
     p.add_argument("task", choices=["session_bundling", "bundle_completion", "basket_completion"])
     p.add_argument("--data", required=True,
                    help="amazon:DIR | aicl:FILE[@AMAZON_DIR] | dunnhumby[:HOUSEHOLDS] | generic:DIR | PATH")
@@ -140,33 +209,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="build everything on the bundled data and show bundles for real users")
+    p = add("demo", help="build everything on the bundled data and show bundles for real users")
     p.add_argument("--serve", action="store_true", help="then serve the chat page on embedded defaults")
     p.add_argument("--no-llm", action="store_true", help="compose without the LLM")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, help="with --serve: the chat page's port (default: serve.port, 8000; "
+                                              "0: a free one)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("models", help="provision LLM weights offline: list | pull NAME | verify NAME")
+    p = add("models", help="provision LLM weights offline: list | pull NAME | verify NAME")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("serve", help="run the HTTP API and chat page")
-    p.add_argument("--port", type=int)
+    p = add("serve", help="run the HTTP API and chat page",
+            description="Run the HTTP API and chat page until stopped: Ctrl-C exits with status 130, SIGTERM "
+                        "(docker stop, Kubernetes) with 0, both after a graceful shutdown.")
+    p.add_argument("--port", type=_port, help="listen on this port (default: serve.port, 8000; 0: a free one, "
+                                              "which uvicorn logs)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("index", help="(re)build the product index from a dataset")
-    p.add_argument("--data", default=None)
+    p = add("index", help="(re)build the product index from a dataset")
+    p.add_argument("--data", default=None, help="the dataset, as `eval --data` takes it (default: the bundled "
+                                                "amazon:DATA_ROOT/amazon-bundles/DOMAIN of the settings)")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("journal", help="the ingest journal of API writes: show | export | clear")
+    p = add("journal", help="the ingest journal of API writes: show | export | clear")
     p.add_argument("action", nargs="?", choices=["show", "export", "clear"], default="show",
                    help="show what it holds; export a dataset's rows as products.jsonl / events.jsonl (the API's "
                         "shapes); clear them once the shop's own export includes them")
     p.add_argument("--dataset", help="export/clear: the dataset name `show` lists (e.g. amazon-electronic)")
-    p.add_argument("--out", help="export: the folder to write")
+    p.add_argument("--out", help="export: the folder to write (one dataset a folder)")
+    p.add_argument("--force", action="store_true", help="export: overwrite an earlier export in --out")
+    p.add_argument("--yes", action="store_true", help="clear: do not ask (needed without a terminal)")
     p.set_defaults(func=cmd_journal)
 
-    p = sub.add_parser("bench", help="run the benchmark suite (source checkout)")
+    # every argument goes to bench/run_all.py, which documents them (`rag-rec bench -h`)
+    p = sub.add_parser("bench", help="run benchmarks (source checkout): [NAME ...] [--report] [-- FLAGS]",
+                       add_help=False, prefix_chars="+")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
     return parser
@@ -184,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except (RagRecError, ValidationError, tomllib.TOMLDecodeError, json.JSONDecodeError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

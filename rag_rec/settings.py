@@ -131,7 +131,7 @@ class LLMSettings(_Section):
 
 class ServeSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535, description="0: a free port the OS picks (uvicorn logs which)")
     api_keys: list[str] = Field(default_factory=lambda: ["dev-key"])
     max_body_bytes: int = 64 * 1024
     rate_limit_per_minute: int = 600
@@ -204,4 +204,23 @@ class Settings(BaseSettings):
                     file_source = source_cls(settings_cls, json_file=file_path)
                 return init_settings, env_settings, file_source
 
-        return cls.model_validate(_WithFile(**overrides).model_dump())
+        import json
+        import tomllib
+
+        from pydantic import ValidationError
+
+        source = f"settings file {file_path}"
+        if any(name.startswith("RAG_REC_") and name != "RAG_REC_CONFIG" for name in os.environ):
+            source += " (or the RAG_REC_* environment over it)"
+        try:
+            return cls.model_validate(_WithFile(**overrides).model_dump())
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}"
+                + ("" if isinstance(e["input"], (dict, list)) else f" (got {e['input']!r})") for e in exc.errors())
+            raise UsageError(f"{source}: {problems}") from None
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"settings file {file_path}: {exc}") from None
+        except TypeError:
+            raise UsageError(f"settings file {file_path}: expected a table of sections (such as [serve]) at the top "
+                             "level") from None

@@ -239,7 +239,7 @@ def test_the_journal_command_shows_exports_and_clears(tmp_path, capsys):
     assert "holds: shop" in capsys.readouterr().err
     assert main(["--config", str(config), "journal", "export", "--dataset", "shop", "--out", str(tmp_path / "x")]) == 0
     assert len((tmp_path / "x" / "products.jsonl").read_text().splitlines()) == 2
-    assert main(["--config", str(config), "journal", "clear", "--dataset", "shop"]) == 0
+    assert main(["--config", str(config), "journal", "clear", "--dataset", "shop", "--yes"]) == 0
     assert "dropped 2 products and 1 events" in capsys.readouterr().out
     assert main(["--config", str(config), "journal"]) == 0
     assert "empty" in capsys.readouterr().out
@@ -262,7 +262,7 @@ def test_an_api_change_to_the_index_is_synced_away_when_the_journal_no_longer_ho
     if then == "clear the journal":
         config = tmp_path / "rag.json"
         config.write_text(json.dumps({"index": {"path": str(tmp_path / "index")}}))
-        assert main(["--config", str(config), "journal", "clear", "--dataset", "shop"]) == 0
+        assert main(["--config", str(config), "journal", "clear", "--dataset", "shop", "--yes"]) == 0
     else:
         sections = {"data": {"journal": False}}
     restarted = open_pipeline(tmp_path, **sections)

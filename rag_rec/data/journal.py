@@ -21,6 +21,7 @@ from rag_rec.errors import DataError, StorageError
 from rag_rec.schemas import EventIn, ProductIn
 
 SCHEMA_VERSION = 1
+EXPORT_FILES = ("products.jsonl", "events.jsonl")  # what `export` writes into its folder
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -185,7 +186,7 @@ class IngestJournal:
         """products.jsonl and events.jsonl (one API object a line, the shapes /v1/products and /v1/events take)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = out_dir / "products.jsonl", out_dir / "events.jsonl"
+        paths = tuple(out_dir / name for name in EXPORT_FILES)
         queries = ("SELECT body FROM products WHERE dataset = ? ORDER BY seq",
                    "SELECT body FROM events WHERE dataset = ? ORDER BY seq")
         for path, sql in zip(paths, queries):
