@@ -326,9 +326,10 @@ class BundlePipeline:
             total = round(sum(prices), 2) if all(p is not None for p in prices) else None
             bundles.append(BundleOut(title=b.title[:120], items=items, reason=b.reason[:600], total_price=total,
                                      score=round(float(b.score), 6)))
-        extra = [f"LLM unavailable, heuristic composer used: {self._llm_error}"] if (
-            request.use_llm and self._llm_error and self.settings.llm.backend != "none") else []
-        return BundleResponse(bundles=bundles, produced_by=result.produced_by, model=result.model,
+        unavailable = request.use_llm and self._llm_error and self.settings.llm.backend != "none"
+        extra = [f"LLM unavailable, heuristic composer used: {self._llm_error}"] if unavailable else []
+        produced_by = "fallback" if unavailable and result.produced_by == "heuristic" else result.produced_by
+        return BundleResponse(bundles=bundles, produced_by=produced_by, model=result.model,
                               candidates_considered=len(context.candidates),
                               latency_ms=round(1000 * (time.perf_counter() - t0), 2),
                               notes=list(notes) + extra + list(result.notes))
@@ -372,7 +373,7 @@ class BundlePipeline:
         report = GroundingReport()
         title, blurb, path = write_copy(llm, self.settings.llm, products, request.tone, request.length,
                                         request.language, report, unavailable=self._llm_error)
-        return CopyResponse(title=title, blurb=blurb, items=[self._item_out(i) for i in request.items],
+        return CopyResponse(title=title, blurb=blurb, items=[self._item_out(i, sources=()) for i in request.items],
                             produced_by=path, notes=report.repaired)
 
     def add_products(self, products: ProductsIn) -> UpsertResult:

@@ -471,3 +471,8 @@ def test_a_request_starting_the_llm_engine_frees_its_compute_slot(bundle_service
         second.join(10)
     assert made == ["smollm2-135m"], "one engine start for simultaneous first requests"
     assert pipeline.composer(True) is pipeline.heuristic and "no engine" in pipeline._llm_error
+    from rag_rec.schemas import BundleRequest
+
+    served = pipeline.recommend(BundleRequest(need="camera accessories", use_llm=True))
+    assert served.produced_by == "fallback" and any("LLM unavailable" in n for n in served.notes)
+    assert pipeline.recommend(BundleRequest(need="camera accessories", use_llm=False)).produced_by == "heuristic"
