@@ -71,10 +71,11 @@ def paired_lines(runs: list[str]) -> list[str]:
             continue
         name, c = max(singles.items(), key=lambda kv: kv[1]["mean_b"])
         lo, hi = c["ratio_ci95"]
-        lines.append(f"- {run.split('-', 1)[1]}: hybrid / {name} (the best single signal) on {doc['paired']['metric']} "
-                     f"= {c['ratio']:.2f}x, 95% paired bootstrap interval {lo:.2f}-{hi:.2f}x; the hybrid ranks the "
-                     f"target higher in {c['wins_a']} cases, {name} in {c['wins_b']} (sign test p = "
-                     f"{c['sign_test_p']:.2f}).")
+        metric = "HR@10" if run.startswith("basket") else "R@10"
+        lines.append(f"- {run.split('-', 1)[1]}: hybrid / {name} (the best single signal) on {metric} = "
+                     f"{c['ratio']:.2f}x, 95% paired bootstrap interval {lo:.2f}-{hi:.2f}x; the hybrid has the "
+                     f"target in its top 10 where {name} has not in {c['wins_a']} cases, the reverse in "
+                     f"{c['wins_b']} (sign test p = {c['sign_test_p']:.2f}).")
     return ["", "Uncertainty (over the test cases, same cases for both):", "", *lines] if lines else []
 
 
