@@ -339,7 +339,7 @@ def table(results: list[dict], best: str) -> Table:
 
 
 def main() -> None:
-    started = provenance.header()
+    run_header = provenance.header()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -409,7 +409,7 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report["provenance"] = provenance.finish(started)
+    report["provenance"] = provenance.finish(run_header)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(table(results, best))
     for r in results:

@@ -70,14 +70,20 @@ class Workload:
 
     product_ids: list[str]
     user_ids: list[str]
+    copy_ids: list[str]  # products with a real title: copy for a placeholder-titled one is refused (422)
+
+    @classmethod
+    def of(cls, products: dict, user_ids: list[str]) -> Workload:
+        from rag_rec.compose.copywriter import placeholder_product
+
+        return cls(sorted(products), user_ids, sorted(i for i, p in products.items() if not placeholder_product(p)))
 
     @classmethod
     def from_data(cls, data_dir: Path = REPO / "data" / "amazon-bundles" / "electronic") -> Workload:
         from rag_rec.data import load_dataset
 
         dataset = load_dataset(f"amazon:{data_dir}")
-        users = sorted({str(u) for u in dataset.interactions.frame["user_id"]})
-        return cls(sorted(dataset.products), users)
+        return cls.of(dataset.products, sorted({str(u) for u in dataset.interactions.frame["user_id"]}))
 
 
 @dataclass
@@ -167,7 +173,7 @@ async def _chat(client: httpx.AsyncClient, wl: Workload, rng: random.Random) -> 
 
 
 async def _copy(client: httpx.AsyncClient, wl: Workload, rng: random.Random) -> Sample:
-    body = {"items": rng.sample(wl.product_ids, rng.choice((2, 3))), "tone": rng.choice(("friendly", "premium"))}
+    body = {"items": rng.sample(wl.copy_ids, rng.choice((2, 3))), "tone": rng.choice(("friendly", "premium"))}
     t0 = time.perf_counter()
     r = await client.post("/v1/copy", json=body)
     return Sample("POST /v1/copy", r.status_code, 1000 * (time.perf_counter() - t0), _outcome(r),
@@ -374,7 +380,7 @@ def print_table(title: str, summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = provenance.header()
+    run_header = provenance.header()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of the load phase")
@@ -428,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_runtime_s": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report["provenance"] = provenance.finish(started)
+    report["provenance"] = provenance.finish(run_header)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table("calibration (1 client)", calib)
     print_table(f"load ({args.clients} clients, max_concurrency {args.max_concurrency})", load)

@@ -20,6 +20,13 @@ def ok(flag: bool) -> str:
     return "met" if flag else "**missed**"
 
 
+def cpu_of(doc: dict) -> str:
+    cpu = doc.get("cpu")
+    if isinstance(cpu, dict):
+        cpu = cpu.get("Model name")
+    return f" CPU: {cpu}." if cpu else " CPU: not recorded."
+
+
 def projection_section(retrieval: dict | None) -> list[str]:
     """The paper projection, with the growth and the encoding rate read from the committed retrieval run."""
     runs = sorted((retrieval or {}).get("retrieval", []), key=lambda r: r["products"])
@@ -76,7 +83,11 @@ def index_section(doc: dict, plt) -> list[str]:
 
 def retrieval_section(doc: dict, plt) -> list[str]:
     lines = ["## Hybrid retrieval vs the bare engine query (Dunnhumby, real embeddings)", "",
-             "Bare: the identical fused engine request (text + cf prefetch, RRF, filter) straight to qdrant-edge, reading the hits' point ids. "
+             "Bare: the retriever's exact engine request (the anchor's stored text and cf vectors, the same prefetch "
+             "limits, RRF k and weights and filter; tests/test_bench_baselines.py compares the two requests) straight "
+             "to qdrant-edge, reading the hits' point ids. Before session 20 the bare query also averaged and "
+             "normalised the anchor's vector from a fresh lookup and sent unweighted RRF, 50-60 us more than this; "
+             "ratios of earlier runs read ~0.05x lower for that reason. "
              "Hybrid: `HybridRetriever.retrieve` (that request + co-occurrence partners + explained fusion + "
              "provenance). The calls alternate per anchor in rotating order (a later call on an anchor finds the "
              "engine's memory warm). Source: `bench/bench_retrieval.py`. "
@@ -117,13 +128,13 @@ def retrieval_section(doc: dict, plt) -> list[str]:
         lines += ["", f"Why the Python after the engine call is dear here (`bench/probe_post_engine.py`): one fixed "
                       f"piece of it ({p['work']}) takes {p['warm_p50_us']:.0f} us warm, {p['after_engine_query_p50_us']:.0f} us right after the "
                       f"engine query and {p['after_32mb_sweep_p50_us']:.0f} us after a 32 MB memory sweep (p50, "
-                      f"{p['products']} products): the engine call leaves the caller's memory cold."]
+                      f"{p['products']} products): the engine call leaves the caller's memory cold." + cpu_of(p)]
     t = load("item_table_probe")
     if t:
         lines += ["", f"Why the fusion reads one item table (`bench/probe_item_table.py`): gathering {t['pool']} candidates' "
                       f"fusion inputs {t['state']} ({t['items']} items) takes {t['arrays_p50_us']:.0f} us p50 / "
                       f"{t['arrays_p95_us']:.0f} us p95 from one array per signal and {t['table_p50_us']:.0f} / "
-                      f"{t['table_p95_us']:.0f} us from one row per item."]
+                      f"{t['table_p95_us']:.0f} us from one row per item." + cpu_of(t)]
     k = load("kernel_replay")
     if k:
         lines += ["", f"Where the compiled call's cold cost goes (`bench/probe_kernel_replay.py`: {k['requests']} captured "
@@ -131,7 +142,7 @@ def retrieval_section(doc: dict, plt) -> list[str]:
                       f"warm, {k['cold_p50_us']:.0f} us after a {k['sweep_mb']} MB sweep, {k['code_warmed_p50_us']:.0f} us "
                       f"when a small request of the same types ran first (its machine code warm, this request's data "
                       f"cold); the small request alone costs {k['small_request_cold_p50_us']:.0f} us cold. Much of the "
-                      "cold cost is instruction fetch."]
+                      "cold cost is instruction fetch." + cpu_of(k)]
     c = load("kernel_replay_compare")
     if c:
         lines += ["", f"Two kernel versions on the same captured requests (`probe_kernel_replay.py compare`, interleaved "
@@ -139,14 +150,15 @@ def retrieval_section(doc: dict, plt) -> list[str]:
                       f"p50 cold / {c['against_warm_p50_us']:.0f} warm, the current kernel "
                       f"{c['current_cold_p50_us']:.0f} / {c['current_warm_p50_us']:.0f}; per pair the current one is "
                       f"{-c['paired_cold_difference_p50_us']:.0f} us faster cold (median), and faster in "
-                      f"{100 * c['current_faster_share']:.0f}% of pairs."]
+                      f"{100 * c['current_faster_share']:.0f}% of pairs." + cpu_of(c)]
     threads = {r.get("search_threads") for r in doc["retrieval"]}
     if threads != {None}:
         lines += ["", f"The engine's search pool in this run: {', '.join(map(str, sorted(threads, key=str)))} thread(s) "
                       "(`index.search_threads`, docs/INDEX.md)."]
     runs = load("retrieval_search_threads")
     if runs:
-        lines += ["", "The engine's search pool, back to back on this machine (`bench/results/retrieval_search_threads.json`: "
+        lines += ["", "The engine's search pool, back to back on the AMD EPYC of session 15 with the old bare query "
+                      "(`bench/results/retrieval_search_threads.json`: "
                       + runs["how"] + "):", "",
                   "| search threads | products | bare p50 | bare p95 | hybrid p50 | hybrid p95 | p95 ratio |",
                   "|---|---|---|---|---|---|---|"]
@@ -157,7 +169,8 @@ def retrieval_section(doc: dict, plt) -> list[str]:
     ix = doc.get("indexing")
     if ix:
         lines += ["", f"Indexing ({ix['texts']} fresh product texts): bare encoder {ix['bare_encoder_per_s']:.0f}/s, "
-                      f"product indexing (encode + records + upsert) {ix['indexing_per_s']:.0f}/s, ratio "
+                      f"product indexing ({ix.get('product_path', 'encode + records + upsert')}) "
+                      f"{ix['indexing_per_s']:.0f}/s, ratio "
                       f"{ix['ratio']:.2f} (target >= 0.9: {ok(ix['ratio'] >= 0.9)})."]
     if len(doc["retrieval"]) >= 2:
         a, b = doc["retrieval"][0], doc["retrieval"][-1]

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_bench():
+    sys.path.insert(0, str(REPO / "bench"))  # its sibling modules (provenance), as when run as a script
     spec = importlib.util.spec_from_file_location("rag_rec_load_test", REPO / "bench" / "load_test.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -48,7 +49,7 @@ def pipeline(tmp_path_factory):
 @pytest.fixture(scope="module")
 def workload(bench, pipeline):
     users = sorted({str(u) for u in pipeline.dataset.interactions.frame["user_id"]})
-    return bench.Workload(sorted(pipeline.dataset.products), users)
+    return bench.Workload.of(pipeline.dataset.products, users)
 
 
 def settings(bench, max_concurrency: int) -> ServeSettings:
