@@ -257,7 +257,8 @@ def write_tiny_amazon(root: Path, sessions: int = 20) -> None:
 @pytest.mark.slow
 def test_ctrl_c_on_a_real_serve_stops_it_without_a_traceback(tmp_path):
     write_tiny_amazon(tmp_path / "data")
-    env = {**os.environ, "RAG_REC_DATA__ROOT": str(tmp_path / "data"), "RAG_REC_BEHAVIOUR__EPOCHS": "1"}
+    env = {**os.environ, "RAG_REC_DATA__ROOT": str(tmp_path / "data"), "RAG_REC_BEHAVIOUR__EPOCHS": "1",
+           "RAG_REC_LLM__BACKEND": "none"}  # the CLI's own signal path, without an engine starting beside it
     proc = subprocess.Popen([sys.executable, "-m", "rag_rec.cli", "serve", "--port", "0"], env=env, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     lines, up = [], threading.Event()

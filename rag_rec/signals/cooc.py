@@ -336,21 +336,23 @@ class CooccurrenceScorer:
         if new_ids:
             self.extend_vocab(self.vocab.extended(new_ids), dataset)
         grown = item_set_matrix([old + new for old, new in extensions], self.vocab)
-        before = item_set_matrix([old for old, _ in extensions], self.vocab)
+        fresh = item_set_matrix([new for _, new in extensions], self.vocab)
         grown.data[:] = 1.0
-        before.data[:] = 1.0
-        delta = ((grown.T @ grown) - (before.T @ before)).tocoo()
-        added = np.asarray(grown.sum(axis=0)).ravel() - np.asarray(before.sum(axis=0)).ravel()
-        self._add_delta(delta, added)
+        fresh.data[:] = 1.0
+        # grown'grown - old'old = grown'fresh + fresh'grown - fresh'fresh: O(new x history), not O(history^2)
+        delta = ((grown.T @ fresh) + (fresh.T @ grown) - (fresh.T @ fresh)).tocoo()
+        self._add_delta(delta, np.asarray(fresh.sum(axis=0)).ravel())
 
     def _add_delta(self, delta: sp.coo_matrix, added_counts: np.ndarray) -> None:
         """Add pair counts (only the rows they touch are rewritten, into the overlay; the strongest max_partners
         kept per row) and per-item group counts."""
         off_diagonal = (delta.row != delta.col) & (delta.data != 0)
-        rows, cols, vals = delta.row[off_diagonal], delta.col[off_diagonal], delta.data[off_diagonal]
+        by_row = sp.csr_matrix((delta.data[off_diagonal], (delta.row[off_diagonal], delta.col[off_diagonal])),
+                               shape=delta.shape)  # each touched row one slice: linear in the pairs
+        indptr, cols, vals = by_row.indptr, by_row.indices, by_row.data
         with self._lock:
-            for i in np.unique(rows).tolist():
-                mine = rows == i
+            for i in np.flatnonzero(np.diff(indptr)).tolist():
+                mine = slice(indptr[i], indptr[i + 1])
                 merged, summed = _sum_rows([self._row(i), (cols[mine], vals[mine])])
                 summed = summed.astype(self._matrix.dtype)
                 if self.max_partners and len(merged) > self.max_partners:
