@@ -244,3 +244,24 @@ def test_bundle_rows_without_an_id_are_row_errors(tmp_path):
     with pytest.raises(DataError, match=r"bundles.csv, row 4, field 'bundle_id'"):
         load_generic(root)
     assert [b.items for b in load_generic(root, strict=False).bundles] == [("p1", "p2")]
+
+
+def test_sessions_are_built_as_one_group_per_session_id_would_build_them():
+    import numpy as np
+    import pandas as pd
+
+    from rag_rec.data.generic import _sessions
+    from rag_rec.data.models import Session
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    frame = pd.DataFrame({"session_id": rng.choice([f"s{k}" for k in range(400)] + [7, 8], n).astype(object),
+                          "item_id": [f"p{k}" for k in rng.integers(0, 200, n)],
+                          "user_id": [f"u{k}" for k in rng.integers(0, 50, n)],
+                          "timestamp": rng.integers(1_600_000_000, 1_700_000_000, n)})
+    expected = {str(sid): Session(str(sid), tuple(dict.fromkeys(g["item_id"])), str(g["user_id"].iloc[0]),
+                                  int(g["timestamp"].iloc[0]))
+                for sid, g in frame.groupby("session_id", sort=False)}
+    got = _sessions(frame)
+    assert got == expected and list(got) == list(expected)
+    assert _sessions(frame.iloc[:0]) == {}

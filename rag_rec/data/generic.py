@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rag_rec.data.cleaning import CleaningReport, RowChecker, parse_price
@@ -174,9 +175,7 @@ def load_generic(directory: str | Path, *, strict: bool = True, name: str | None
         interactions = _load_events(events_path, products, report, strict)
         frame = interactions.frame  # a return is no co-purchase
         with_session = frame[frame["event"].fillna("") != "return"].dropna(subset=["session_id"])
-        for sid, group in with_session.groupby("session_id", sort=False):
-            sessions[str(sid)] = Session(str(sid), tuple(dict.fromkeys(group["item_id"])),
-                                         str(group["user_id"].iloc[0]), int(group["timestamp"].iloc[0]))
+        sessions = _sessions(with_session)
 
     bundles: list[Bundle] = []
     bundles_path = _find(root, "bundles", required=False)
@@ -250,3 +249,18 @@ def _load_events(path: Path, products: dict[str, Product], report: CleaningRepor
                      "session_id": str(row.get("session_id", "")).strip() or None, "quantity": quantity,
                      "price": price})
     return Interactions(pd.DataFrame(rows) if rows else None)
+
+
+def _sessions(frame: pd.DataFrame) -> dict[str, Session]:
+    """One Session per session id, in order of first appearance: its distinct items in event order, the user and
+    time of its first event (one sort and split, not a pandas group per session)."""
+    if frame.empty:
+        return {}
+    codes, ids = pd.factorize(frame["session_id"], sort=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    first = order[np.concatenate([[0], bounds])]
+    users, times = frame["user_id"].to_numpy(dtype=object), frame["timestamp"].to_numpy()
+    items = np.split(frame["item_id"].to_numpy(dtype=object)[order], bounds)
+    return {str(sid): Session(str(sid), tuple(dict.fromkeys(group)), str(users[f]), int(times[f]))
+            for sid, group, f in zip(ids, items, first.tolist())}
