@@ -423,19 +423,21 @@ class BundlePipeline:
             return UpsertResult(accepted=len(new), total=len(self.dataset.products))  # a repeated id is one product
 
     def _extend_vocab(self, ids: list[str], vectors: np.ndarray | None) -> None:
-        """Append products to the vocabulary and every per-item signal (text vectors into spare capacity)."""
+        """Append products to the vocabulary and every per-item signal (text vectors into spare capacity).
+        Requests take no lock: the new vocabulary is published last, once every array has the new rows."""
         s = self.signals
-        s.vocab = s.vocab.extended(ids)
+        vocab = s.vocab.extended(ids)
         if self._text_rows is None or self._text_rows.array is not s.text_vectors:
             self._text_rows = RowBuffer(s.text_vectors)
         if vectors is None:
             vectors = np.zeros((len(ids), s.text_vectors.shape[1]), dtype=s.text_vectors.dtype)
         s.text_vectors = self._text_rows.append(vectors)
-        s.popularity.vocab = s.vocab
         s.popularity.counts = np.concatenate([s.popularity.counts, np.zeros(len(ids))])
-        s.cooc.extend_vocab(s.vocab, self.dataset)
+        s.popularity.vocab = vocab
+        s.cooc.extend_vocab(vocab, self.dataset)
         if s.category is not None:
-            s.category.extend(self.dataset, s.vocab)
+            s.category.extend(self.dataset, vocab)
+        s.vocab = vocab
 
     def add_events(self, events: EventsIn) -> UpsertResult:
         """Record events and update co-occurrence, popularity, ALS user factors and histories in place.

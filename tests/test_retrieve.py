@@ -1012,3 +1012,37 @@ def test_the_engine_fusion_uses_the_configured_rrf_k(pipeline, monkeypatch):
     monkeypatch.setattr(pipeline.retriever.settings, "rrf_k", 7)
     pipeline.retriever.retrieve(RetrievalRequest(anchors=(anchors_of(pipeline, 1)[0],), k=10))
     assert seen == [7]
+
+
+def test_requests_during_a_new_products_upsert_never_fail(pipeline, monkeypatch):
+    """Requests take no lock: at every step of growing the vocabulary a request naming the new product finds it
+    either unknown or complete."""
+    from rag_rec import rows as row_module
+    from rag_rec.schemas import BundleRequest, Filters, ProductIn, ProductsIn
+
+    s, new_id = pipeline.signals, "UPSERT-RACE-1"
+    category = list(pipeline.dataset.products[anchors_of(pipeline, 1)[0]].category)
+    requests = [BundleRequest(anchor_items=[new_id]), BundleRequest(anchor_items=[new_id, anchors_of(pipeline, 1)[0]]),
+                BundleRequest(anchor_items=[new_id], filters=Filters(categories=category[:1])),
+                BundleRequest(filters=Filters(max_price=5.0))]
+    probed = []
+
+    def probing(owner, name):
+        original = getattr(owner, name)
+
+        def call(*args, **kwargs):
+            for request in requests:
+                pipeline.recommend(request)
+            probed.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, call)
+
+    probing(row_module.RowBuffer, "append")
+    probing(s.cooc, "extend_vocab")
+    probing(s.cooc, "update_leaves")
+    probing(s.category, "extend")
+    pipeline.add_products(ProductsIn(products=[ProductIn(id=new_id, title="travel tripod with phone mount",
+                                                         category=category, price=19.0)]))
+    assert set(probed) == {"append", "extend_vocab", "update_leaves", "extend"}
+    assert new_id in pipeline.signals.vocab.index and pipeline.recommend(requests[0]).bundles

@@ -483,7 +483,7 @@ class HybridRetriever:
         """The n most popular products passing `flt`, read down the popularity order in growing windows (stock,
         price and excluded ids in arrays, other conditions per product), so a narrow filter still finds its
         products anywhere in the catalogue."""
-        counts = self.signals.popularity.counts
+        counts = self.signals.popularity.counts[: len(self.signals.vocab)]  # an upsert grows counts before vocab
         order = np.argsort(-counts, kind="stable")
         excluded = [self.signals.vocab.index[i] for i in flt.must_not_ids if i in self.signals.vocab.index]
         found: list[np.ndarray] = []

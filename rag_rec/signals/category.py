@@ -51,9 +51,9 @@ class CategoryAffinity:
             rows = np.arange(len(self.item_code), len(vocab))
         ids, products = vocab.ids, dataset.products
         keys = [tuple(products[ids[r]].category[: self.depth]) if ids[r] in products else () for r in rows.tolist()]
-        self.vocab = vocab
         codes = [self.codes.get(k, -1) if k else -1 for k in keys]
         self.item_code = patched(self.item_code, len(vocab), rows, codes, -1)
+        self.vocab = vocab
 
     def _group_matrix(self, groups) -> sp.csr_matrix:
         """Binary group x category-code matrix: the categories of each group's known, categorised items."""

@@ -145,19 +145,19 @@ class CooccurrenceScorer:
         self._leaf_index = {c: n for n, c in enumerate(sorted(set(leaf)))}
         return np.array([self._leaf_index[c] if c else -1 for c in leaf])
 
-    def update_leaves(self, rows: np.ndarray, dataset: Dataset) -> None:
+    def update_leaves(self, rows: np.ndarray, dataset: Dataset, vocab: ItemVocab | None = None) -> None:
         """Leaf codes of vocabulary `rows` (new or changed products) from their current category, the others
         kept: a leaf new to the scorer takes the next code (codes are only compared with each other)."""
-        ids, products, index = self.vocab.ids, dataset.products, self._leaf_index
+        vocab = vocab or self.vocab
+        ids, products, index = vocab.ids, dataset.products, self._leaf_index
         leaves = [products[ids[r]].leaf_category if ids[r] in products else "" for r in rows.tolist()]
         codes = [index.setdefault(c, len(index)) if c else -1 for c in leaves]
-        self.leaf = patched(self.leaf, len(self.vocab), rows, codes, -1)
+        self.leaf = patched(self.leaf, len(vocab), rows, codes, -1)
 
     def extend_vocab(self, vocab: ItemVocab, dataset: Dataset) -> None:
         """Adopt a larger vocabulary (new items appended): new rows/columns start empty. The stored rows, their
         overlay and the other items' leaf codes are shared, not copied: O(new items), not O(matrix)."""
         old, n = len(self.leaf), len(vocab)
-        self.vocab = vocab
         matrix = self._matrix
         indptr = np.concatenate([matrix.indptr, np.full(n - matrix.shape[0], matrix.indptr[-1],
                                                         dtype=matrix.indptr.dtype)])
@@ -169,7 +169,8 @@ class CooccurrenceScorer:
         # would compile a new kernel inside a request)
         grown_counts = np.full(n - len(self.counts), 1e-9, dtype=self.counts.dtype)
         self._publish_counts(np.concatenate([self.counts, grown_counts]))
-        self.update_leaves(np.arange(old, n), dataset)
+        self.update_leaves(np.arange(old, n), dataset, vocab)
+        self.vocab = vocab  # last: a reader that finds a new item finds its rows
 
     def score_vector(self, anchors: Sequence[str], user_id: str | None = None) -> np.ndarray:
         idx = self.vocab.known(anchors)
