@@ -476,3 +476,27 @@ def test_a_request_starting_the_llm_engine_frees_its_compute_slot(bundle_service
     served = pipeline.recommend(BundleRequest(need="camera accessories", use_llm=True))
     assert served.produced_by == "fallback" and any("LLM unavailable" in n for n in served.notes)
     assert pipeline.recommend(BundleRequest(need="camera accessories", use_llm=False)).produced_by == "heuristic"
+
+
+def test_a_chat_that_fails_after_its_200_is_counted(live_server, recording_service, serve_settings):
+    recording_service.fail_with = IndexStoreError("index locked by another process")
+    base = live_server(recording_service, serve_settings)
+    r = client.post(f"{base}/v1/chat", json={"messages": [{"role": "user", "content": "usb storage for my camera"}]})
+    assert r.status_code == 200 and "event: error" in r.text
+    text = client.get(f"{base}/metrics").text
+    assert metric(text, "rag_rec_stream_errors_total", endpoint="chat", error="service_unavailable") == 1.0
+
+
+def test_a_clients_method_name_is_not_a_metric_label(api):
+    """h11 (uvicorn without httptools) passes any method name to the app: a scanner must not create series."""
+    from rag_rec.serve.metrics import ServeMetrics
+
+    for n in range(5):
+        client.request(f"SCAN{n}", f"{api}/healthz")
+    assert "SCAN" not in client.get(f"{api}/metrics").text
+    metrics = ServeMetrics()
+    for n in range(50):
+        metrics.observe("/healthz", f"SCAN{n}", 405, 0.001)
+    text = metrics.render().decode()
+    assert "SCAN" not in text
+    assert metric(text, "rag_rec_http_requests_total", route="/healthz", method="other", status="405") == 50.0

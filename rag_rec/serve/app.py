@@ -381,6 +381,7 @@ def create_app(service: BundleService, settings: ServeSettings | Settings) -> Fa
                     yield _sse("clarify", ChatClarifyEvent(question=plan.question, missing=plan.missing))
             except Exception as exc:
                 _, code, detail = _service_error(exc)
+                metrics.stream_errors.labels(endpoint="chat", error=code).inc()  # the response said 200 already
                 log.exception("chat %s failed", request_id)
                 yield _sse("error", ErrorOut(error=code, detail=detail, request_id=request_id))
             yield _sse("done", ChatDoneEvent(request_id=request_id,

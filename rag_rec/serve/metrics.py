@@ -11,6 +11,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -31,8 +32,11 @@ class ServeMetrics:
                                    "(serve.compute_threads)", buckets=LATENCY_BUCKETS, registry=self.registry)
         self.compose = Counter("rag_rec_compose", "Responses by the path that composed them",
                                ["endpoint", "produced_by"], registry=self.registry)
+        self.stream_errors = Counter("rag_rec_stream_errors", "Errors sent inside a streamed response that had "
+                                     "already answered 200 (chat)", ["endpoint", "error"], registry=self.registry)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"  # a client's method name is no label value
         self.requests.labels(route=route, method=method, status=str(status)).inc()
         self.latency.labels(route=route, method=method).observe(seconds)
 
