@@ -24,7 +24,8 @@ class BundleService(Protocol):
         """Bundles for a user and/or anchor items and/or a need. Unknown ids give notes, not errors."""
 
     def copy(self, request: CopyRequest) -> CopyResponse:
-        """Title + blurb for a bundle of known products (KeyError naming the unknown id otherwise)."""
+        """Title + blurb for a bundle of known products (KeyError naming an unknown id; a pydantic ValidationError
+        naming items[N] for a product whose title is only a placeholder)."""
 
     def add_events(self, events: EventsIn) -> UpsertResult:
         """Record interactions and update CF signals incrementally."""
