@@ -32,14 +32,8 @@ class CategoryAffinity:
         x = self._group_matrix(dataset.item_sets())
         # symmetric; C order so an anchor's row is one contiguous read (toarray of the CSC product is F order,
         # which made each row 3,903 cache lines on Dunnhumby)
-        pair = (x.T @ x).tocsr()
-        if n <= self.dense_codes:
-            self.pair = np.ascontiguousarray(pair.toarray())
-            np.fill_diagonal(self.pair, 0)  # a category's own count is `count`, never a pair with itself
-        else:
-            pair.setdiag(0)
-            pair.eliminate_zeros()
-            self.pair = pair
+        pair = self._pairs(x)
+        self.pair = np.ascontiguousarray(pair.toarray()) if n <= self.dense_codes else pair
         self.count = np.asarray(x.sum(axis=0)).ravel()
         return self
 
@@ -64,19 +58,26 @@ class CategoryAffinity:
             cols.extend(cats)
         return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(max(rows, default=-1) + 1, len(self.codes)))
 
+    @staticmethod
+    def _pairs(x: sp.csr_matrix) -> sp.csr_matrix:
+        """Category-pair counts of a group x category matrix; a category's own count is `count`, never a pair."""
+        pair = (x.T @ x).tocsr()
+        pair.setdiag(0)
+        pair.eliminate_zeros()
+        return pair
+
     def add_groups(self, groups: Sequence[Sequence[str]]) -> None:
         """Incremental update: the category pairs and counts of new sessions, counted as the fit counts them
         (dense pairs are added in place; a sparse pair matrix is replaced whole)."""
         x = self._group_matrix(groups)
         if not x.nnz:
             return
-        delta = (x.T @ x).tocoo()
-        off = delta.row != delta.col
+        delta = self._pairs(x)
         if isinstance(self.pair, np.ndarray):
-            np.add.at(self.pair, (delta.row[off], delta.col[off]), delta.data[off])
+            coo = delta.tocoo()
+            np.add.at(self.pair, (coo.row, coo.col), coo.data)
         else:
-            self.pair = (self.pair + sp.csr_matrix((delta.data[off], (delta.row[off], delta.col[off])),
-                                                   shape=self.pair.shape)).tocsr()
+            self.pair = (self.pair + delta).tocsr()
         self.count = self.count + np.asarray(x.sum(axis=0)).ravel()
 
     def score_pool(self, anchor_idx: Sequence[int], pool: np.ndarray) -> np.ndarray:
