@@ -4,10 +4,10 @@ usage: python eval/judge_agreement.py [MODEL] -> eval/results/judge_agreement-MO
 """
 
 import json
-import math
 import sys
 from pathlib import Path
 
+from rag_rec.eval.harness import _json_safe
 from rag_rec.eval.judge import LLMJudge, agreement, load_labels
 from rag_rec.llm import make_llm
 from rag_rec.settings import Settings
@@ -28,6 +28,5 @@ if __name__ == "__main__":
               "judgements": [j.model_dump() if j else None for j in judgements]}
     out = root / "results" / f"judge_agreement-{model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}  # undefined kappa
-    out.write_text(json.dumps(result, indent=2, allow_nan=False))
+    out.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False))  # an undefined kappa is null
     print(json.dumps({k: v for k, v in result.items() if k != "judgements"}, indent=2))
