@@ -71,11 +71,6 @@ def sized(full, size: int):
     return full if size >= len(full.products) else slice_dataset(full, size)
 
 
-def machine() -> dict:
-    """Where a benchmark ran (the JSON's header; write_json adds the load average at the end)."""
-    return provenance.header()
-
-
 def write_json(path: str, doc: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(provenance.finish(doc) if "load_average_start" in doc else doc, indent=2))
@@ -248,7 +243,7 @@ def main() -> None:
     settings = Settings(llm={"backend": "none"}, index={"search_threads": args.search_threads})
     full = load_dunnhumby()
     rng = np.random.default_rng(0)
-    results = {**machine(), "retrieval": [], "indexing": None}
+    results = {**provenance.header(), "retrieval": [], "indexing": None}  # write_json adds the end's load
     for size in args.sizes:
         results["retrieval"].append(bench_retrieval(sized(full, size), settings, args.queries, rng, args.rounds))
         console.log(results["retrieval"][-1])

@@ -26,7 +26,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench_retrieval import machine, sized, write_json
+import provenance
+from bench_retrieval import sized, write_json
 from rag_rec.data.dunnhumby import load_dunnhumby
 from rag_rec.data.journal import IngestJournal
 from rag_rec.index.edge import EdgeStore
@@ -102,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(llm={"backend": "none"})
     full = load_dunnhumby()
-    results = {**machine(), "sizes": []}
+    results = {**provenance.header(), "sizes": []}
     for size in args.sizes:
         results["sizes"].append(bench_size(sized(full, size), settings, args.repeats))
         console.log(results["sizes"][-1])
