@@ -47,6 +47,9 @@ class CFSettings(_Section):
     als_regularization: float = 0.05
     substitute_discount: float = 0.5
     max_partners: int = Field(default=200, description="Co-occurrence partners kept per item (bounded query work)")
+    max_group_items: int = Field(default=500, ge=2, description="A session, basket or (without sessions) user "
+                                 "history longer than this is counted in consecutive windows of this many items: "
+                                 "bounded fit memory for crawler sessions and heavy buyers")
     threads: int = 1
 
 

@@ -1,10 +1,12 @@
 """Co-occurrence signal: counts, complement discount, pruning, incremental groups."""
 
 import numpy as np
+import pandas as pd
+import pytest
 import scipy.sparse as sp
 
-from rag_rec.data.models import Bundle, Dataset, Product, Session
-from rag_rec.signals.cooc import CooccurrenceScorer, prune_rows
+from rag_rec.data.models import Bundle, Dataset, Interactions, Product, Session
+from rag_rec.signals.cooc import CooccurrenceScorer, group_windows, prune_rows
 
 
 def tiny() -> Dataset:
@@ -68,6 +70,55 @@ def test_incremental_groups_equal_a_refit_and_survive_compaction():
     assert inc._overlay                                   # rows changed since the fit live in the overlay
     assert (inc.cooc != refit.cooc).nnz == 0 and not inc._overlay   # folding it in gives the refit matrix
     assert np.allclose(inc.score_pool([3, 17], pool), refit.score_pool([3, 17], pool))
+
+
+def test_group_windows_cut_distinct_items_in_order():
+    assert group_windows(("a", "b", "a", "c", "d", "e"), 2) == [("a", "b"), ("c", "d"), ("e",)]
+    assert group_windows(("a", "b", "a"), None) == [("a", "b")]
+    assert group_windows(("a", "b"), 2) == [("a", "b")]
+
+
+def test_a_crawler_session_is_counted_in_windows():
+    ids = [f"i{n}" for n in range(3000)]
+    products = {i: Product(i, i, ("E", "c")) for i in ids}
+    ds = Dataset("crawl", products, sessions={"bot": Session("bot", tuple(ids)), "s": Session("s", ("i0", "i2999"))})
+    c = CooccurrenceScorer(max_group_items=100, max_partners=None).fit(ds)
+    assert c.cooc.nnz == 30 * 100 * 99 + 2     # 30 windows' pairs and the short session's pair; unwindowed: 9.0M
+    assert c.evidence(["i0"], "i99") == 1 and c.evidence(["i0"], "i100") == 0 and c.evidence(["i0"], "i2999") == 1
+    assert c.counts[c.vocab.index["i5"]] == 1 and c.counts[c.vocab.index["i0"]] == 2
+
+
+def sessionless(histories: dict[str, list[str]], n_items: int) -> Dataset:
+    products = {f"i{n}": Product(f"i{n}", f"i{n}", ("E", f"c{n % 5}")) for n in range(n_items)}
+    rows = [{"user_id": u, "item_id": i, "timestamp": t} for u, items in histories.items() for t, i in enumerate(items)]
+    return Dataset("shop", products, interactions=Interactions(pd.DataFrame(rows)))
+
+
+@pytest.mark.parametrize("window", [6, None])
+def test_extending_user_groups_equals_a_refit(window):
+    rng = np.random.default_rng(7)
+    n_items = 80
+    final = {f"u{u}": list(rng.choice(n_items, size=rng.integers(1, 30))) for u in range(12)}
+    final = {u: [f"i{n}" for n in items] for u, items in final.items()}
+    cut = {u: int(rng.integers(0, len(items) + 1)) for u, items in final.items()}
+    base = sessionless({u: items[:cut[u]] for u, items in final.items()}, n_items)
+    inc = CooccurrenceScorer(max_group_items=window, max_partners=None).fit(base)
+    assert inc.user_groups
+    history = {u: list(dict.fromkeys(items[:cut[u]])) for u, items in final.items()}
+    for step in range(3):   # the rest of each history in three batches, as API events would come
+        extensions = []
+        for u, items in final.items():
+            rest = items[cut[u]:]
+            new = rest[step * len(rest) // 3:(step + 1) * len(rest) // 3]
+            extensions.append((tuple(history[u]), tuple(new)))
+            history[u] = list(dict.fromkeys(history[u] + new))
+        inc.extend_groups(extensions, base)
+    refit = CooccurrenceScorer(max_group_items=window, max_partners=None).fit(sessionless(final, n_items))
+    assert (inc.cooc != refit.cooc).nnz == 0
+    assert np.array_equal(inc.counts, refit.counts)
+    if window:
+        unwindowed = CooccurrenceScorer(max_partners=None).fit(sessionless(final, n_items))
+        assert (unwindowed.cooc != refit.cooc).nnz > 0    # the windows changed which pairs count
 
 
 def test_pool_scores_equal_whole_vocabulary_scores():

@@ -101,8 +101,9 @@ def _hybrid(settings: Settings) -> Ranker:
 
 RANKERS: dict[str, Callable[[Settings], Ranker]] = {
     "pop": lambda s: PopularityScorer(),
-    "itemknn": lambda s: CooccurrenceScorer(complement=False),
-    "cooc": lambda s: CooccurrenceScorer(complement=True, substitute_discount=s.cf.substitute_discount),
+    "itemknn": lambda s: CooccurrenceScorer(complement=False, max_group_items=s.cf.max_group_items),
+    "cooc": lambda s: CooccurrenceScorer(complement=True, substitute_discount=s.cf.substitute_discount,
+                                         max_group_items=s.cf.max_group_items),
     "als": _als,
     "text": _text,
     "lexical": _lexical,

@@ -55,6 +55,26 @@ def item_set_matrix(groups: Iterable[Sequence[str]], vocab: ItemVocab, weights: 
     return sp.csr_matrix((np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(r, len(vocab)))
 
 
+def group_windows(items: Sequence[str], size: int | None) -> list[tuple[str, ...]]:
+    """A group's distinct items in order, cut into consecutive windows of `size` items; pairs are counted within a
+    window, so a 10,000-item session or a heavy buyer's history costs size x G pairs, not G^2."""
+    distinct = tuple(dict.fromkeys(items))
+    if not size or len(distinct) <= size:
+        return [distinct]
+    return [distinct[i:i + size] for i in range(0, len(distinct), size)]
+
+
+def windowed(groups: Iterable[Sequence[str]], weights: Sequence[float], size: int | None
+             ) -> tuple[list[tuple[str, ...]], list[float]]:
+    """Every group cut by group_windows, each window with its group's weight."""
+    out, out_weights = [], []
+    for group, weight in zip(groups, weights):
+        windows = group_windows(group, size)
+        out.extend(windows)
+        out_weights.extend([weight] * len(windows))
+    return out, out_weights
+
+
 def prune_rows(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
     """Keep each row's k largest entries (an item's k strongest partners): bounded work per query."""
     matrix = matrix.tocsr()
@@ -82,15 +102,16 @@ class CooccurrenceScorer:
     score(b | anchors) = sum_a  C[a,b] / (n_a * n_b) ** alpha   (alpha=0.5: cosine)
     With `complement=True`, items in the same leaf category as an anchor (likely substitutes) are multiplied
     by `substitute_discount`. Ties are broken by popularity (a 1e-6 backfill), so every item has a rank.
+    Groups longer than `max_group_items` are counted in consecutive windows of that many items (group_windows).
     """
 
     def __init__(self, *, alpha: float = 0.5, complement: bool = False, substitute_discount: float = 0.5,
                  bundle_weight: float = 2.0, min_count: int = 1, name: str | None = None,
-                 max_partners: int | None = None):
+                 max_partners: int | None = None, max_group_items: int | None = None):
         self.alpha, self.complement, self.substitute_discount = alpha, complement, substitute_discount
         self._norm_cache: tuple[np.ndarray, np.ndarray] | None = None
         self.bundle_weight, self.min_count = bundle_weight, min_count
-        self.max_partners = max_partners
+        self.max_partners, self.max_group_items = max_partners, max_group_items
         self.name = name or ("cooc" if complement else "itemknn")
         self._lock = threading.Lock()  # serialises overlay writes and compaction
 
@@ -105,11 +126,14 @@ class CooccurrenceScorer:
             for _, items in kept.groupby("user_id")["item_id"]:
                 groups.append(tuple(items))
                 weights.append(1.0)
+        groups, weights = windowed(groups, weights, self.max_group_items)
         x = item_set_matrix(groups, self.vocab, weights)
         self._fit_matrix(x, dataset)
         self.bundle_pairs = None  # bundles shared per pair: evidence counts a bundle once, the scores bundle_weight times
         if dataset.bundles and self.bundle_weight != 1.0:
-            xb = item_set_matrix([b.items for b in dataset.bundles], self.vocab)
+            bundles, _ = windowed([b.items for b in dataset.bundles], [1.0] * len(dataset.bundles),
+                                  self.max_group_items)
+            xb = item_set_matrix(bundles, self.vocab)
             pairs = (xb.T @ xb).tocsr()
             pairs.setdiag(0)
             pairs.eliminate_zeros()
@@ -320,14 +344,15 @@ class CooccurrenceScorer:
         new_ids = [i for g in groups for i in g if i not in self.vocab.index]
         if new_ids:
             self.extend_vocab(self.vocab.extended(new_ids), dataset)
-        x = item_set_matrix(groups, self.vocab)
+        x = item_set_matrix(windowed(groups, [1.0] * len(groups), self.max_group_items)[0], self.vocab)
         binary = x.copy()
         binary.data[:] = 1.0
         self._add_delta((x.T @ binary).tocoo(), np.asarray(binary.sum(axis=0)).ravel())
 
     def extend_groups(self, extensions: Sequence[tuple[Sequence[str], Sequence[str]]], dataset: Dataset) -> None:
         """Incremental update of groups the fit already counted (a user's purchases, when the data has no
-        sessions): each (old items, new items) adds exactly the pairs the group gains, as a refit would."""
+        sessions): each (old items, new items) adds exactly the pairs the group gains, as a refit would. Only the
+        group's last window changes or new windows follow it: O(new x window), not O(history^2)."""
         distinct = [(dict.fromkeys(old), dict.fromkeys(new)) for old, new in extensions]
         extensions = [(tuple(old), tuple(i for i in new if i not in old)) for old, new in distinct]
         extensions = [(old, new) for old, new in extensions if new]
@@ -336,13 +361,21 @@ class CooccurrenceScorer:
         new_ids = [i for old, new in extensions for i in (*old, *new) if i not in self.vocab.index]
         if new_ids:
             self.extend_vocab(self.vocab.extended(new_ids), dataset)
-        grown = item_set_matrix([old + new for old, new in extensions], self.vocab)
-        fresh = item_set_matrix([new for _, new in extensions], self.vocab)
-        grown.data[:] = 1.0
-        fresh.data[:] = 1.0
-        # grown'grown - old'old = grown'fresh + fresh'grown - fresh'fresh: O(new x history), not O(history^2)
-        delta = ((grown.T @ fresh) + (fresh.T @ grown) - (fresh.T @ fresh)).tocoo()
-        self._add_delta(delta, np.asarray(fresh.sum(axis=0)).ravel())
+        grown_rows, fresh_rows, whole_rows = [], [], []
+        size = self.max_group_items
+        for old, new in extensions:
+            kept = len(old) // size * size if size else 0  # the complete windows before it stay as they are
+            tail = old[kept:]
+            first, *rest = group_windows(tail + new, size)
+            grown_rows.append(first)
+            fresh_rows.append(first[len(tail):])
+            whole_rows.extend(rest)
+        grown, fresh, whole = (item_set_matrix(rows, self.vocab) for rows in (grown_rows, fresh_rows, whole_rows))
+        for m in (grown, fresh, whole):
+            m.data[:] = 1.0
+        # grown'grown - tail'tail = grown'fresh + fresh'grown - fresh'fresh: O(new x window), not O(window^2)
+        delta = ((grown.T @ fresh) + (fresh.T @ grown) - (fresh.T @ fresh) + (whole.T @ whole)).tocoo()
+        self._add_delta(delta, np.asarray(fresh.sum(axis=0)).ravel() + np.asarray(whole.sum(axis=0)).ravel())
 
     def _add_delta(self, delta: sp.coo_matrix, added_counts: np.ndarray) -> None:
         """Add pair counts (only the rows they touch are rewritten, into the overlay; the strongest max_partners

@@ -36,7 +36,8 @@ def fit_signals(dataset: Dataset, settings: Settings, *, text: bool = True, als:
     console = console or Console(stderr=True)
     vocab = ItemVocab.of(dataset.products)
     cooc = CooccurrenceScorer(complement=True, substitute_discount=settings.cf.substitute_discount,
-                              max_partners=settings.cf.max_partners).fit(dataset)
+                              max_partners=settings.cf.max_partners,
+                              max_group_items=settings.cf.max_group_items).fit(dataset)
     pop = PopularityScorer().fit(dataset)
     from rag_rec.signals.category import CategoryAffinity
 
