@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -146,6 +146,23 @@ class ServeSettings(_Section):
     keep_alive_s: int = Field(default=75, description="Idle keep-alive of client connections; longer than clients' "
                               "and load balancers' idle expiry (httpx: 5 s), so a reused connection is never closed "
                               "under a request")
+    forwarded_allow_ips: str = Field(default="127.0.0.1", description="Proxies (comma-separated IPs or CIDRs, or "
+                                     "*) whose X-Forwarded-For header names the client, so per-IP rate limits "
+                                     "see the shopper, not the load balancer; '*' trusts every caller's header")
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        import ipaddress
+
+        for part in (p.strip() for p in value.split(",")):
+            if part == "*":
+                continue
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or CIDR network (or *)") from None
+        return value
 
 
 def unknown_env_settings(environ) -> list[str]:

@@ -285,6 +285,27 @@ def test_rate_limit_is_per_client_with_retry_after(live_server, recording_servic
     assert bogus.status_code == 429, "an invalid key does not escape the per-IP bucket"
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_rate_limit_reads_the_client_behind_a_trusted_proxy(live_server, recording_service, trusted):
+    settings = ServeSettings(rate_limit_per_minute=2, forwarded_allow_ips="127.0.0.1" if trusted else "10.9.8.7")
+    base = live_server(recording_service, settings)
+
+    def call(shopper):
+        return client.post(f"{base}/v1/bundles", json={"need": "usb storage"},
+                           headers={"X-Forwarded-For": shopper}).status_code
+
+    assert [call("203.0.113.5") for _ in range(3)] == [200, 200, 429]
+    # behind the trusted proxy another shopper has a bucket of their own; from an untrusted caller the header is
+    # ignored (anyone could forge it) and every request counts against the caller's address
+    assert call("198.51.100.7") == (200 if trusted else 429)
+
+
+def test_forwarded_allow_ips_must_be_addresses():
+    assert ServeSettings(forwarded_allow_ips="10.0.0.0/8, 192.168.1.4,*").forwarded_allow_ips
+    with pytest.raises(ValueError, match="'ingress' is not an IP address"):
+        ServeSettings(forwarded_allow_ips="10.0.0.1,ingress")
+
+
 def test_concurrency_limit_sheds_load_with_503(live_server, recording_service):
     settings = ServeSettings(max_concurrency=2, compute_threads=2)
     base = live_server(recording_service, settings)

@@ -430,6 +430,7 @@ def uvicorn_config(app, serve: ServeSettings, **overrides):
 
     uvicorn = require("uvicorn", "serve")
     options = {"host": serve.host, "port": serve.port, "proxy_headers": True,
+               "forwarded_allow_ips": serve.forwarded_allow_ips,
                "timeout_keep_alive": serve.keep_alive_s, "timeout_graceful_shutdown": 10, **overrides}
     return uvicorn.Config(app, **options)
 
