@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,7 +50,8 @@ from rag_rec.retrieve import fusion_kernel
 
 console = Console(width=120)
 DEFAULT_CAPTURE = Path.home() / ".cache" / "rag_rec" / "kernel_replay.pkl"
-ARGUMENTS = ("rows row_ints t0 dt c0 dc l0 lw w0 code_col leaf_col category_pairs category_count category_bonus "
+ARGUMENTS = ("rows row_ints t0 dt c0 dc l0 lw w0 code_col leaf_col pair_indptr pair_indices pair_data category_count "
+             "category_bonus "
              "cooc_indptr cooc_indices cooc_data norms complement leaf_discount has name_rows weights covered "
              "key_rows keys k anchor_rows text_q text_div cf_q need_q kinds kind_discount n_partners excluded stock "
              "want_stock price low high").split()  # fusion_kernel._anchor_request_kernel's signature
@@ -129,10 +131,15 @@ def small_request(args: tuple, rows: int = 2000) -> tuple:
     table = np.ascontiguousarray(args[AT["rows"]][:rows])
     small[AT["rows"]], small[AT["row_ints"]] = table, table.view(np.int32)
     ints = small[AT["row_ints"]]
-    pairs = args[AT["category_pairs"]]
-    if pairs.shape[0]:
-        block = min(500, pairs.shape[0])
-        small[AT["category_pairs"]] = np.ascontiguousarray(pairs[:block, :block])
+    indptr, indices, data = (args[AT[name]] for name in ("pair_indptr", "pair_indices", "pair_data"))
+    codes = len(indptr) - 1
+    if codes:
+        block = min(500, codes)
+        pairs = sp.csr_matrix((data, indices, indptr), shape=(codes, codes))[:block, :block]
+        pairs.sort_indices()
+        small[AT["pair_indptr"]] = pairs.indptr.astype(indptr.dtype)
+        small[AT["pair_indices"]] = pairs.indices.astype(indices.dtype)
+        small[AT["pair_data"]] = pairs.data.astype(data.dtype)
         ints[:, args[AT["code_col"]]] %= block
     ints[:, args[AT["leaf_col"]]] %= 500
     indptr = args[AT["cooc_indptr"]][:rows + 1].copy()

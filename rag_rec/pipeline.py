@@ -483,7 +483,7 @@ class BundlePipeline:
         if sessions:
             s.cooc.add_groups(sessions, self.dataset)
             if s.category is not None:
-                with self.retriever.scorer.writing_rows():  # pair counts the fusion reads, written in place
+                with self.retriever.scorer.writing_rows():  # pair counts and category counts change together
                     s.category.add_groups(sessions)
         if getattr(s.cooc, "user_groups", False):  # the fit grouped each user's purchases: extend those groups
             purchases = self._purchases()

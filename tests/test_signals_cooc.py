@@ -155,22 +155,33 @@ def test_updates_publish_counts_with_their_norms_so_no_reader_computes_them():
         np.testing.assert_allclose(c.popularity, c.counts / c.counts.max())
 
 
-def test_category_pairs_kept_sparse_leave_out_a_category_paired_with_itself():
+def test_category_pairs_count_each_group_once_and_leave_out_a_category_paired_with_itself():
+    from itertools import permutations
+
     from rag_rec.signals.category import CategoryAffinity
 
     ds = tiny()
     cooc = CooccurrenceScorer().fit(ds)
-    dense = CategoryAffinity(depth=2).fit(ds, cooc.vocab)
-    sparse = CategoryAffinity(depth=2)
-    sparse.dense_codes = 0
-    sparse.fit(ds, cooc.vocab)
-    assert not isinstance(sparse.pair, np.ndarray)
+    cat = CategoryAffinity(depth=2).fit(ds, cooc.vocab)
+    groups = list(ds.item_sets())
     pool = np.arange(len(cooc.vocab))
     for update in (None, [("bat", "bat2", "cam"), ("bag", "bag")]):
         if update:
-            dense.add_groups(update)
-            sparse.add_groups(update)
-        for anchors in (["cam"], ["bat"], ["cam", "bag"]):
+            cat.add_groups(update)
+            groups += update
+        n = len(cat.codes)
+        by_hand, count = np.zeros((n, n)), np.zeros(n)
+        for group in groups:
+            codes = {int(cat.item_code[cooc.vocab.index[i]]) for i in group}
+            count[list(codes)] += 1
+            for a, b in permutations(codes, 2):
+                by_hand[a, b] += 1
+        np.testing.assert_array_equal(cat.pair.toarray(), by_hand)
+        np.testing.assert_array_equal(cat.count, count)
+        for anchors in (["cam"], ["bat"], ["cam", "bag"], ["cam", "cam"]):
             idx = cooc.vocab.known(anchors)
-            np.testing.assert_allclose(sparse.score_pool(idx, pool), dense.score_pool(idx, pool))
-        assert sparse.pair.diagonal().sum() == 0
+            codes = [int(cat.item_code[i]) for i in idx]
+            want = by_hand[codes].sum(axis=0) / (count[codes].sum() + 1.0)
+            want[codes] += cat.same_bonus
+            np.testing.assert_allclose(cat.score_pool(idx, pool), want[cat.item_code[pool]])
+        assert cat.pair.has_sorted_indices

@@ -7,7 +7,7 @@ engine: it reads the anchors' text, lexical, category and leaf columns from thei
 co-occurrence rows from the CSR matrix, takes their partners under the stock / price / excluded-id filter, maps the
 engine keys to vocabulary rows, merges the partners in, computes the features, weights and discounts, and returns
 the top k with their explained contributions. Where the anchors cannot be prepared in the kernel (co-occurrence
-rows changed since the fit live in an overlay dict, sparse category pairs, payload filters checked per product),
+rows changed since the fit live in an overlay dict, payload filters checked per product),
 `anchor_query` and `top_partners` prepare them in Python before the engine call and `fuse_hits` does the rest.
 FusionScorer stays the reference (the offline harness ranks with it); tests hold the paths equal.
 
@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from rag_rec.retrieve.item_table import ItemTable
 
@@ -76,6 +77,7 @@ _EMPTY_F64 = np.zeros(0, dtype=np.float64)
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 _EMPTY_BOOL = np.zeros(0, dtype=np.bool_)
 _NO_PAIRS = np.zeros((0, 0), dtype=np.float64)
+_NO_PAIR_ROWS = sp.csr_matrix((0, 0), dtype=np.float64)
 
 
 def anchor_query(scorer, anchor_idx: Sequence[int], need_vector: np.ndarray | None, cf_query: np.ndarray | None,
@@ -231,12 +233,9 @@ def fuse_hits(table: ItemTable, key_rows: np.ndarray, keys: np.ndarray, partners
 
 def anchors_in_kernel(scorer, anchor_idx: Sequence[int]) -> bool:
     """Whether fuse_anchor_request can prepare these anchors itself: their co-occurrence rows are in the CSR
-    matrix (not in the overlay of rows changed since) and the category pairs are dense."""
-    s = scorer.signals
-    overlay = s.cooc._overlay
-    if overlay and any(i in overlay for i in anchor_idx):
-        return False
-    return s.category is None or isinstance(s.category.pair, np.ndarray)
+    matrix (not in the overlay of rows changed since)."""
+    overlay = scorer.signals.cooc._overlay
+    return not (overlay and any(i in overlay for i in anchor_idx))
 
 
 def features_of(scorer, n_anchors: int, need_vector: np.ndarray | None,
@@ -274,8 +273,9 @@ def _anchor_arguments(scorer, table: ItemTable, several: bool, text: bool, lexic
     cached = scorer.__dict__.get("_anchor_arguments")
     if cached is None or not all(map(operator.is_, cached[0], parts)):
         norms = parts[1]
+        pair = category.pair if category is not None else _NO_PAIR_ROWS
         signal_arrays = (
-            category.pair if category is not None else _NO_PAIRS, category.count if category is not None else _EMPTY_F64,
+            pair.indptr, pair.indices, pair.data, category.count if category is not None else _EMPTY_F64,
             float(category.same_bonus) if category is not None else 0.0, matrix.indptr, matrix.indices, matrix.data,
             norms, bool(cooc.complement), float(cooc.substitute_discount) if cooc.complement else 1.0)
         cached = (parts, (table.rows, table.row_ints, *table.layout, *signal_arrays), min(len(table.rows), len(norms)),
@@ -555,14 +555,14 @@ def _packed_dot_kernel(packed, q_even, q_odd):
 LEX_PAD = np.iinfo(np.int32).max  # the term id that pads lexical rows (lexical._TermTable)
 
 
-def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col, leaf_col, category_pairs,
-                           category_count, category_bonus, cooc_indptr, cooc_indices, cooc_data, norms, complement,
+def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col, leaf_col, pair_indptr,
+                           pair_indices, pair_data, category_count, category_bonus, cooc_indptr, cooc_indices, cooc_data, norms, complement,
                            leaf_discount, has, name_rows, weights, covered, key_rows, keys, k, anchor_rows, text_q,
                            text_div, cf_q, need_q, kinds, kind_discount, n_partners, excluded, stock, want_stock,
                            price, low, high):
     """anchor_query + top_partners + _request_kernel for known anchors, from the signals' own arrays: the anchors'
     text, lexical, category and leaf columns come from their item-table rows, their co-occurrence rows from the
-    CSR matrix. Returns STALE when an anchor is beyond the snapshot."""
+    CSR matrix, their category pairs from the CSR pair counts. Returns STALE when an anchor is beyond the snapshot."""
     n_anchors = anchor_rows.shape[0]
     for a in range(n_anchors):
         if anchor_rows[a] >= covered or anchor_rows[a] >= cooc_indptr.shape[0] - 1:
@@ -618,7 +618,8 @@ def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col,
                 lex_terms[u] = term
             lex_weights[u] += weights_all[by_term[i]]
         lex_terms, lex_weights = lex_terms[:u + 1], lex_weights[:u + 1] / with_words
-    # CategoryAffinity.anchor_parts over a dense pair matrix
+    # CategoryAffinity.anchor_parts: the anchors' pair rows summed into one dense row (read as row 0), which the
+    # candidates then read from cache
     codes = np.empty(n_anchors if has[CATEGORY] else 0, dtype=np.int64)
     m = 0
     for a in range(codes.shape[0]):
@@ -631,6 +632,13 @@ def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col,
     for a in range(m):
         category_div += category_count[category_codes[a]]
     bonus_codes = _unique(category_codes)
+    category_pairs = np.zeros((1, pair_indptr.shape[0] - 1 if m else 0), dtype=np.float64)
+    for a in range(m):
+        code = category_codes[a]
+        if code < category_pairs.shape[1]:
+            for x in range(pair_indptr[code], pair_indptr[code + 1]):
+                category_pairs[0, pair_indices[x]] += pair_data[x]
+    summed_codes = np.zeros(1 if m else 0, dtype=np.int64)
     # the anchors' co-occurrence rows, their norms and leaves
     offsets = np.zeros(n_anchors + 1, dtype=np.int64)
     for a in range(n_anchors):
@@ -659,7 +667,7 @@ def _anchor_request_kernel(rows, row_ints, t0, dt, c0, dc, l0, lw, w0, code_col,
                              price, low, high)[:n_partners]
     return _fuse_pool_jit(rows, row_ints, key_rows, keys, partners, k, covered, t0, dt, c0, dc, l0, lw, w0,
                           code_col, leaf_col, has, name_rows, weights, text_even, text_odd, text_div, anchors_even,
-                          anchors_odd, lex_terms, lex_weights, category_pairs, category_codes, category_div,
+                          anchors_odd, lex_terms, lex_weights, category_pairs, summed_codes, category_div,
                           bonus_codes, category_bonus, cooc_cols, cooc_vals, offsets, anchor_norms, norms,
                           anchor_leaves, leaf_discount, cf_q, need_even, need_odd, kinds, anchor_kinds, kind_discount)
 
