@@ -14,6 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from rag_rec.constants import RRF_K
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -96,7 +98,7 @@ class RetrieveSettings(_Section):
     partners_k: int = Field(default=60, ge=0, description="At most this many of the anchors' co-occurrence partners "
                             "join the pool (no more than prefetch_k or the request's k, whichever is larger); chosen "
                             "on validation splits (eval/experiments/served_partners.py)")
-    rrf_k: int = Field(default=2, ge=1, description="k of the engine's reciprocal-rank fusion of the prefetch "
+    rrf_k: int = Field(default=RRF_K, ge=1, description="k of the engine's reciprocal-rank fusion of the prefetch "
                        "branches, which forms the candidate pool that the explained weighted fusion then ranks")
     weights: dict[str, float] = Field(default_factory=lambda: {
         "text": 0.5, "text_max": 0.5, "lex": 0.75, "category": 0.3, "cooc": 0.5, "cf": 0.3, "behaviour": 0.3,

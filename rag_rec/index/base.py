@@ -8,6 +8,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from rag_rec.constants import RRF_K  # the stores' default; re-exported for their modules
+
 DISTANCES = ("cosine", "dot", "euclid")
 PAYLOAD_INDEX_TYPES = ("keyword", "integer", "float", "bool", "text")
 
@@ -24,9 +26,6 @@ PRODUCT_PAYLOAD_INDEXES: dict[str, str] = {
     "price": "float",
     "in_stock": "bool",
 }
-
-# Qdrant's default RRF constant (server, edge and qdrant-client): score = sum 1 / (k + rank), rank from 0.
-RRF_K = 2
 
 
 @dataclass(frozen=True)
