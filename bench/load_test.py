@@ -74,9 +74,7 @@ class Workload:
 
     @classmethod
     def of(cls, products: dict, user_ids: list[str]) -> Workload:
-        from rag_rec.compose.copywriter import placeholder_product
-
-        return cls(sorted(products), user_ids, sorted(i for i, p in products.items() if not placeholder_product(p)))
+        return cls(sorted(products), user_ids, sorted(i for i, p in products.items() if not p.placeholder))
 
     @classmethod
     def from_data(cls, data_dir: Path = REPO / "data" / "amazon-bundles" / "electronic") -> Workload:

@@ -37,7 +37,7 @@ def run_demo(settings: Settings, *, serve: bool = False, use_llm: bool = True, p
     try:
         ds = pipeline.dataset
         session = next((s for s in ds.sessions.values() if s.user_id and len(s.items) >= 3
-                        and all(i in ds.products and "untitled" not in ds.products[i].attributes for i in s.items)),
+                        and all(i in ds.products and not ds.products[i].placeholder for i in s.items)),
                        None)
         requests = []
         if session is None:

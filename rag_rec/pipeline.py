@@ -356,14 +356,14 @@ class BundlePipeline:
         from pydantic import ValidationError
         from pydantic_core import PydanticCustomError
 
-        from rag_rec.compose.copywriter import placeholder_product, write_copy
+        from rag_rec.compose.copywriter import write_copy
         from rag_rec.compose.grounding import GroundingReport
 
         products = [self.dataset.products[i] for i in request.items]
         untitled = [{"type": PydanticCustomError("untitled_product", "items[{n}]: product {id} has no title in the "
                                                  "catalogue, only a placeholder: there is nothing to write about",
                                                  {"n": n, "id": p.id}),
-                     "loc": ("items", n), "input": p.id} for n, p in enumerate(products) if placeholder_product(p)]
+                     "loc": ("items", n), "input": p.id} for n, p in enumerate(products) if p.placeholder]
         if untitled:
             raise ValidationError.from_exception_data("CopyRequest", untitled)
         llm = None

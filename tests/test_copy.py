@@ -15,7 +15,6 @@ from rag_rec.compose.copywriter import (
     MAX_CHARS,
     copy_max_tokens,
     copy_problem,
-    placeholder_product,
     template_copy,
     write_copy,
 )
@@ -135,9 +134,9 @@ def test_template_copy_is_plain_text():
 
 
 def test_placeholder_products_are_recognised_by_their_title():
-    assert placeholder_product(UNTITLED) and placeholder_product(Product("123", "123"))
+    assert UNTITLED.placeholder and Product("123", "123").placeholder
     retitled = Product("B008ATLJGC", "Lowepro Camera Bag", attributes={"untitled": "1"})  # titled later via the API
-    assert not placeholder_product(retitled) and not placeholder_product(CAM)
+    assert not retitled.placeholder and not CAM.placeholder
 
 
 def test_copy_naming_a_product_id_is_rejected():

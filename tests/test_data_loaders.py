@@ -19,7 +19,7 @@ PUBLISHED = {"electronic": (888, 3499, 1145, 1750, 3.52), "clothing": (965, 4487
 def test_amazon_counts_match_published(domain, repo_root):
     ds = load_amazon_bundles(repo_root / "data" / "amazon-bundles" / domain)
     users, items, sessions, bundles, avg = PUBLISHED[domain]
-    titled = [p for p in ds.products.values() if "untitled" not in p.attributes]
+    titled = [p for p in ds.products.values() if not p.placeholder]
     assert len(titled) == items
     assert ds.interactions.frame["user_id"].nunique() == users
     assert len(ds.sessions) == sessions

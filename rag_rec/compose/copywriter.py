@@ -48,11 +48,6 @@ def copy_max_tokens(settings, length: str, language: str) -> int:
     return max(settings.max_tokens, min(need, (settings.max_model_len - PROMPT_ROOM) // 2))
 
 
-def placeholder_product(product: Product) -> bool:
-    """A catalogue row without a real title ("item B008ATLJGC": a session item no bundle file names)."""
-    return bool(re.fullmatch(rf"(?:item\s+)?{re.escape(product.id)}", product.title.strip(), re.IGNORECASE))
-
-
 def template_copy(products: Sequence[Product]) -> tuple[str, str]:
     first = products[0]
     title = f"{first.category[-1]} bundle" if first.category else f"{short_title(first, 3)} bundle"
@@ -114,7 +109,7 @@ def copy_problem(title: str, blurb: str, products: Sequence[Product], length: st
     if len(title) > MAX_TITLE or len(blurb) > MAX_CHARS[length]:
         return f"copy is longer than asked (title at most {MAX_TITLE}, blurb at most {MAX_CHARS[length]} characters)"
     text = f"{title} {blurb}"
-    titled = [p for p in products if not placeholder_product(p)]
+    titled = [p for p in products if not p.placeholder]
     names = [p.title for p in titled]
     if _leaks(text, "bundle_copy", names):
         return "copy repeats the instructions or links elsewhere"

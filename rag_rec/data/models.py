@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -55,6 +56,12 @@ class Product:
     @property
     def leaf_category(self) -> str:
         return self.category[-1] if self.category else ""
+
+    @property
+    def placeholder(self) -> bool:
+        """A catalogue row without a real title ("item B008ATLJGC": a session item no bundle file names); the
+        title decides, so a product retitled through the API is a real one."""
+        return bool(re.fullmatch(rf"(?:item\s+)?{re.escape(self.id)}", self.title.strip(), re.IGNORECASE))
 
 
 @dataclass(frozen=True, slots=True)
