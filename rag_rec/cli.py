@@ -27,26 +27,9 @@ def cmd_eval(args) -> int:
 
     settings = _settings(args)
     command = "rag-rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = Path(args.out)
-    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
-    try:
-        run_eval(args.task, args.data, args.recommender, out, limit=args.limit, settings=settings, seed=args.seed,
-                 command=command, judge=args.judge)
-    except BaseException:
-        _remove_empty(out, created)
-        raise
+    run_eval(args.task, args.data, args.recommender, Path(args.out), limit=args.limit, settings=settings,
+             seed=args.seed, command=command, judge=args.judge)
     return 0
-
-
-def _remove_empty(path: Path, top: Path | None) -> None:
-    """Remove `path` and its parents up to `top` (the folders a failed command created), while they are empty."""
-    if top is None:
-        return
-    while path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
-        if path == top:
-            return
-        path = path.parent
 
 
 def cmd_demo(args) -> int:

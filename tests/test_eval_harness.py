@@ -80,6 +80,16 @@ def test_usage_errors_are_one_line_not_a_traceback(tmp_path, repo_root, monkeypa
     assert "\nerror: " in "\n" + err and says in err and "Traceback" not in err
 
 
+def test_a_failed_run_leaves_no_empty_output_folders_behind(tmp_path):
+    from rag_rec.errors import DataError
+    from rag_rec.eval.harness import run_eval
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(DataError, match="number of households"):
+        run_eval("basket_completion", "dunnhumby:abc", ["pop"], tmp_path / "kept" / "new" / "deeper")
+    assert list(tmp_path.iterdir()) == [tmp_path / "kept"] and not any((tmp_path / "kept").iterdir())
+
+
 def test_settings_file_env_and_overrides(tmp_path, monkeypatch):
     cfg = tmp_path / "rag.toml"
     cfg.write_text('[index]\nbackend = "qdrant"\nurl = "http://qdrant:6333"\n[retrieve]\nk = 7\n')

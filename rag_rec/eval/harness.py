@@ -62,7 +62,29 @@ def run_eval(task: str, data: str, recommenders: Sequence[str] | None, out: str 
     if unknown:
         raise UsageError(f"unknown recommender(s) {unknown} for {task}; choose from {sorted(registry)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    out.mkdir(parents=True, exist_ok=True)  # first: an unwritable folder fails before the run, not after it
+    try:
+        return _score_and_write(task, data, names, registry, out, limit=limit, settings=settings, seed=seed,
+                                console=console, command=command, judge=judge)
+    except BaseException:
+        _remove_empty(out, created)
+        raise
+
+
+def _remove_empty(path: Path, top: Path | None) -> None:
+    """Remove `path` and its parents up to `top` (the folders a failed run created), while they are empty."""
+    if top is None:
+        return
+    while path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path == top:
+            return
+        path = path.parent
+
+
+def _score_and_write(task: str, data: str, names: list[str], registry: dict, out: Path, *, limit: int | None,
+                     settings: Settings, seed: int, console: Console, command: str | None, judge: bool) -> dict:
     t0 = time.perf_counter()
     dataset = load_dataset(data, strict=settings.data.strict)
     console.log(f"loaded {dataset.name}: {dataset.stats()}")
