@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ from rag_rec.signals.lexical import lexical_text
 from rag_rec.signals.suite import Signals, fit_signals
 from rag_rec.signals.text import bfloat16_grid
 from rag_rec.slots import waiting
+
+EVENT_FIELDS = ("user_id", "item_id", "timestamp", "event", "session_id", "quantity")  # of an event log row
 
 
 def to_index_filter(filters: Filters) -> Filter:
@@ -94,7 +97,7 @@ class BundlePipeline:
         self._lock = threading.RLock()
         self._llm_start = threading.Lock()  # concurrent first LLM requests start one engine
         self._history = self._histories(dataset.interactions.frame)
-        self._event_log: list[dict] = []  # events added through add_events, appended (see `interactions`)
+        self._event_log: list[tuple] = []  # events added through add_events as EVENT_FIELDS tuples (`interactions`)
         self._text_rows: RowBuffer | None = None  # the text vectors' spare capacity for appended products
         self._marker_current = False  # the build marker describes the index (until an API write changes it)
         self._user_groups: dict[str, dict[str, None]] | None = None  # see _purchases
@@ -501,9 +504,9 @@ class BundlePipeline:
                 s.popularity.counts[idx] += 1
         if s.als is not None:
             s.als.fold_in_many([(str(e.user_id), e.item_id, str(e.event)) for e in events])
-        self._event_log.extend(
-            {"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp, "event": e.event,
-             "session_id": e.session_id, "quantity": e.quantity} for e in events)
+        ids, index = s.vocab.ids, s.vocab.index  # the catalogue's own id strings, not one copy per event
+        self._event_log.extend((sys.intern(e.user_id), ids[index[e.item_id]], e.timestamp, sys.intern(e.event),
+                                e.session_id, e.quantity) for e in events)
         for e in events:
             self._history.setdefault(str(e.user_id), []).append(e.item_id)
         if s.behaviour is not None:
@@ -524,7 +527,7 @@ class BundlePipeline:
         with self._lock:
             if not self._event_log:
                 return self.dataset.interactions
-            return self.dataset.interactions.concat(Interactions(pd.DataFrame(self._event_log)))
+            return self.dataset.interactions.concat(Interactions(pd.DataFrame(self._event_log, columns=EVENT_FIELDS)))
 
     def health(self) -> dict[str, object]:
         return {"status": "ok", "products": len(self.dataset.products), "indexed": self.store.count(),
