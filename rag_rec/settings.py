@@ -126,8 +126,9 @@ class LLMSettings(_Section):
     max_model_len: int = 4096
     kv_cache_gb: int = 2
     dtype: str = Field(default="auto", description="Weights and activations in vLLM: 'auto' is bfloat16 on a GPU "
-                       "and on CPUs with native bf16 (AVX512-BF16 or AMX), else float32 (emulated bf16 on an AVX2 "
-                       "CPU derails small models' greedy answers); or any dtype vLLM takes")
+                       "and on CPUs with native bf16 (AVX512-BF16 or AMX), else float32 (bf16 is emulated there); "
+                       "bf16 can flip a small model's greedy answer, 'float32' avoids that at some speed; or any "
+                       "dtype vLLM takes")
     max_candidates: int = 30
     max_batch: int = Field(default=64, ge=1, description="Most requests the in-process engine decodes at once; "
                            "requests beyond it wait for running ones to finish (continuous batching)")

@@ -36,3 +36,12 @@ def electronic(electronic_dir):
     from rag_rec.data.amazon import load_amazon_bundles
 
     return load_amazon_bundles(electronic_dir)
+
+
+@pytest.fixture(scope="session")
+def plain_questions() -> list[tuple[str, str]]:
+    """Plain chat questions and the word a working chat path answers them with. A path with a broken template or
+    sampling answers none; one answer may flip with the CPU's float precision (SmolLM2-135M in bfloat16, native
+    AVX512-BF16 included, answers the first with "L'Étoile, la Marseillaise, ..."), so tests require all but one."""
+    return [("What is the capital of France?", "Paris"), ("Name the capital city of Italy.", "Rome"),
+            ("What is 2 + 2?", "4")]

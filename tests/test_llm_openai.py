@@ -104,12 +104,13 @@ def test_structured_output_over_http(server):
         assert gen.extra["model"] == SERVED_NAME
 
 
-def test_plain_chat_and_served_model_fallback(server):
+def test_plain_chat_and_served_model_fallback(server, plain_questions):
     with OpenAIBackend(LLMSettings(backend="openai", base_url=server, model="not-the-served-name")) as backend:
         assert backend.served_model() == SERVED_NAME          # the server's only model
-        (gen,) = backend.generate([GenerationRequest([{"role": "user", "content": "What is the capital of "
-                                                                                   "France?"}], max_tokens=24)])
-    assert "Paris" in gen.text
+        answers = backend.generate([GenerationRequest([{"role": "user", "content": q}], max_tokens=24)
+                                    for q, _ in plain_questions])
+    right = [word in a.text for (_, word), a in zip(plain_questions, answers)]
+    assert sum(right) >= len(plain_questions) - 1, [a.text for a in answers]
 
 
 def test_rejected_request_is_a_clear_error(server):

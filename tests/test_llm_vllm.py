@@ -71,12 +71,13 @@ def test_batch_of_four_is_valid_json_restricted_to_each_requests_ids(engine):
         assert gen.prompt_tokens > 40 and 0 < gen.completion_tokens <= request.max_tokens
 
 
-def test_plain_chat_and_token_limit(engine):
-    answer, truncated = engine.generate([
-        GenerationRequest([{"role": "user", "content": "What is the capital of France?"}], max_tokens=24),
+def test_plain_chat_and_token_limit(engine, plain_questions):
+    *answers, truncated = engine.generate([
+        *(GenerationRequest([{"role": "user", "content": q}], max_tokens=24) for q, _ in plain_questions),
         GenerationRequest([{"role": "user", "content": "Write a long story about a dragon."}], max_tokens=8),
     ])
-    assert "Paris" in answer.text
+    right = [word in a.text for (_, word), a in zip(plain_questions, answers)]
+    assert sum(right) >= len(plain_questions) - 1, [a.text for a in answers]
     assert truncated.finish_reason == "length" and truncated.completion_tokens == 8
 
 

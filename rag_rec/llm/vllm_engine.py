@@ -39,8 +39,9 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def engine_dtype(requested: str, is_cpu: bool, flags: set[str] | None = None) -> str:
     """The dtype vLLM is started with: `requested`, or for "auto" bfloat16 on a GPU and on a CPU with native bf16,
-    float32 on other CPUs. On an AVX2-only CPU vLLM's bf16 path answered "What is the capital of France?" with
-    "L'Étoile, la Marseillaise, la femme, ..." where float32 says Paris (SmolLM2-135M, greedy)."""
+    float32 on other CPUs, where bf16 is emulated and slow. bf16 can flip a small model's greedy answer either way:
+    SmolLM2-135M answers "What is the capital of France?" with "L'Étoile, la Marseillaise, la femme, ..." in bf16
+    on an AVX2-only CPU and on an AVX512-BF16 one, Paris in float32 (`llm.dtype=float32` trades speed for that)."""
     if requested != "auto":
         return requested
     if not is_cpu:
