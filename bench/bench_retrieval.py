@@ -98,20 +98,27 @@ def bare_query(store: EdgeStore, signals, retriever: HybridRetriever, settings: 
     return bare
 
 
-def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) -> dict:
+def indexed_pipeline(ds, settings: Settings, signals, tmp: str | Path, store=None, **pipeline_args):
+    """(store, pipeline, seconds the build took): the catalogue indexed through the product's pipeline into `store`,
+    by default a fresh qdrant-edge store under `tmp` with the settings' search pool."""
     from rag_rec.pipeline import BundlePipeline
+
+    store = store if store is not None else open_store(settings.index, path_override=Path(tmp) / "idx")
+    pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
+        update={"path": Path(tmp)})}), ds, signals, store, **pipeline_args)
+    t0 = time.perf_counter()
+    pipe.sync_index(rebuild=True, console=console)
+    return store, pipe, time.perf_counter() - t0
+
+
+def bench_retrieval(ds, settings: Settings, queries: int, rng, rounds: int = 5) -> dict:
     from rag_rec.signals.suite import fit_signals
 
     t0 = time.perf_counter()
     signals = fit_signals(ds, settings, console=console)
     fit_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(settings.index, path_override=Path(tmp) / "idx")  # edge, with the settings' search pool
-        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
-            update={"path": Path(tmp)})}), ds, signals, store)
-        t0 = time.perf_counter()
-        pipe.sync_index(rebuild=True, console=console)
-        index_s = time.perf_counter() - t0
+        store, pipe, index_s = indexed_pipeline(ds, settings, signals, tmp)
         retriever = pipe.retriever
         reference = HybridRetriever(store, signals, ds.products,
                                     settings.retrieve.model_copy(update={"fusion_backend": "numpy"}))

@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 import provenance
-from bench_retrieval import sized, write_json
+from bench_retrieval import indexed_pipeline, pct, sized, write_json
 from rag_rec.data.dunnhumby import load_dunnhumby
 from rag_rec.data.journal import IngestJournal
 from rag_rec.index.edge import EdgeStore
@@ -37,20 +36,14 @@ from rag_rec.settings import Settings
 console = Console(width=120)
 
 
-def ms(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values) * 1000.0, q))
-
-
 def bench_size(ds, settings: Settings, repeats: int) -> dict:
-    from rag_rec.pipeline import BundlePipeline
     from rag_rec.signals.suite import fit_signals
 
     signals = fit_signals(ds, settings, console=console)
     with tempfile.TemporaryDirectory() as tmp:
         store = EdgeStore(Path(tmp) / "idx", collection="products")
-        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
-            update={"path": Path(tmp)})}), ds, signals, store, journal=IngestJournal(Path(tmp) / "journal.sqlite"))
-        pipe.sync_index(rebuild=True, console=console)
+        store, pipe, _ = indexed_pipeline(ds, settings, signals, tmp, store,
+                                          journal=IngestJournal(Path(tmp) / "journal.sqlite"))
         pipe.retriever.warm()
         encoder = signals.encoder
         existing = list(ds.products.values())[: 2 * repeats + 10]
@@ -82,9 +75,9 @@ def bench_size(ds, settings: Settings, repeats: int) -> dict:
                 if n >= 2:  # the first calls grow the arrays' spare capacity once
                     product_s.append(product_t)
                     bare_s.append(bare_t)
-            out[name] = {"product_p50_ms": ms(product_s, 50), "product_p95_ms": ms(product_s, 95),
-                         "bare_p50_ms": ms(bare_s, 50), "bare_p95_ms": ms(bare_s, 95),
-                         "p50_ratio": ms(product_s, 50) / ms(bare_s, 50)}
+            out[name] = {"product_p50_ms": pct(product_s, 50), "product_p95_ms": pct(product_s, 95),
+                         "bare_p50_ms": pct(bare_s, 50), "bare_p95_ms": pct(bare_s, 95),
+                         "p50_ratio": pct(product_s, 50) / pct(bare_s, 50)}
         rebuild = []
         for _ in range(5):
             t = time.perf_counter()
@@ -92,7 +85,7 @@ def bench_size(ds, settings: Settings, repeats: int) -> dict:
             rebuild.append(time.perf_counter() - t)
         pipe.close()
     return {"products": len(ds.products), "repeats": repeats, "cases": out,
-            "full_rebuild_p50_ms": ms(rebuild, 50)}
+            "full_rebuild_p50_ms": pct(rebuild, 50)}
 
 
 def main() -> None:

@@ -11,30 +11,21 @@ Writes bench/results/behaviour_serve.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
 import provenance
-
+from bench_retrieval import console, indexed_pipeline, pct, write_json
 from rag_rec.data.dunnhumby import load_dunnhumby
-from rag_rec.index import Filter, open_store
+from rag_rec.index import Filter
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.settings import Settings
 
-console = Console(width=120)
-
-
-def pct(values, q) -> float:
-    return float(np.percentile(np.asarray(values) * 1000, q))
-
 
 def main() -> None:
-    from rag_rec.pipeline import BundlePipeline
     from rag_rec.signals.suite import fit_signals
 
     parser = argparse.ArgumentParser()
@@ -55,10 +46,7 @@ def main() -> None:
                                  filter=Filter(must_match={"in_stock": True}), k=40)
                 for u, a in zip(rng.integers(0, len(users), args.queries), rng.choice(popular, args.queries))]
     with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(settings.index, path_override=Path(tmp) / "idx")
-        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
-            update={"path": Path(tmp)})}), ds, signals, store)
-        pipe.sync_index(rebuild=True, console=console)
+        store, pipe, _ = indexed_pipeline(ds, settings, signals, tmp)
         retriever, behaviour = pipe.retriever, signals.behaviour
 
         def without(request):
@@ -89,8 +77,7 @@ def main() -> None:
            "without_behaviour_p50_ms": pct(t_without, 50), "without_behaviour_p95_ms": pct(t_without, 95),
            "without_behaviour_p99_ms": pct(t_without, 99),
            "p95_ratio": pct(t_with, 95) / pct(t_without, 95), "top10_changed_share": changed / len(requests)}
-    provenance.finish(doc)
-    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(args.out, doc)
     console.print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in doc.items()
                    if "ms" in k or "ratio" in k or "share" in k or k.startswith("fit")})
 

@@ -43,7 +43,7 @@ import scipy.sparse as sp
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_retrieval import write_json
+from bench_retrieval import indexed_pipeline, write_json
 
 from rag_rec.machine import cpu_model
 from rag_rec.retrieve import fusion_kernel
@@ -69,7 +69,6 @@ def capture(requests: int, out: Path) -> None:
     from rag_rec.data.dunnhumby import load_dunnhumby
     from rag_rec.index import Filter
     from rag_rec.index.edge import EdgeStore
-    from rag_rec.pipeline import BundlePipeline
     from rag_rec.retrieve.base import RetrievalRequest
     from rag_rec.settings import Settings
     from rag_rec.signals.suite import fit_signals
@@ -79,10 +78,8 @@ def capture(requests: int, out: Path) -> None:
     signals = fit_signals(ds, settings, console=console)
     captured: list[tuple] = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = EdgeStore(Path(tmp) / "idx", collection="products")
-        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
-            update={"path": Path(tmp)})}), ds, signals, store)
-        pipe.sync_index(rebuild=True, console=console)
+        store, pipe, _ = indexed_pipeline(ds, settings, signals, tmp,
+                                          EdgeStore(Path(tmp) / "idx", collection="products"))
         kernels = fusion_kernel.compiled()
         anchor_kernel = kernels[2]
 

@@ -30,7 +30,7 @@ import numpy as np
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_retrieval import pct, slice_dataset
+from bench_retrieval import indexed_pipeline, pct, slice_dataset
 
 from rag_rec.data.dunnhumby import load_dunnhumby
 from rag_rec.index import Filter
@@ -56,7 +56,6 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "post_engine_probe.json"))
     args = parser.parse_args()
-    from rag_rec.pipeline import BundlePipeline
     from rag_rec.signals.suite import fit_signals
 
     settings = Settings(llm={"backend": "none"})
@@ -69,10 +68,8 @@ def main() -> None:
     flt = Filter(must_match={"in_stock": True})
     n = settings.retrieve.prefetch_k
     with tempfile.TemporaryDirectory() as tmp:
-        store = EdgeStore(Path(tmp) / "idx", collection="products")
-        pipe = BundlePipeline(settings.model_copy(update={"index": settings.index.model_copy(
-            update={"path": Path(tmp)})}), ds, signals, store)
-        pipe.sync_index(rebuild=True, console=console)
+        store, pipe, _ = indexed_pipeline(ds, settings, signals, tmp,
+                                          EdgeStore(Path(tmp) / "idx", collection="products"))
         scorer = pipe.retriever.scorer
 
         retriever = pipe.retriever

@@ -308,7 +308,7 @@ def _load_events(path: Path, products: dict[str, Product], report: CleaningRepor
         else:
             chk.reject(first + offset, "quantity", f"not a number: {row['quantity']!r}", row)
 
-    price = _prices(text("price") if "price" in frame.columns else None, ok, path, report)
+    price = _prices(text("price"), ok, path, report)
     kept = np.flatnonzero(ok)
     if not len(kept):
         return Interactions(None)
@@ -320,11 +320,9 @@ def _load_events(path: Path, products: dict[str, Product], report: CleaningRepor
         "price": price[kept]}))
 
 
-def _prices(raw: pd.Series | None, ok: np.ndarray, path: Path, report: CleaningReport) -> np.ndarray:
+def _prices(raw: pd.Series, ok: np.ndarray, path: Path, report: CleaningReport) -> np.ndarray:
     """parse_price of each kept row's cell, a column at a time; a rejected price is counted as an outlier."""
     prices = np.full(len(ok), np.nan)
-    if raw is None:
-        return prices
     cleaned = raw.str.replace("$", "", regex=False).str.replace(",", "", regex=False).str.strip()
     values, parsed = _numbers(cleaned, _float_or_none)
     given = (raw != "").to_numpy()
