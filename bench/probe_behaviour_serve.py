@@ -2,7 +2,8 @@
 
 Fits the signals with the Transformer behaviour model (as a start with `behaviour.serve` does), indexes the
 catalogue in qdrant-edge, then times the same requests (a known shopper with one anchor, in-stock filter, k=40)
-through one retriever with the behaviour feature and without it (the compiled fusion), alternating per request.
+through one retriever with the behaviour feature and without it, alternating per request. Both take the compiled
+fusion; every request is a new sequence for the model, so none is served from its cache of catalogue scans.
 Writes bench/results/behaviour_serve.json.
 
     .venv/bin/python bench/probe_behaviour_serve.py [--queries 500] [--epochs 20]
@@ -20,6 +21,7 @@ import numpy as np
 import provenance
 from bench_retrieval import console, indexed_pipeline, pct, write_json
 from rag_rec.data.dunnhumby import load_dunnhumby
+from rag_rec.errors import require
 from rag_rec.index import Filter
 from rag_rec.retrieve.base import RetrievalRequest
 from rag_rec.settings import Settings
@@ -34,6 +36,8 @@ def main() -> None:
                         help="training epochs; a request's cost does not depend on them (the network's size does)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "behaviour_serve.json"))
     args = parser.parse_args()
+    torch = require("torch", "text")
+    torch.set_num_threads(1)  # as the image serves (OMP_NUM_THREADS=1): requests run in parallel, each on one thread
     settings = Settings(llm={"backend": "none"}, behaviour={"epochs": args.epochs})
     ds = load_dunnhumby()
     t0 = time.perf_counter()

@@ -59,7 +59,8 @@ class BehaviourSettings(_Section):
     serve: bool = Field(default=False, description="Fit the behaviour model when the service starts and use it as a "
                         "feature of the served fusion (weight retrieve.weights.behaviour); API events extend the "
                         "histories it reads, the network is retrained at the next start. Off by default: minutes "
-                        "of CPU training at every start, and the compiled fusion is not used with it")
+                        "of CPU training at every start, and each new (history, anchors) sequence costs a network "
+                        "pass and a scan of every item vector (bench/results/behaviour_serve.json)")
     dim: int = Field(default=64, ge=1)
     layers: int = Field(default=2, ge=1)
     heads: int = Field(default=2, ge=1)

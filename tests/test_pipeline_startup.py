@@ -1,7 +1,6 @@
 """Starting the product: on an edited catalogue or a corrupt build marker the index follows; catalogues it cannot
 use give errors naming why; events without ALS weights and lenient cleaning still start it."""
 
-import sqlite3
 
 import pytest
 

@@ -87,6 +87,63 @@ def test_vectors_share_one_space_and_scores_follow_them(split, trained):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("filter_seen", [True, False])
+def test_scaled_scores_are_score_min_max_scaled_for_the_pool_alone(split, trained, filter_seen, monkeypatch):
+    """The served feature: score()'s logits of a pool, scaled over the catalogue's best max_results (not over the
+    pool), 0 outside them and for what must not be scored; the catalogue scan is remembered per sequence."""
+    monkeypatch.setattr(trained, "filter_seen", filter_seen)
+    user = split[1]["user_id"].iloc[0]
+    history = trained.histories[user]
+    anchors = [i for i in split[0].products if i not in history][:1]
+    full = trained.score(anchors, user)
+    ranked = list(full)
+    assert len(ranked) == trained.max_results
+    hi, lo = full[ranked[0]], full[ranked[-1]]
+    outside = next(i for i in trained.item_ids if i not in full and i not in history and i not in anchors)
+    pool = [ranked[5], ranked[0], ranked[-1], ranked[400], outside, anchors[0], "no-such-item", history[0]]
+    scaled = trained.scaled_scores(anchors, user, pool)
+    want = [(full[i] - lo) / (hi - lo) for i in pool[:4]]
+    np.testing.assert_allclose(scaled[:4], want, rtol=1e-4, atol=1e-4)
+    assert scaled[1] == pytest.approx(1.0) and scaled[2] == pytest.approx(0.0, abs=1e-4)
+    assert list(scaled[4:7]) == [0.0, 0.0, 0.0]  # below the best max_results, the anchor, an unknown item
+    assert (scaled[7] == 0.0) == (filter_seen or history[0] not in full)
+    assert trained.scaled_scores(anchors, user, pool[:4]) == pytest.approx(scaled[:4])  # not the pool's own range
+    assert trained.scaled_scores(["no-such-item"], "no-such-user", pool) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_results", [1000, 7, None])
+def test_the_compiled_catalogue_range_equals_the_numpy_one(trained, monkeypatch, max_results):
+    from rag_rec.signals import behaviour
+
+    assert behaviour._range_kernel() is not None, "numba comes with the fast extra, which the README's set-up installs"
+    monkeypatch.setattr(trained, "max_results", max_results)
+    sequences = [tuple(range(1, 6)), (3,), tuple(range(40, 60))]
+    excluded = [(), (2, 4, 100), tuple(range(0, len(trained.item_ids), 3))]
+    compiled = [trained._range(s, e) for s in sequences for e in excluded]
+    monkeypatch.setattr(behaviour, "_range_kernel", lambda: None)
+    reference = [trained._range(s, e) for s in sequences for e in excluded]
+    np.testing.assert_allclose(compiled, reference, rtol=1e-5, atol=1e-5)
+    assert trained._range((1,), tuple(range(len(trained.item_ids)))) == (np.inf, np.inf)  # nothing left to rank
+
+
+@pytest.mark.slow
+def test_a_repeated_sequence_reuses_its_vector_and_a_refit_forgets_it(split):
+    model = BehaviourModel(BehaviourSettings(epochs=1), progress=False, query_cache=2).fit(split[0])
+    items = list(split[0].products)[:3]
+    first = model.user_vector(items)
+    assert model.user_vector(["no-such-item", *items]) is first  # the same known sequence
+    assert not first.flags.writeable
+    model.user_vector(items[:1]), model.user_vector(items[:2])  # two others fill the cache of two
+    again = model.user_vector(items)
+    assert again is not first
+    np.testing.assert_array_equal(again, first)
+    model.settings = BehaviourSettings(epochs=1, seed=1)
+    model.fit(split[0])
+    assert not np.array_equal(model.user_vector(items), first)  # new weights, not the old vector
+
+
+@pytest.mark.slow
 def test_unknown_users_and_items_give_empty_scores(trained):
     assert trained.score(["no-such-item"], "no-such-user") == {}
     assert trained.score([], None) == {}

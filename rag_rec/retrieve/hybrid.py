@@ -256,13 +256,16 @@ class FusionScorer:
                 top = max(float(np.abs(values).max()) if len(values) else 0.0, 1e-9)
                 feats["cf"] = values / top
         if s.behaviour is not None:
-            scores = s.behaviour.score(anchors, user_id)
-            if scores:  # min-max over what it scored (logits may be negative); what it left out is the minimum
-                lo, hi = min(scores.values()), max(scores.values())
-                vec = np.array([scores.get(s.vocab.ids[j], np.nan) for j in pool])
-                scaled = (vec - lo) / (hi - lo) if hi > lo else vec - lo + 1.0  # one score: all scored are 1
-                feats["behaviour"] = np.nan_to_num(scaled, nan=0.0)
+            behaviour = self.behaviour_feature(pool, anchors, user_id)
+            if behaviour is not None:
+                feats["behaviour"] = behaviour
         return feats
+
+    def behaviour_feature(self, rows: np.ndarray, anchors: Sequence[str], user_id: str | None) -> np.ndarray | None:
+        """The sequence model's logits of the pool `rows`, scaled over its best of the whole catalogue (an item it
+        ranks low stays near 0 whatever the pool holds); None when it knows neither the user nor the anchors."""
+        ids = self.signals.vocab.ids
+        return self.signals.behaviour.scaled_scores(anchors, user_id, [ids[j] for j in rows.tolist()])
 
     def weighted(self, feats: dict[str, np.ndarray], n: int) -> tuple[list[str], np.ndarray]:
         """(feature names, weight x feature matrix of shape names x n): each row is that feature's contribution."""
@@ -547,7 +550,7 @@ class HybridRetriever:
             need_vector = s.encoder.encode([request.need])[0]
             prefetches.append(Prefetch("text", need_vector, n))
             paths.append("need")
-        compiled = self.compiled and s.behaviour is None
+        compiled = self.compiled
         table = self.scorer.table()  # either backend: the same query norms, so the same engine query
         norm = text_q = None
         if anchor_idx and s.text_vectors is not None:
@@ -587,26 +590,34 @@ class HybridRetriever:
         keys = (self.store.fused_keys(prefetches, n, flt, rrf_k=cfg.rrf_k) if prefetches
                 else np.zeros(0, dtype=np.int64))
         pool = None
+        behaviour = s.behaviour is not None
+        fused_k = len(keys) + max(n_partners, len(passing)) if behaviour else request.k  # behaviour: rank them all
         if in_kernel:
             def fuse(key_rows):
                 return fusion_kernel.fuse_anchor_request(
                     self.scorer, table, key_rows, keys, anchor_idx, text_q, norm, need_vector, cf_query, kinds,
-                    cfg.substitute_discount, n_partners, partner_filter, request.k)
+                    cfg.substitute_discount, n_partners, partner_filter, fused_k)
 
             fused = fuse(self._kernel_key_rows())
             if fused.status == fusion_kernel.NEW_KEY:
                 fused = fuse(self._key_table(int(keys.max())))
             if fused.status == fusion_kernel.OK and len(fused.pool):
+                if behaviour:
+                    fused = self._with_behaviour(fused, anchors, anchor_idx, user if user_known else None, kinds,
+                                                 request.k)
                 candidates = self._candidates(fused.names, fused.chosen, fused.ranked, anchor_idx, "engine")
                 notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
                 return RetrievalResult(candidates, notes, paths)
             passing = self._reference_partners(anchor_idx, flt, excluded, n_partners)  # stale snapshot: reference path
         elif query is not None:
-            fused = fusion_kernel.fuse_hits(table, self._key_table(), keys, passing, query, request.k)
+            fused = fusion_kernel.fuse_hits(table, self._key_table(), keys, passing, query, fused_k)
             if fused.status == fusion_kernel.NEW_KEY:
                 fused = fusion_kernel.fuse_hits(table, self._key_table(int(keys.max())), keys, passing, query,
-                                                request.k)
+                                                fused_k)
             if fused.status == fusion_kernel.OK and len(fused.pool):
+                if behaviour:
+                    fused = self._with_behaviour(fused, anchors, anchor_idx, user if user_known else None, kinds,
+                                                 request.k)
                 candidates = self._candidates(fused.names, fused.chosen, fused.ranked, anchor_idx, "engine")
                 notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
                 return RetrievalResult(candidates, notes, paths)
@@ -649,6 +660,28 @@ class HybridRetriever:
         candidates = self._candidates(names, chosen, ranked, anchor_idx, "popular" if popular else "engine")
         notes.append(f"retrieval {1000 * (time.perf_counter() - t0):.1f} ms")
         return RetrievalResult(candidates, notes, paths)
+
+    def _with_behaviour(self, fused: fusion_kernel.Fused, anchors: list[str], anchor_idx: list[int],
+                        user_id: str | None, kinds: np.ndarray | None, k: int) -> fusion_kernel.Fused:
+        """The kernel's fusion of the whole pool plus the behaviour feature (FusionScorer.features' last), the k
+        best re-taken: what the reference path serves."""
+        feature = self.scorer.behaviour_feature(fused.chosen, anchors, user_id)
+        if feature is None:
+            return dataclasses.replace(fused, order=fused.order[:k], chosen=fused.chosen[:k], ranked=fused.ranked[:k])
+        contribution = self.scorer.weights.get("behaviour", 0.0) * feature
+        added = contribution
+        if kinds is not None and anchor_idx:
+            added = np.where(member(kinds[fused.chosen], kinds[anchor_idx]),
+                             contribution * self.settings.substitute_discount, contribution)
+        scores = fused.ranked[:, 0] + added
+        top = np.lexsort((fused.order, -scores))[:k]  # the reference's stable order: ties in pool order
+        contributions = np.column_stack([fused.ranked[top, fusion_kernel.RANKED_COLUMNS:], contribution[top]])
+        names = [*fused.names, "behaviour"]
+        codes = ((fused.ranked[top, 2].astype(np.int64) & (fusion_kernel.POSITIVE - 1))
+                 + (contributions > 0) @ (fusion_kernel.POSITIVE << np.arange(len(names))))
+        ranked = np.column_stack([scores[top], fused.ranked[top, 1], codes, contributions])
+        return dataclasses.replace(fused, names=names, order=fused.order[top], chosen=fused.chosen[top],
+                                   ranked=ranked)
 
     def _candidates(self, names: list[str], chosen: np.ndarray, ranked: np.ndarray, anchor_idx: list[int],
                     base_source: str) -> list[Candidate]:

@@ -7,6 +7,7 @@ The output layer is tied to the item-embedding table (plus a per-item bias), so 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,49 @@ def _build_network(n_items: int, settings: BehaviourSettings, dropout: float):
     return SequenceEncoder()
 
 
+def _best_range(matrix, query, excluded, m):
+    """(best, m-th best) of matrix @ query over the rows not in the sorted `excluded`: one pass, a min-heap of m."""
+    heap = np.empty(m, dtype=np.float32)
+    size, best, x = 0, -np.inf, 0
+    for i in range(matrix.shape[0]):
+        if x < excluded.shape[0] and excluded[x] == i:
+            x += 1
+            continue
+        acc = np.float32(0.0)
+        for d in range(matrix.shape[1]):
+            acc += matrix[i, d] * query[d]
+        best = max(best, acc)
+        if size < m:
+            j = size
+            heap[j] = acc
+            size += 1
+            while j > 0 and heap[(j - 1) >> 1] > heap[j]:
+                heap[(j - 1) >> 1], heap[j] = heap[j], heap[(j - 1) >> 1]
+                j = (j - 1) >> 1
+        elif acc > heap[0]:
+            heap[0] = acc
+            j = 0
+            while 2 * j + 1 < m:
+                c = 2 * j + 1
+                if c + 1 < m and heap[c + 1] < heap[c]:
+                    c += 1
+                if heap[j] <= heap[c]:
+                    break
+                heap[j], heap[c] = heap[c], heap[j]
+                j = c
+    return best, heap[0]
+
+
+@lru_cache(maxsize=1)
+def _range_kernel():
+    """_best_range compiled by numba (the `fast` extra), or None without it."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    return numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_best_range)
+
+
 class BehaviourModel:
     """ItemScorer from sequences: the user's time-ordered history (plus the anchors) encodes a query vector.
 
@@ -66,12 +110,12 @@ class BehaviourModel:
     def __init__(self, settings: BehaviourSettings | None = None, *, batch_size: int = 64, dropout: float = 0.5,
                  weight_decay: float = 3.0, sampled_softmax_above: int = 20_000, negatives: int = 2048,
                  shuffle_sessions: bool = True, filter_seen: bool = True, max_results: int | None = 1000,
-                 threads: int | None = 1, progress: bool = True):
+                 threads: int | None = 1, progress: bool = True, query_cache: int = 4096):
         self.settings = settings or BehaviourSettings()
         self.batch_size, self.dropout, self.weight_decay = batch_size, dropout, weight_decay
         self.sampled_softmax_above, self.negatives = sampled_softmax_above, negatives
         self.shuffle_sessions, self.filter_seen, self.max_results = shuffle_sessions, filter_seen, max_results
-        self.threads, self.progress = threads, progress
+        self.threads, self.progress, self.query_cache = threads, progress, query_cache
         self.item_ids: list[str] = []
         self._item_index: dict[str, int] = {}
         self.histories: dict[str, list[str]] = {}
@@ -195,6 +239,8 @@ class BehaviourModel:
         torch = require("torch", "text")
         weights = torch.cat([self._net.items.weight[1:], self._net.item_bias.weight[1:]], dim=1)
         self._item_matrix = weights.detach().cpu().numpy().astype(np.float32, copy=True)
+        self._encoded_vector = lru_cache(maxsize=self.query_cache)(self._encode)
+        self._catalogue_range = lru_cache(maxsize=self.query_cache)(self._range)
 
     # ---- inference --------------------------------------------------------------------------------------
     def _require_fitted(self):
@@ -213,21 +259,77 @@ class BehaviourModel:
         return list(self.item_ids), self._item_matrix.copy()
 
     def user_vector(self, history: Sequence[str]) -> np.ndarray | None:
-        """[encoding of the last max_len known items of `history`, 1]; None when none is known."""
-        net = self._require_fitted()
+        """[encoding of the last max_len known items of `history`, 1]; None when none is known. Recent
+        sequences are remembered (`query_cache` of them): a shopper's follow-up requests skip the network."""
+        self._require_fitted()
+        encoded = self._sequence(history)
+        return self._encoded_vector(encoded) if encoded else None
+
+    def _sequence(self, *parts: Sequence[str]) -> tuple[int, ...]:
+        """The last max_len known items of `parts` (in order), as the network's item indexes; read from the end, so
+        a history of thousands of items costs max_len lookups."""
+        index, wanted = self._item_index, self.settings.max_len
+        tail: list[int] = []
+        for part in reversed(parts):
+            for i in reversed(part):
+                j = index.get(i)
+                if j is not None:
+                    tail.append(j)
+                    if len(tail) == wanted:
+                        return tuple(reversed(tail))
+        return tuple(reversed(tail))
+
+    def _encode(self, encoded: tuple[int, ...]) -> np.ndarray:
         torch = require("torch", "text")
-        encoded = [self._item_index[i] for i in history if i in self._item_index][-self.settings.max_len:]
-        if not encoded:
-            return None
         with torch.inference_mode():
-            hidden = net(torch.tensor([encoded], dtype=torch.long))
-        vector = hidden[0, len(encoded) - 1].numpy().astype(np.float32)
-        return np.append(vector, np.float32(1.0))
+            hidden = self._net(torch.tensor([encoded], dtype=torch.long))
+        vector = np.append(hidden[0, len(encoded) - 1].numpy().astype(np.float32), np.float32(1.0))
+        vector.flags.writeable = False  # shared by every request with this sequence
+        return vector
 
     def extend_histories(self, events) -> None:
         """Append (user, item) events to the histories the user vectors read (no retraining)."""
         for user, item in events:
             self.histories.setdefault(str(user), []).append(str(item))
+
+    def scaled_scores(self, anchors: Sequence[str], user_id: str | None, items: Sequence[str]) -> np.ndarray | None:
+        """score()'s logits of `items` alone, min-max scaled over the `max_results` best of the catalogue (the best
+        1, the last of them 0; logits may be negative); 0 for items outside them, unknown or excluded (the anchors
+        and, with filter_seen, the history). None when neither the history nor the anchors hold a known item.
+        The served fusion's feature: the catalogue scan is cached per sequence, the pool is scored alone."""
+        self._require_fitted()
+        history = self.histories.get(user_id, ()) if user_id is not None else ()
+        index = self._item_index
+        encoded = self._sequence(history, anchors)
+        if not encoded:
+            return None
+        excluded = set(anchors) | (set(history) if self.filter_seen else set())
+        excluded_rows = tuple(sorted(index[i] - 1 for i in excluded if i in index))
+        hi, lo = self._catalogue_range(encoded, excluded_rows)
+        rows = np.array([-1 if i in excluded else index.get(i, 0) - 1 for i in items], dtype=np.int64)
+        scaled = np.zeros(len(rows))
+        known = rows >= 0
+        logits = self._item_matrix[rows[known]] @ self._encoded_vector(encoded)
+        ranked = logits >= lo
+        scaled[np.flatnonzero(known)[ranked]] = (np.clip((logits[ranked] - lo) / (hi - lo), 0.0, 1.0) if hi > lo
+                                                 else 1.0)
+        return scaled
+
+    def _range(self, encoded: tuple[int, ...], excluded_rows: tuple[int, ...]) -> tuple[float, float]:
+        """(best, max_results-th best) logit over the catalogue without the excluded rows: score()'s range, in one
+        compiled pass without numba's absence (numpy: the logits, then a partition)."""
+        query = self._encoded_vector(encoded)
+        finite = len(self._item_matrix) - len(excluded_rows)
+        if finite <= 0:
+            return np.inf, np.inf
+        m = min(self.max_results or finite, finite)
+        kernel = _range_kernel()
+        if kernel is not None:
+            best, last = kernel(self._item_matrix, query, np.array(excluded_rows, dtype=np.int64), m)
+            return float(best), float(last)
+        scores = self._item_matrix @ query
+        scores[list(excluded_rows)] = -np.inf
+        return float(scores.max()), float(np.partition(scores, len(scores) - m)[len(scores) - m])
 
     def score(self, anchors: Sequence[str], user_id: str | None = None) -> dict[str, float]:
         self._require_fitted()
