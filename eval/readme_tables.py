@@ -65,17 +65,18 @@ def paired_lines(runs: list[str]) -> list[str]:
     for run in runs:
         path = RES / run / "metrics.json"
         doc = json.loads(path.read_text()) if path.is_file() else {}
-        against = doc.get("paired", {}).get("against", {})
-        singles = {n: c for n, c in against.items() if n in SINGLE_SIGNALS}
-        if not singles:
-            continue
-        name, c = max(singles.items(), key=lambda kv: kv[1]["mean_b"])
-        lo, hi = c["ratio_ci95"]
-        metric = "HR@10" if run.startswith("basket") else "R@10"
-        lines.append(f"- {run.split('-', 1)[1]}: hybrid / {name} (the best single signal) on {metric} = "
-                     f"{c['ratio']:.2f}x, 95% paired bootstrap interval {lo:.2f}-{hi:.2f}x; the hybrid has the "
-                     f"target in its top 10 where {name} has not in {c['wins_a']} cases, the reverse in "
-                     f"{c['wins_b']} (sign test p = {c['sign_test_p']:.2f}).")
+        references = {"hybrid": doc.get("paired", {}), **doc.get("paired_variants", {})}
+        for reference, paired in references.items():
+            singles = {n: c for n, c in paired.get("against", {}).items() if n in SINGLE_SIGNALS}
+            if not singles:
+                continue
+            name, c = max(singles.items(), key=lambda kv: kv[1]["mean_b"])
+            lo, hi = c["ratio_ci95"]
+            metric = "HR@10" if run.startswith("basket") else "R@10"
+            lines.append(f"- {run.split('-', 1)[1]}: {reference} / {name} (the best single signal) on {metric} = "
+                         f"{c['ratio']:.2f}x, 95% paired bootstrap interval {lo:.2f}-{hi:.2f}x; {reference} has "
+                         f"the target in its top 10 where {name} has not in {c['wins_a']} cases, the reverse in "
+                         f"{c['wins_b']} (sign test p = {c['sign_test_p']:.2g}).")
     return ["", "Uncertainty (over the test cases, same cases for both):", "", *lines] if lines else []
 
 

@@ -9,7 +9,7 @@ for d in electronic clothing; do
     --out "eval/results/session_bundling-$d"
   $RR eval bundle_completion --data "data/amazon-bundles/$d" \
     --recommender pop --recommender itemknn --recommender als --recommender text --recommender lexical \
-    --recommender behaviour --recommender hybrid --out "eval/results/bundle_completion-$d"
+    --recommender behaviour --recommender hybrid --recommender hybrid-behaviour --out "eval/results/bundle_completion-$d"
 done
 $RR eval basket_completion --data dunnhumby --limit 1000 \
   --recommender pop --recommender itemknn --recommender als --recommender text --recommender lexical \

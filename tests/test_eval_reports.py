@@ -51,6 +51,23 @@ def test_a_run_records_its_settings_uncertainty_and_per_case_scores(tmp_path, el
     assert pop["wins_a"] == sum(h > p for h, p in zip(hybrid, per_case["scores"]["pop"]["recall@10"]))
 
 
+def test_the_behaviour_variant_is_compared_with_every_recommender_and_reaches_the_readme(
+        tmp_path, electronic_dir, repo_root, monkeypatch):
+    settings = Settings(behaviour={"epochs": 1, "dim": 16})
+    doc = run_eval("bundle_completion", str(electronic_dir), ["pop", "lexical", "hybrid", "hybrid-behaviour"],
+                   tmp_path / "bundle_completion-x", limit=40, settings=settings)
+    assert set(doc["results"]) == {"pop", "lexical", "hybrid", "hybrid-behaviour"}
+    recorded = json.loads((tmp_path / "bundle_completion-x" / "metrics.json").read_text())
+    variant = recorded["paired_variants"]["hybrid-behaviour"]
+    assert variant["reference"] == "hybrid-behaviour" and set(variant["against"]) == {"pop", "lexical", "hybrid"}
+    assert "hybrid-behaviour" in recorded["paired"]["against"]
+    tables = load_script(repo_root, "readme_tables")
+    monkeypatch.setattr(tables, "RES", tmp_path)
+    lines = tables.paired_lines(["bundle_completion-x"])
+    assert any(line.startswith("- x: hybrid / lexical") for line in lines)
+    assert any(line.startswith("- x: hybrid-behaviour / lexical") for line in lines)
+
+
 def test_paired_comparison_and_sign_test():
     a = [1, 1, 1, 1, 1, 0, 0, 0.5, 0.5, 0.5]
     b = [0, 0, 0, 0, 0, 1, 1, 0.5, 0.5, 0.5]

@@ -140,6 +140,9 @@ def _score_and_write(task: str, data: str, names: list[str], registry: dict, out
     }
     if task != "session_bundling":
         doc["paired"] = paired_against("hybrid", results)
+        variants = {name: paired_against(name, results) for name in HYBRID_VARIANTS}
+        if any(variants.values()):
+            doc["paired_variants"] = {name: v for name, v in variants.items() if v}
         (out / "per_case.json").write_text(json.dumps(
             {"cases": [{"anchors": list(c.anchors), "target": c.target, "user_id": c.user_id} for c in cases],
              "scores": {r.recommender: {k: [row[k] for row in r.per_case] for k in r.per_case[0]}
@@ -163,6 +166,9 @@ def ranking_ci(task: str, result: T.TaskResult) -> dict[str, list[float]]:
         if result.per_case and source in result.per_case[0]:
             out[key] = list(M.bootstrap_ci([row[source] for row in result.per_case]))
     return out
+
+
+HYBRID_VARIANTS = ("hybrid-behaviour",)  # each also compared with every other recommender when it ran
 
 
 def paired_against(reference: str, results: Sequence[T.TaskResult]) -> dict:

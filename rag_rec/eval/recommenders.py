@@ -99,6 +99,14 @@ def _hybrid(settings: Settings) -> Ranker:
     return HybridRanker(settings)
 
 
+def _hybrid_behaviour(settings: Settings) -> Ranker:
+    from rag_rec.retrieve.rankers import HybridRanker
+
+    ranker = HybridRanker(settings, behaviour=True)  # what a service with behaviour.serve ranks
+    ranker.name = "hybrid-behaviour"
+    return ranker
+
+
 RANKERS: dict[str, Callable[[Settings], Ranker]] = {
     "pop": lambda s: PopularityScorer(),
     "itemknn": lambda s: CooccurrenceScorer(complement=False, max_group_items=s.cf.max_group_items),
@@ -109,6 +117,7 @@ RANKERS: dict[str, Callable[[Settings], Ranker]] = {
     "lexical": _lexical,
     "behaviour": _behaviour,
     "hybrid": _hybrid,
+    "hybrid-behaviour": _hybrid_behaviour,
 }
 
 
