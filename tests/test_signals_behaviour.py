@@ -127,6 +127,56 @@ def test_the_compiled_catalogue_range_equals_the_numpy_one(trained, monkeypatch,
     assert trained._range((1,), tuple(range(len(trained.item_ids)))) == (np.inf, np.inf)  # nothing left to rank
 
 
+@pytest.mark.parametrize("layers,heads", [(2, 2), (1, 4), (3, 1)])
+def test_the_numpy_inference_equals_the_torch_network(layers, heads):
+    torch = pytest.importorskip("torch")
+    from rag_rec.signals.behaviour import _build_network, _NumpyEncoder
+
+    torch.manual_seed(layers)
+    settings = BehaviourSettings(dim=16, heads=heads, layers=layers, max_len=9)
+    net = _build_network(60, settings, dropout=0.5)
+    with torch.no_grad():  # trained-looking weights: biases and norms away from their initial 0 and 1
+        for name, parameter in net.named_parameters():
+            if "bias" in name or "norm" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.3)
+    net.eval()
+    encoder = _NumpyEncoder(net)
+    rng = np.random.default_rng(layers)
+    for length in range(1, 10):
+        encoded = tuple(int(i) for i in rng.integers(1, 61, length))
+        with torch.inference_mode():
+            want = net(torch.tensor([encoded]))[0, -1].numpy()
+        got = encoder.last_hidden(encoded)
+        assert got.dtype == np.float32 and got.shape == (16,)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("m", [1000, 7, 40])
+def test_the_quantized_catalogue_scan_is_exact(trained, monkeypatch, m):
+    """The int8 first pass only decides which rows are scored in float32: its answer is the full scan's, to the bit,
+    with and without excluded rows, and when the sample's threshold cannot hold (m near the catalogue's size)."""
+    from rag_rec.signals import behaviour
+
+    full, quantized = behaviour._range_kernel()
+    matrix, codes, scales = trained._item_matrix, trained._codes, trained._scales
+    assert codes.dtype == np.int8 and np.all(np.abs(codes * scales[:, None] - matrix) <= scales[:, None] / 2 + 1e-7)
+    rng = np.random.default_rng(m)
+    for sequence in [tuple(range(1, 6)), (3,), tuple(range(40, 60)), tuple(rng.integers(1, 500, 20))]:
+        query = trained._encode(tuple(int(i) for i in sequence))
+        for excluded in (np.zeros(0, dtype=np.int64), np.array(sorted(rng.choice(len(matrix), 30, replace=False)))):
+            assert quantized(codes, scales, matrix, query, excluded, m, 16) == full(matrix, query, excluded, m)
+    near_all = len(matrix) - 5
+    query = trained._encode((1, 2))
+    assert quantized(codes, scales, matrix, query, np.zeros(0, dtype=np.int64), near_all, 16) == full(
+        matrix, query, np.zeros(0, dtype=np.int64), near_all)
+    monkeypatch.setattr(trained, "quantized_scan_from", 0)
+    trained._catalogue_range.cache_clear()
+    monkeypatch.setattr(trained, "max_results", m)
+    assert trained._range((4, 5), (2,)) == tuple(float(v) for v in full(matrix, trained._encode((4, 5)),
+                                                                         np.array([2]), m))
+
+
 @pytest.mark.slow
 def test_a_repeated_sequence_reuses_its_vector_and_a_refit_forgets_it(split):
     model = BehaviourModel(BehaviourSettings(epochs=1), progress=False, query_cache=2).fit(split[0])

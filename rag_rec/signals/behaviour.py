@@ -52,6 +52,30 @@ def _build_network(n_items: int, settings: BehaviourSettings, dropout: float):
     return SequenceEncoder()
 
 
+def _heap_push_kernel(heap, size, value):
+    """Keep the len(heap) largest values seen in the min-heap `heap` of `size` values; returns the new size."""
+    m = heap.shape[0]
+    if size < m:
+        j = size
+        heap[j] = value
+        while j > 0 and heap[(j - 1) >> 1] > heap[j]:
+            heap[(j - 1) >> 1], heap[j] = heap[j], heap[(j - 1) >> 1]
+            j = (j - 1) >> 1
+        return size + 1
+    if value > heap[0]:
+        heap[0] = value
+        j = 0
+        while 2 * j + 1 < m:
+            c = 2 * j + 1
+            if c + 1 < m and heap[c + 1] < heap[c]:
+                c += 1
+            if heap[j] <= heap[c]:
+                break
+            heap[j], heap[c] = heap[c], heap[j]
+            j = c
+    return size
+
+
 def _best_range(matrix, query, excluded, m):
     """(best, m-th best) of matrix @ query over the rows not in the sorted `excluded`: one pass, a min-heap of m."""
     heap = np.empty(m, dtype=np.float32)
@@ -64,35 +88,135 @@ def _best_range(matrix, query, excluded, m):
         for d in range(matrix.shape[1]):
             acc += matrix[i, d] * query[d]
         best = max(best, acc)
-        if size < m:
-            j = size
-            heap[j] = acc
-            size += 1
-            while j > 0 and heap[(j - 1) >> 1] > heap[j]:
-                heap[(j - 1) >> 1], heap[j] = heap[j], heap[(j - 1) >> 1]
-                j = (j - 1) >> 1
-        elif acc > heap[0]:
-            heap[0] = acc
-            j = 0
-            while 2 * j + 1 < m:
-                c = 2 * j + 1
-                if c + 1 < m and heap[c + 1] < heap[c]:
-                    c += 1
-                if heap[j] <= heap[c]:
-                    break
-                heap[j], heap[c] = heap[c], heap[j]
-                j = c
+        if size < m or acc > heap[0]:
+            size = _heap_push(heap, size, acc)
     return best, heap[0]
+
+
+def _quantized_range(codes, scales, matrix, query, excluded, m, stride):
+    """_best_range's exact answer from a quarter of its reads: the rows' int8 codes bound each logit within
+    scale / 2 per unit of |query|_1; a strided sample of the lower bounds gives a threshold that at least m rows
+    reach, so the m best lie among the rows whose upper bound reaches it, and only those are scored in float32.
+    Falls back to the full scan when the sample's threshold does not hold."""
+    n, dims = codes.shape
+    l1 = np.float32(0.0)
+    for d in range(dims):
+        l1 += abs(query[d])
+    margin = np.float32(0.51) * l1  # 0.5: rounding to the code; 0.01 covers float32 sums with room
+    approx = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        acc = np.float32(0.0)
+        for d in range(dims):
+            acc += np.float32(codes[i, d]) * query[d]
+        approx[i] = acc * scales[i]
+    for x in range(excluded.shape[0]):
+        approx[excluded[x]] = -np.inf
+    sample = np.empty(max(1, (3 * m) // (2 * stride) + 1), dtype=np.float32)
+    size = 0
+    for i in range(0, n, stride):
+        low = approx[i] - scales[i] * margin
+        if size < sample.shape[0] or low > sample[0]:
+            size = _heap_push(sample, size, low)
+    threshold = sample[0]
+    if size < sample.shape[0] or threshold == -np.inf:
+        return _best_range_jit(matrix, query, excluded, m)
+    rows = np.empty(n, dtype=np.int64)
+    found = holding = 0
+    for i in range(n):
+        if approx[i] - scales[i] * margin >= threshold:
+            holding += 1
+        if approx[i] + scales[i] * margin >= threshold:
+            rows[found] = i
+            found += 1
+    if holding < m:
+        return _best_range_jit(matrix, query, excluded, m)
+    heap = np.empty(m, dtype=np.float32)
+    size, best = 0, -np.inf
+    for r in range(found):
+        i = rows[r]
+        acc = np.float32(0.0)
+        for d in range(dims):
+            acc += matrix[i, d] * query[d]
+        best = max(best, acc)
+        if size < m or acc > heap[0]:
+            size = _heap_push(heap, size, acc)
+    return best, heap[0]
+
+
+def _quantize_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes, float32 scales) with matrix[i] ~= scales[i] * codes[i], each element within scales[i] / 2."""
+    peak = np.abs(matrix).max(axis=1) if matrix.size else np.zeros(len(matrix), dtype=np.float32)
+    scales = (peak / 127).astype(np.float32)
+    codes = np.rint(matrix / np.where(scales > 0, scales, 1)[:, None]).clip(-127, 127).astype(np.int8)
+    return np.ascontiguousarray(codes), scales
+
+
+_heap_push, _best_range_jit = _heap_push_kernel, _best_range
 
 
 @lru_cache(maxsize=1)
 def _range_kernel():
-    """_best_range compiled by numba (the `fast` extra), or None without it."""
+    """(full scan, quantized scan) compiled by numba (the `fast` extra), or None without it. _quantized_range calls
+    the other two, so they are bound to module globals first."""
+    global _heap_push, _best_range_jit
     try:
         import numba
     except ImportError:
         return None
-    return numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_best_range)
+    jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    _heap_push = numba.njit(cache=True, nogil=True, inline="always")(_heap_push_kernel)
+    full = jit(_best_range)
+    _best_range_jit = full
+    return full, jit(_quantized_range)
+
+
+class _NumpyEncoder:
+    """The trained SequenceEncoder's inference for one sequence, in numpy: the last position's hidden state. Torch
+    spends ~0.25 ms of dispatch per layer on a 20-item sequence; this runs the same float32 maths in a tenth of it,
+    and the last layer computes the last position alone."""
+
+    def __init__(self, net):
+        def array(t):
+            return t.detach().cpu().numpy().astype(np.float32, copy=True)
+
+        self.items, self.positions = array(net.items.weight), array(net.positions.weight)
+        self.layers = [(array(layer.norm1.weight), array(layer.norm1.bias), layer.norm1.eps,
+                        array(layer.self_attn.in_proj_weight).T.copy(), array(layer.self_attn.in_proj_bias),
+                        array(layer.self_attn.out_proj.weight).T.copy(), array(layer.self_attn.out_proj.bias),
+                        array(layer.norm2.weight), array(layer.norm2.bias), layer.norm2.eps,
+                        array(layer.linear1.weight).T.copy(), array(layer.linear1.bias),
+                        array(layer.linear2.weight).T.copy(), array(layer.linear2.bias))
+                       for layer in net.encoder.layers]
+        self.heads = net.encoder.layers[0].self_attn.num_heads
+        self.norm = (array(net.norm.weight), array(net.norm.bias), net.norm.eps)
+
+    @staticmethod
+    def _layer_norm(x, weight, bias, eps):
+        centred = x - x.mean(axis=-1, keepdims=True)
+        return centred / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + np.float32(eps)) * weight + bias
+
+    def last_hidden(self, encoded: tuple[int, ...]) -> np.ndarray:
+        length, heads = len(encoded), self.heads
+        x = self.items[list(encoded)] + self.positions[:length]
+        causal = np.triu(np.full((length, length), -np.inf, dtype=np.float32), 1)
+        for n, (n1w, n1b, eps1, w_in, b_in, w_out, b_out, n2w, n2b, eps2, w1, b1, w2, b2) in enumerate(self.layers):
+            dim = x.shape[1]
+            qkv = self._layer_norm(x, n1w, n1b, eps1) @ w_in + b_in
+            queries, mask = (qkv[:, :dim], causal) if n < len(self.layers) - 1 else (qkv[-1:, :dim], None)
+            if mask is None:
+                x = x[-1:]
+            per_head = dim // heads
+            q = queries.reshape(len(queries), heads, per_head).transpose(1, 0, 2)
+            k = qkv[:, dim:2 * dim].reshape(length, heads, per_head).transpose(1, 2, 0)
+            v = qkv[:, 2 * dim:].reshape(length, heads, per_head).transpose(1, 0, 2)
+            scores = q @ k / np.float32(np.sqrt(per_head))
+            if mask is not None:
+                scores = scores + mask
+            weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            attended = (weights / weights.sum(axis=-1, keepdims=True)) @ v
+            x = x + attended.transpose(1, 0, 2).reshape(len(queries), dim) @ w_out + b_out
+            x = x + np.maximum(self._layer_norm(x, n2w, n2b, eps2) @ w1 + b1, 0) @ w2 + b2
+        return self._layer_norm(x[-1], *self.norm)
 
 
 class BehaviourModel:
@@ -122,6 +246,7 @@ class BehaviourModel:
         self.loss_history: list[float] = []
         self._net = None
         self._item_matrix: np.ndarray | None = None
+        self.quantized_scan_from = 16_384  # catalogue rows from which _range reads int8 codes first
 
     # ---- data -------------------------------------------------------------------------------------------
     def training_sequences(self, dataset) -> tuple[list[list[int]], list[bool]]:
@@ -239,6 +364,8 @@ class BehaviourModel:
         torch = require("torch", "text")
         weights = torch.cat([self._net.items.weight[1:], self._net.item_bias.weight[1:]], dim=1)
         self._item_matrix = weights.detach().cpu().numpy().astype(np.float32, copy=True)
+        self._codes, self._scales = _quantize_rows(self._item_matrix)
+        self._encoder = _NumpyEncoder(self._net)
         self._encoded_vector = lru_cache(maxsize=self.query_cache)(self._encode)
         self._catalogue_range = lru_cache(maxsize=self.query_cache)(self._range)
 
@@ -280,10 +407,7 @@ class BehaviourModel:
         return tuple(reversed(tail))
 
     def _encode(self, encoded: tuple[int, ...]) -> np.ndarray:
-        torch = require("torch", "text")
-        with torch.inference_mode():
-            hidden = self._net(torch.tensor([encoded], dtype=torch.long))
-        vector = np.append(hidden[0, len(encoded) - 1].numpy().astype(np.float32), np.float32(1.0))
+        vector = np.append(self._encoder.last_hidden(encoded).astype(np.float32), np.float32(1.0))
         vector.flags.writeable = False  # shared by every request with this sequence
         return vector
 
@@ -317,15 +441,21 @@ class BehaviourModel:
 
     def _range(self, encoded: tuple[int, ...], excluded_rows: tuple[int, ...]) -> tuple[float, float]:
         """(best, max_results-th best) logit over the catalogue without the excluded rows: score()'s range, in one
-        compiled pass without numba's absence (numpy: the logits, then a partition)."""
+        compiled pass (from `quantized_scan_from` rows, over int8 codes first, still exact); without numba, the
+        logits and a partition."""
         query = self._encoded_vector(encoded)
         finite = len(self._item_matrix) - len(excluded_rows)
         if finite <= 0:
             return np.inf, np.inf
         m = min(self.max_results or finite, finite)
-        kernel = _range_kernel()
-        if kernel is not None:
-            best, last = kernel(self._item_matrix, query, np.array(excluded_rows, dtype=np.int64), m)
+        kernels = _range_kernel()
+        if kernels is not None:
+            full, quantized = kernels
+            rows = np.array(excluded_rows, dtype=np.int64)
+            if len(self._item_matrix) >= self.quantized_scan_from:
+                best, last = quantized(self._codes, self._scales, self._item_matrix, query, rows, m, 16)
+            else:
+                best, last = full(self._item_matrix, query, rows, m)
             return float(best), float(last)
         scores = self._item_matrix @ query
         scores[list(excluded_rows)] = -np.inf
