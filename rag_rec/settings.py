@@ -58,9 +58,10 @@ class CFSettings(_Section):
 class BehaviourSettings(_Section):
     serve: bool = Field(default=False, description="Fit the behaviour model when the service starts and use it as a "
                         "feature of the served fusion (weight retrieve.weights.behaviour); API events extend the "
-                        "histories it reads, the network is retrained at the next start. Off by default: minutes "
-                        "of CPU training at every start, and each new (history, anchors) sequence costs a network "
-                        "pass and a scan of every item vector (bench/results/behaviour_serve.json)")
+                        "histories it reads, the network is retrained when the data changes (an unchanged shop loads "
+                        "it from behaviour.cache_dir). Off by default: the first start on a shop trains for minutes "
+                        "of CPU, and each new (history, anchors) sequence costs a network pass and a scan of the "
+                        "item vectors, ~1.5 ms at 92k products (bench/results/behaviour_serve.json)")
     dim: int = Field(default=64, ge=1)
     layers: int = Field(default=2, ge=1)
     heads: int = Field(default=2, ge=1)
@@ -70,6 +71,9 @@ class BehaviourSettings(_Section):
     seed: int = 0
     max_windows_per_epoch: int = Field(default=20_000, description="Sample this many training windows per epoch "
                                                                     "on large data (keeps CPU training in minutes)")
+    cache_dir: Path | None = Field(default=Path.home() / ".cache" / "rag_rec" / "behaviour",
+                                   description="Trained networks kept per training data and settings: a start on "
+                                               "unchanged data loads one in seconds (None: train at every start)")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> BehaviourSettings:

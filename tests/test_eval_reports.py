@@ -53,7 +53,7 @@ def test_a_run_records_its_settings_uncertainty_and_per_case_scores(tmp_path, el
 
 def test_the_behaviour_variant_is_compared_with_every_recommender_and_reaches_the_readme(
         tmp_path, electronic_dir, repo_root, monkeypatch):
-    settings = Settings(behaviour={"epochs": 1, "dim": 16})
+    settings = Settings(behaviour={"epochs": 1, "dim": 16, "cache_dir": tmp_path / "networks"})
     doc = run_eval("bundle_completion", str(electronic_dir), ["pop", "lexical", "hybrid", "hybrid-behaviour"],
                    tmp_path / "bundle_completion-x", limit=40, settings=settings)
     assert set(doc["results"]) == {"pop", "lexical", "hybrid", "hybrid-behaviour"}

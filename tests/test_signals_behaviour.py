@@ -262,7 +262,7 @@ def test_served_behaviour_model_reads_histories_extended_by_api_events(tmp_path)
     from rag_rec.schemas import EventIn, EventsIn
 
     write_shop(tmp_path / "shop")
-    pipeline = open_pipeline(tmp_path, behaviour={"serve": True, "epochs": 2})
+    pipeline = open_pipeline(tmp_path, behaviour={"serve": True, "epochs": 2, "cache_dir": tmp_path / "networks"})
     try:
         model = pipeline.signals.behaviour
         assert model is not None
@@ -275,3 +275,69 @@ def test_served_behaviour_model_reads_histories_extended_by_api_events(tmp_path)
         assert any("behaviour" in c.sources for c in result.candidates)
     finally:
         pipeline.close()
+
+
+@pytest.mark.slow
+def test_a_start_on_unchanged_data_loads_the_network_an_earlier_start_trained(split, tmp_path, monkeypatch):
+    train = split[0]
+    settings = BehaviourSettings(epochs=1)
+    first = BehaviourModel(settings, progress=False).fit_cached(train, tmp_path)
+    [kept] = tmp_path.glob("behaviour-*.pt")
+    assert not list(tmp_path.glob("*.partial"))
+
+    def no_training(self, dataset):
+        raise AssertionError("trained although an equal network was kept")
+
+    monkeypatch.setattr(BehaviourModel, "fit", no_training)
+    logs = []
+    again = BehaviourModel(settings, progress=False).fit_cached(train, tmp_path, log=logs.append)
+    assert "loaded" in logs[0]
+    np.testing.assert_array_equal(again.item_vectors()[1], first.item_vectors()[1])
+    user = next(iter(first.histories))
+    assert again.score([], user) == first.score([], user)
+    with pytest.raises(AssertionError, match="trained although"):  # other settings: another network
+        BehaviourModel(BehaviourSettings(epochs=2), progress=False).fit_cached(train, tmp_path)
+    frame = train.interactions.frame
+    more = Dataset(train.name, train.products, Interactions(pd.concat([frame, frame.tail(1)], ignore_index=True)),
+                   train.sessions)
+    with pytest.raises(AssertionError, match="trained although"):  # one more event: another network
+        BehaviourModel(settings, progress=False).fit_cached(more, tmp_path)
+
+
+@pytest.mark.slow
+def test_an_unreadable_kept_network_is_trained_over_and_an_unwritable_cache_costs_only_the_next_fit(split, tmp_path):
+    train = split[0]
+    settings = BehaviourSettings(epochs=1)
+    model = BehaviourModel(settings, progress=False).fit_cached(train, tmp_path)
+    [kept] = tmp_path.glob("behaviour-*.pt")
+    kept.write_bytes(b"not a network")
+    logs = []
+    retrained = BehaviourModel(settings, progress=False).fit_cached(train, tmp_path, log=logs.append)
+    assert "cannot read" in logs[0] and "training again" in logs[0]
+    np.testing.assert_allclose(retrained.item_vectors()[1], model.item_vectors()[1], atol=1e-6)
+    assert BehaviourModel.load(kept).item_ids == model.item_ids  # replaced by the new fit
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    logs.clear()
+    served = BehaviourModel(settings, progress=False).fit_cached(train, blocked, log=logs.append)
+    assert served.score([], next(iter(served.histories))) and "cannot keep" in logs[0]
+
+
+def test_the_training_key_follows_what_training_reads_and_nothing_else():
+    from rag_rec.data.models import Product
+
+    products = {f"p{n}": Product(f"p{n}", f"lamp {n}", ("Lamps",)) for n in range(4)}
+    frame = pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["p0", "p1", "p2"], "timestamp": [1, 2, 3],
+                          "event": "purchase"})
+    sessions = {"s": Session("s", ("p1", "p2"), "a", 1)}
+    base = Dataset("shop", products, Interactions(frame), sessions)
+    key = BehaviourModel(BehaviourSettings()).training_key(base)
+    assert BehaviourModel(BehaviourSettings(serve=True, cache_dir=None)).training_key(base) == key
+    assert BehaviourModel(BehaviourSettings(seed=1)).training_key(base) != key
+    assert BehaviourModel(BehaviourSettings(), dropout=0.3).training_key(base) != key
+    changed = [
+        Dataset("shop", dict(reversed(products.items())), Interactions(frame), sessions),
+        Dataset("shop", products, Interactions(frame.assign(item_id=["p0", "p1", "p3"])), sessions),
+        Dataset("shop", products, Interactions(frame), {"s": Session("s", ("p2", "p1"), "a", 1)}),
+    ]
+    assert all(BehaviourModel(BehaviourSettings()).training_key(ds) != key for ds in changed)

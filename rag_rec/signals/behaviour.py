@@ -6,6 +6,11 @@ The output layer is tied to the item-embedding table (plus a per-item bias), so 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import pickle
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +22,7 @@ from rag_rec.settings import BehaviourSettings
 from rag_rec.signals.als import NotFittedError, _top
 
 PAD = 0
+TRAINING_VERSION = 1  # raise when a change to fit() makes networks cached by earlier code stale
 
 
 def _build_network(n_items: int, settings: BehaviourSettings, dropout: float):
@@ -482,7 +488,7 @@ class BehaviourModel:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({
             "format": 1,
-            "settings": self.settings.model_dump(),
+            "settings": self.settings.model_dump(mode="json"),
             "dropout": self.dropout,
             "item_ids": self.item_ids,
             "histories": self.histories,
@@ -493,21 +499,78 @@ class BehaviourModel:
 
     @classmethod
     def load(cls, path: str | Path, **kwargs) -> BehaviourModel:
+        payload = cls._read(path)
+        model = cls(BehaviourSettings(**payload["settings"]), **{"dropout": payload["dropout"], **kwargs})
+        return model._restore(payload, path)
+
+    @staticmethod
+    def _read(path: str | Path) -> dict:
         torch = require("torch", "text")
         try:
             payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as exc:
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
             raise ModelError(f"cannot read behaviour model {path}: {exc}") from exc
-        if payload.get("format") != 1:
-            raise ModelError(f"{path} is not a behaviour model file (format {payload.get('format')!r})")
-        model = cls(BehaviourSettings(**payload["settings"]), **{"dropout": payload["dropout"], **kwargs})
-        model.item_ids = list(payload["item_ids"])
-        model._item_index = {item: i + 1 for i, item in enumerate(model.item_ids)}
-        model.histories = {u: list(h) for u, h in payload["histories"].items()}
-        model.loss_history = list(payload["loss_history"])
-        net = _build_network(len(model.item_ids), model.settings, model.dropout)
-        net.load_state_dict(payload["state_dict"])
+        if not isinstance(payload, dict) or payload.get("format") != 1:
+            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            raise ModelError(f"{path} is not a behaviour model file (format {found!r})")
+        return payload
+
+    def _restore(self, payload: dict, path: str | Path) -> BehaviourModel:
+        try:
+            item_ids = list(payload["item_ids"])
+            net = _build_network(len(item_ids), self.settings, self.dropout)
+            net.load_state_dict(payload["state_dict"])
+            histories = {u: list(h) for u, h in payload["histories"].items()}
+            losses = list(payload["loss_history"])
+        except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
+            raise ModelError(f"behaviour model {path} does not match its settings: {exc}") from exc
         net.eval()
-        model._net = net
-        model._refresh_item_matrix()
-        return model
+        self.item_ids, self.histories, self.loss_history, self._net = item_ids, histories, losses, net
+        self._item_index = {item: i + 1 for i, item in enumerate(item_ids)}
+        self._refresh_item_matrix()
+        return self
+
+    def training_key(self, dataset) -> str:
+        """sha256 of everything fit() reads: the settings and options that shape training, the catalogue's ids in
+        order, every (user, item) event in order and every session's items. Equal keys train equal networks."""
+        import pandas as pd
+
+        h = hashlib.sha256(f"behaviour training {TRAINING_VERSION}".encode())
+        shaping = self.settings.model_dump(mode="json", exclude={"serve", "cache_dir"})
+        options = [self.batch_size, self.dropout, self.weight_decay, self.sampled_softmax_above, self.negatives,
+                   self.shuffle_sessions]
+        h.update(json.dumps([shaping, options], sort_keys=True).encode())
+        h.update("\x1f".join(map(str, dataset.products)).encode())
+        frame = dataset.interactions.frame[["user_id", "item_id"]].astype(str)
+        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        for session in dataset.sessions.values():
+            h.update(("\x1e" + "\x1f".join(map(str, session.items))).encode())
+        return h.hexdigest()
+
+    def fit_cached(self, dataset, cache_dir: str | Path | None, log=None) -> BehaviourModel:
+        """fit(), or the network an earlier fit with the same training_key saved under `cache_dir`, so a restart on
+        unchanged data loads in seconds instead of training for minutes. An unreadable file is trained over; a
+        cache that cannot be written only costs the next start its fit. None: always fit."""
+        if cache_dir is None:
+            return self.fit(dataset)
+        path = Path(cache_dir) / f"behaviour-{self.training_key(dataset)[:32]}.pt"
+        if path.is_file():
+            try:
+                self._restore(self._read(path), path)
+                if log:
+                    log(f"behaviour model: loaded {path} (trained on this data with these settings)")
+                return self
+            except ModelError as exc:
+                if log:
+                    log(f"behaviour model: {exc}; training again")
+        self.fit(dataset)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        try:
+            self.save(partial)
+            os.replace(partial, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            if log:
+                log(f"behaviour model: cannot keep the trained network in {cache_dir} ({exc}); the next start trains")
+        return self

@@ -76,7 +76,8 @@ def fit_signals(dataset: Dataset, settings: Settings, *, text: bool = True, als:
         from rag_rec.signals.behaviour import BehaviourModel
 
         try:
-            behaviour_model = BehaviourModel(settings.behaviour, filter_seen=False).fit(dataset)
+            behaviour_model = BehaviourModel(settings.behaviour, filter_seen=False).fit_cached(
+                dataset, settings.behaviour.cache_dir, log=console.log)
         except ModelError as exc:  # e.g. every history is one item long: nothing to learn an order from
             console.log(f"no behaviour model: {exc}")
     return Signals(vocab, vectors, encoder, cooc, pop, category, als_model, behaviour_model, lexical)
