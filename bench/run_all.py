@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = {"index": "bench_index.py", "retrieval": "bench_retrieval.py", "upsert": "bench_upsert.py",
-           "llm": "bench_llm.py", "llm_arrivals": "bench_llm_arrivals.py",
+SCRIPTS = {"index": "bench_index.py", "retrieval": "bench_retrieval.py", "behaviour": "probe_behaviour_serve.py",
+           "upsert": "bench_upsert.py", "llm": "bench_llm.py", "llm_arrivals": "bench_llm_arrivals.py",
            "compose": "bench_compose.py", "load": "load_test.py"}
 REPORTS = (HERE / "report.py", HERE.parent / "eval" / "readme_tables.py")
 

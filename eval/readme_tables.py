@@ -96,6 +96,12 @@ def bench_md() -> str:
         for r in doc["retrieval"]:
             out.append(f"| hybrid retrieval vs bare fused query, {r['products']} products | p95 {r['hybrid_p95_ms']:.2f} ms "
                        f"vs {r['bare_p95_ms']:.2f} ms ({r['p95_ratio']:.2f}x) | <= 1.2x, <= 5 ms |")
+        beh = REPO / "bench" / "results" / "behaviour_serve.json"
+        if beh.is_file():
+            b = json.loads(beh.read_text())
+            out.append(f"| hybrid retrieval with the behaviour model (`behaviour.serve`), {b['products']} products | p95 "
+                       f"{b['with_behaviour_p95_ms']:.2f} ms vs {b['without_behaviour_p95_ms']:.2f} ms without it "
+                       f"({b['p95_ratio']:.2f}x) | <= 5 ms |")
         ix = doc["indexing"]
         out.append(f"| indexing vs bare encoder | {ix['ratio']:.2f}x ({ix['indexing_per_s']:.0f}/s) | >= 0.9x |")
     ups = REPO / "bench" / "results" / "upsert.json"

@@ -75,7 +75,7 @@ def test_bench_regenerates_the_report_after_a_subset_only_when_asked(bench_runs)
 
 def test_a_failing_benchmark_is_named_the_rest_run_and_the_report_is_regenerated(bench_runs, capsys):
     assert main(["bench"]) == 1
-    assert bench_runs[-3:] == ["load_test.py", "report.py", "readme_tables.py"] and len(bench_runs) == 9
+    assert bench_runs[-3:] == ["load_test.py", "report.py", "readme_tables.py"] and len(bench_runs) == 10
     err = capsys.readouterr().err
     assert "failed: load (exit 1)" in err and "Traceback" not in err
 
