@@ -68,12 +68,29 @@ def test_loss_decreases_and_hit_rate_beats_random(split, trained):
 
 
 @pytest.mark.slow
+def test_items_no_training_sequence_held_are_unknown_to_the_model(split, trained):
+    """An item training never saw keeps its initial vector, which the tied output layer ranked above trained items;
+    in an offline split that singled out the held-out sessions' items. The model knows only what it trained on."""
+    train = split[0]
+    held = {i for h in trained.histories.values() if len(h) >= 2 for i in h}
+    held |= {i for s in train.sessions.values() if len([x for x in s.items if x in train.products]) >= 2
+             for i in s.items}
+    assert set(trained.item_ids) <= held and len(trained.item_ids) < len(train.products)
+    never = next(i for i in train.products if i not in set(trained.item_ids))
+    user = next(iter(trained.histories))
+    assert never not in trained.score([], user)
+    assert trained.user_vector([never]) is None
+    assert list(trained.scaled_scores([trained.item_ids[0]], None, [never, trained.item_ids[1]]))[0] == 0.0
+    assert len(trained.score([trained.item_ids[0]], None)) == trained.max_results
+
+
+@pytest.mark.slow
 def test_vectors_share_one_space_and_scores_follow_them(split, trained):
     user = split[1]["user_id"].iloc[0]
     history = trained.histories[user]
     anchors = [i for i in split[0].products if i not in history][:1]
     ids, matrix = trained.item_vectors()
-    assert matrix.shape == (len(split[0].products), trained.dim) and trained.dim == BehaviourSettings().dim + 1
+    assert matrix.shape == (len(trained.item_ids), trained.dim) and trained.dim == BehaviourSettings().dim + 1
     query = trained.user_vector(history + anchors)
     assert query.dtype == np.float32 and query.shape == (trained.dim,)
     scores = trained.score(anchors, user)

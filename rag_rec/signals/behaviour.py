@@ -22,7 +22,7 @@ from rag_rec.settings import BehaviourSettings
 from rag_rec.signals.als import NotFittedError, _top
 
 PAD = 0
-TRAINING_VERSION = 1  # raise when a change to fit() makes networks cached by earlier code stale
+TRAINING_VERSION = 2  # raise when a change to fit() makes networks cached by earlier code stale
 
 
 def _build_network(n_items: int, settings: BehaviourSettings, dropout: float):
@@ -349,9 +349,27 @@ class BehaviourModel:
             self.loss_history.append(total / max(count, 1))
             epochs.set_postfix(loss=f"{self.loss_history[-1]:.3f}")
         net.eval()
-        self._net = net
+        self._net = self._trained_items_only(torch, net, sequences)
         self._refresh_item_matrix()
         return self
+
+    def _trained_items_only(self, torch, net, sequences: list[list[int]]):
+        """The network over the items some training sequence held; the others become unknown to the model, like
+        items outside the catalogue. Their vectors never left their initialisation, and the tied output layer
+        ranked them above trained items (62% / 94% of its top 100 on electronic / clothing, where they are 14% /
+        17% of the catalogue), so in an offline split it singled out the held-out sessions' items."""
+        trained = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]))
+        if len(trained) == len(self.item_ids):
+            return net
+        keep = torch.from_numpy(np.concatenate([[PAD], trained]))
+        state = net.state_dict()
+        state["items.weight"], state["item_bias.weight"] = state["items.weight"][keep], state["item_bias.weight"][keep]
+        smaller = _build_network(len(trained), self.settings, self.dropout)
+        smaller.load_state_dict(state)
+        smaller.eval()
+        self.item_ids = [self.item_ids[i - 1] for i in trained.tolist()]
+        self._item_index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        return smaller
 
     @staticmethod
     def _full_loss(torch, net, hidden, target):
