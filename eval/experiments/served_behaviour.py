@@ -7,6 +7,10 @@ needs no scan. This runs the served retriever (qdrant-edge index of the training
 default weights) on the test cases without the feature, with the catalogue scaling and with the pool scaling, and
 writes recall@10 with paired win / loss counts against "without" to eval/results/experiments/served_behaviour.json.
 
+Session 24 re-ran it after closing a split leak (the model had ranked items it never trained on, the held-out
+sessions' items in a session split, above the rest: eval/experiments/behaviour_weight.py). Session 23's Amazon
+gains (0.196 -> 0.241, 0.338 -> 0.383) came from that leak; Dunnhumby's did not.
+
 Basket completion on Dunnhumby (1,000 households: their user id, the basket's other items as anchors) is where the
 model has long histories to read; bundle completion on the Amazon domains checks what it does there.
 
