@@ -133,6 +133,33 @@ def served_pipeline(settings: Settings, dataset, signals):
             store.close()
 
 
+def last_weight_on_validation(settings: Settings, features: list[str], grid: list[float], domains: list[str], *,
+                              behaviour: bool = False, single: dict[str, np.ndarray] | None = None) -> dict:
+    """The weight of the last of `features` over `grid`, every other at its default, on bundle completion: each
+    domain's training data re-split the way the harness splits (signals refit on the rest) gives validation
+    Recall@10 per weight, and the best validation sum over the domains is the choice; test Recall@10 beside it (and
+    of each `single` weight row on the test cases), for transparency only."""
+    base = [settings.retrieve.weights[f] for f in features[:-1]]
+    rows = np.array([base + [w] for w in grid])
+    result: dict = {"grid": grid, "other_weights": dict(zip(features[:-1], base)), "domains": {}}
+    for domain in domains:
+        train, test_cases = bundle_completion_split(load_dataset(f"data/amazon-bundles/{domain}"))
+        inner_train, valid_cases = bundle_completion_split(train, seed=1)
+        valid = case_features(HybridRanker(settings, behaviour=behaviour).fit(inner_train), valid_cases, features)
+        test = case_features(HybridRanker(settings, behaviour=behaviour).fit(train), test_cases, features)
+        result["domains"][domain] = {
+            "validation_cases": len(valid_cases), "test_cases": len(test_cases),
+            "validation_recall@10": recall_at(valid, rows).tolist(), "test_recall@10": recall_at(test, rows).tolist(),
+            **({"test_recall@10_single": {k: float(recall_at(test, w)[0]) for k, w in single.items()}}
+               if single else {}),
+        }
+        print(domain, result["domains"][domain], flush=True)
+    summed = np.sum([d["validation_recall@10"] for d in result["domains"].values()], axis=0)
+    result["chosen_weight"] = grid[int(np.argmax(summed))]  # first of equal sums: the smaller weight
+    result["validation_sum"] = summed.tolist()
+    return result
+
+
 def save(name: str, result: dict) -> dict:
     """Write eval/results/experiments/<name>.json and print it."""
     out = Path("eval/results/experiments") / f"{name}.json"
