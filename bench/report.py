@@ -329,9 +329,8 @@ def main() -> None:
         doc = load(name)
         if doc:
             lines += section(doc, plt)
-    for name, section in (("behaviour_serve", behaviour_section), ("upsert", upsert_section), ("llm", llm_section), ("llm_arrivals", arrivals_section),
-                          ("compose", compose_section),
-                          ("load", load_section)):
+    for name, section in (("behaviour_serve", behaviour_section), ("upsert", upsert_section), ("llm", llm_section),
+                          ("llm_arrivals", arrivals_section), ("compose", compose_section), ("load", load_section)):
         doc = load(name)
         if doc:
             lines += section(doc)

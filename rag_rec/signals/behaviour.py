@@ -307,8 +307,7 @@ class BehaviourModel:
 
         frame = dataset.interactions.frame
         frame = frame[frame["user_id"].notna() & frame["item_id"].notna()]
-        self.item_ids = list(dataset.products)
-        self._item_index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        self._use_items(list(dataset.products))
         self.histories = {str(u): [str(i) for i in items]
                           for u, items in frame.groupby("user_id", sort=False)["item_id"]}
         sequences, unordered = self.training_sequences(dataset)
@@ -367,9 +366,13 @@ class BehaviourModel:
         smaller = _build_network(len(trained), self.settings, self.dropout)
         smaller.load_state_dict(state)
         smaller.eval()
-        self.item_ids = [self.item_ids[i - 1] for i in trained.tolist()]
-        self._item_index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        self._use_items([self.item_ids[i - 1] for i in trained.tolist()])
         return smaller
+
+    def _use_items(self, item_ids: list[str]) -> None:
+        """The model's items, each at its network index (1-based: 0 is padding)."""
+        self.item_ids = item_ids
+        self._item_index = {item: i + 1 for i, item in enumerate(item_ids)}
 
     @staticmethod
     def _full_loss(torch, net, hidden, target):
@@ -543,8 +546,8 @@ class BehaviourModel:
         except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
             raise ModelError(f"behaviour model {path} does not match its settings: {exc}") from exc
         net.eval()
-        self.item_ids, self.histories, self.loss_history, self._net = item_ids, histories, losses, net
-        self._item_index = {item: i + 1 for i, item in enumerate(item_ids)}
+        self.histories, self.loss_history, self._net = histories, losses, net
+        self._use_items(item_ids)
         self._refresh_item_matrix()
         return self
 
