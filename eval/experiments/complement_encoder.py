@@ -24,21 +24,23 @@ from rag_rec.settings import Settings
 from rag_rec.signals.text import _load_sentence_transformer
 
 
-def main(domain: str, epochs: int, use_sessions: bool = False) -> dict:
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    ds = load_dataset(f"data/amazon-bundles/{domain}")
-    train, cases = bundle_completion_split(ds)
+def bundle_pairs(train, products, use_sessions: bool = False) -> list[tuple[str, str]]:
+    """Every pair of products sharing a training bundle (and a training session, when asked)."""
     groups = [list(dict.fromkeys(b.items)) for b in train.bundles]
     if use_sessions:
         groups += [list(dict.fromkeys(s.items)) for s in train.sessions.values()]
-    pairs = [(a, b) for g in groups for i, a in enumerate(g) for b in g[i + 1:] if a in ds.products and b in ds.products]
-    print(domain, "pairs", len(pairs), flush=True)
+    return [(a, b) for g in groups for i, a in enumerate(g) for b in g[i + 1:] if a in products and b in products]
+
+
+def tune_encoder(pairs: list[tuple[str, str]], products, epochs: int, out: str, *, seed: int = 0):
+    """MiniLM fine-tuned on `pairs` (symmetric in-batch negatives), saved to `out`; returns the model."""
+    torch.manual_seed(seed)
     model = _load_sentence_transformer("packaged:all-MiniLM-L6-v2", "cpu")
     model.max_seq_length = 64
-    text = {p: ds.products[p].text() for p in ds.products}
+    text = {p: products[p].text() for a_b in pairs for p in a_b}
     opt = torch.optim.AdamW(model.parameters(), lr=3e-5)
-    rng = random.Random(0)
+    rng = random.Random(seed)
+    pairs = list(pairs)
     bs, scale = 64, 20.0
     t0 = time.time()
     model.train()
@@ -58,8 +60,19 @@ def main(domain: str, epochs: int, use_sessions: bool = False) -> dict:
             if (start // bs) % 50 == 0:
                 print(f"ep {ep} step {start // bs} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
     model.eval()
-    out = str(Path(tempfile.mkdtemp()) / f"complement-{domain}-{epochs}")
     model.save(out)
+    return model
+
+
+def main(domain: str, epochs: int, use_sessions: bool = False) -> dict:
+    torch.set_num_threads(2)
+    ds = load_dataset(f"data/amazon-bundles/{domain}")
+    train, cases = bundle_completion_split(ds)
+    pairs = bundle_pairs(train, ds.products, use_sessions)
+    print(domain, "pairs", len(pairs), flush=True)
+    out = str(Path(tempfile.mkdtemp()) / f"complement-{domain}-{epochs}")
+    t0 = time.time()
+    tune_encoder(pairs, ds.products, epochs, out)
     train_s = time.time() - t0
     print("train s", train_s, flush=True)
     res = {}
