@@ -48,11 +48,17 @@ def git(*args: str, cwd: Path = SOURCE) -> str | None:
         return None
 
 
+RESULTS = ("eval/results/", "bench/results/")
+
+
 def code_version() -> dict:
-    """The commit of the source tree and whether tracked files differed from it (None for both outside a
-    checkout)."""
+    """The commit of the source tree, whether tracked files other than committed results differed from it, and
+    which (None outside a checkout). Results written by an earlier run of the same batch do not count."""
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    if status is None:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": None, "changed": None}
+    changed = [line[3:] for line in status.splitlines() if line[3:] and not line[3:].startswith(RESULTS)]
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": changed[:20]}
 
 
 def package_versions(names=PACKAGES) -> dict[str, str]:

@@ -131,3 +131,15 @@ def test_summary_leaves_a_null_metric_blank(tmp_path, repo_root, monkeypatch):
     summarize.main()
     row = next(line for line in (tmp_path / "SUMMARY.md").read_text().splitlines() if "| pop |" in line)
     assert "|  | 0.100 |" in row
+
+
+def test_the_recorded_code_version_names_changed_code_but_not_earlier_results(tmp_path, monkeypatch):
+    from rag_rec import machine
+
+    outputs = {"rev-parse": "a" * 40, "status": " M eval/results/x/metrics.json\n M bench/results/y.json"}
+    monkeypatch.setattr(machine, "git", lambda *args, **kw: outputs[args[0]])
+    assert machine.code_version() == {"commit": "a" * 40, "dirty": False, "changed": []}
+    outputs["status"] += "\n M rag_rec/signals/text.py"
+    assert machine.code_version()["changed"] == ["rag_rec/signals/text.py"]
+    monkeypatch.setattr(machine, "git", lambda *args, **kw: None)
+    assert machine.code_version() == {"commit": None, "dirty": None, "changed": None}

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from rag_rec.data.models import Dataset, Interactions, Session
+from rag_rec.errors import ModelError
 from rag_rec.settings import BehaviourSettings
 from rag_rec.signals.base import ItemScorer
 from rag_rec.signals.behaviour import BehaviourModel
@@ -358,3 +359,86 @@ def test_the_training_key_follows_what_training_reads_and_nothing_else():
         Dataset("shop", products, Interactions(frame), {"s": Session("s", ("p2", "p1"), "a", 1)}),
     ]
     assert all(BehaviourModel(BehaviourSettings()).training_key(ds) != key for ds in changed)
+
+
+def tiny_shop(n_products: int = 12, users: dict | None = None, name: str = "tiny") -> Dataset:
+    from rag_rec.data.models import Product
+
+    products = {f"p{n}": Product(f"p{n}", f"lamp {n}", ("Lamps",)) for n in range(n_products)}
+    users = users or {"a": ["p0", "p1", "p2", "p3"], "b": ["p1", "p2", "p4"], "c": ["p5", "p6", "p7"]}
+    pairs = [(u, i) for u, items in users.items() for i in items]
+    frame = pd.DataFrame({"user_id": [u for u, _ in pairs], "item_id": [i for _, i in pairs],
+                          "timestamp": range(len(pairs)), "event": "purchase"})
+    return Dataset(name, products, Interactions(frame), {})
+
+
+def tiny_model(**settings) -> BehaviourModel:
+    return BehaviourModel(BehaviourSettings(**{"dim": 8, "heads": 2, "layers": 1, "max_len": 4, "epochs": 1,
+                                               "cache_dir": None, **settings}), progress=False)
+
+
+def test_a_failed_refit_leaves_the_model_serving_what_it_served():
+    model = tiny_model().fit(tiny_shop())
+    before = (list(model.item_ids), model.score([], "a"), model.score(["p1"]))
+    with pytest.raises(Exception, match="no sequence"):
+        model.fit(tiny_shop(30, {"a": ["p20"], "z": ["p29"]}, name="other"))
+    assert (model.item_ids, model.score([], "a"), model.score(["p1"])) == before
+
+
+def test_items_only_in_windows_no_epoch_drew_are_unknown_to_the_model():
+    users = {f"u{n}": [f"p{2 * n}", f"p{2 * n + 1}"] for n in range(40)}
+    model = tiny_model(max_windows_per_epoch=5, epochs=2).fit(tiny_shop(80, users))
+    assert 2 <= len(model.item_ids) <= 2 * 5 * 2  # at most 5 two-item windows an epoch
+    never = next(i for i in users["u0"] + users["u1"] + users["u2"] + users["u3"] + users["u4"] + users["u5"]
+                 if i not in set(model.item_ids))
+    assert model.user_vector([never]) is None and never not in model.score([], next(iter(users)))
+
+
+def test_a_network_cache_that_cannot_be_written_costs_only_the_next_fit():
+    """torch reports a failed open or write of its file as RuntimeError, not OSError; /proc/self takes no new files,
+    for root too."""
+    logs = []
+    model = tiny_model().fit_cached(tiny_shop(), "/proc/self", log=logs.append)
+    assert model.score([], "a") and "cannot keep" in logs[0]
+
+
+def test_a_damaged_kept_network_is_trained_over(tmp_path):
+    """A flipped byte in a tensor loads silently through torch.load (it does not check the archive's checksums), and
+    some flips in the pickle raise KeyError; both read as unreadable and are trained over."""
+    import struct
+    import zipfile
+
+    shop = tiny_shop()
+    fresh = tiny_model().fit_cached(shop, tmp_path)
+    [kept] = tmp_path.glob("behaviour-*.pt")
+    with zipfile.ZipFile(kept) as archive:
+        entry = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size >= 16)
+    raw = bytearray(kept.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", raw, entry.header_offset + 26)  # the local header's
+    raw[entry.header_offset + 30 + name_length + extra_length + 8] ^= 0xFF
+    kept.write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match="checksum"):
+        BehaviourModel.load(kept)
+    logs = []
+    again = tiny_model().fit_cached(shop, tmp_path, log=logs.append)
+    assert "training again" in logs[0]
+    np.testing.assert_allclose(again.item_vectors()[1], fresh.item_vectors()[1], atol=1e-6)
+
+
+def test_rows_scaled_below_the_smallest_normal_float_are_scanned_exactly(monkeypatch):
+    """The int8 pre-pass bounds each element within scale / 2, which needs normal-range scales: a subnormal scale
+    rounds to whole units of 2**-149 and clips codes, so the pre-pass would drop the true best rows."""
+    model = tiny_model().fit(tiny_shop())
+    model.quantized_scan_from = 0
+    unit = np.float32(2.0 ** -149)
+    matrix = np.full((4000, model.dim), 140 * unit, dtype=np.float32)
+    matrix[:, 0] = 254 * unit
+    matrix[7::50] = 190 * unit
+    model._use_item_matrix(matrix)
+    query = np.full(model.dim, 1e30, dtype=np.float32)
+    monkeypatch.setattr(model, "_encoded_vector", lambda encoded: query)
+    scores = np.sort(matrix.astype(np.float64) @ query.astype(np.float64))[::-1]
+    for m in (10, 50, 80):
+        model.max_results = m
+        best, last = model._range((1,), ())
+        assert (best, last) == pytest.approx((scores[0], scores[m - 1]), rel=1e-5, abs=0)

@@ -86,6 +86,7 @@ def _remove_empty(path: Path, top: Path | None) -> None:
 def _score_and_write(task: str, data: str, names: list[str], registry: dict, out: Path, *, limit: int | None,
                      settings: Settings, seed: int, console: Console, command: str | None, judge: bool) -> dict:
     t0 = time.perf_counter()
+    recorded_settings = run_settings(settings, judge=judge)  # the code as the run starts, not as it ends
     dataset = load_dataset(data, strict=settings.data.strict)
     console.log(f"loaded {dataset.name}: {dataset.stats()}")
     results: list[T.TaskResult] = []
@@ -129,7 +130,7 @@ def _score_and_write(task: str, data: str, names: list[str], registry: dict, out
         "limit": limit,
         "seed": seed,
         "command": command,
-        "settings": run_settings(settings, judge=judge),
+        "settings": recorded_settings,
         "python": platform.python_version(),
         "seconds": time.perf_counter() - t0,
         "results": {r.recommender: {"metrics": r.metrics, "n_cases": r.n_cases, "seconds": r.seconds,
