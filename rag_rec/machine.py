@@ -54,11 +54,11 @@ RESULTS = ("eval/results/", "bench/results/")
 def code_version() -> dict:
     """The commit of the source tree, whether tracked files other than committed results differed from it, and
     which (None outside a checkout). Results written by an earlier run of the same batch do not count."""
-    status = git("status", "--porcelain", "--untracked-files=no")
+    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     if status is None:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": None, "changed": None}
+        return {"commit": commit, "dirty": None, "changed": None}
     changed = [line[3:] for line in status.splitlines() if line[3:] and not line[3:].startswith(RESULTS)]
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": changed[:20]}
+    return {"commit": commit, "dirty": bool(changed), "changed": changed[:20]}
 
 
 def package_versions(names=PACKAGES) -> dict[str, str]:

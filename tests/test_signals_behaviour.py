@@ -261,13 +261,10 @@ def test_heads_must_divide_the_model_width():
 
 
 def test_histories_of_one_item_leave_the_service_without_a_behaviour_model():
-    from rag_rec.data.models import Product
     from rag_rec.settings import Settings
     from rag_rec.signals.suite import fit_signals
 
-    products = {f"p{n}": Product(f"p{n}", f"lamp {n}", ("Lamps",)) for n in range(4)}
-    frame = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["p0", "p1"], "timestamp": [1, 2], "event": "purchase"})
-    ds = Dataset("one-each", products, interactions=Interactions(frame))
+    ds = tiny_shop(4, {"a": ["p0"], "b": ["p1"]}, name="one-each")
     signals = fit_signals(ds, Settings(embedding={"cache_path": None}), text=False, behaviour=True)
     assert signals.behaviour is None and signals.als is not None
 

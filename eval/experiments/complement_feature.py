@@ -24,22 +24,12 @@ from fusion_weights import FEATURES, case_features, recall_at, save
 
 from rag_rec.data.registry import load_dataset
 from rag_rec.eval.tasks import bundle_completion_split
+from rag_rec.retrieve.hybrid import anchor_text_features
 from rag_rec.retrieve.rankers import HybridRanker
 from rag_rec.settings import Settings
 
 WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 COLUMNS = [*FEATURES, "lex", "tuned", "tuned_max"]
-
-
-def tuned_features(vectors: np.ndarray, anchors: list[int]) -> np.ndarray:
-    """(2, catalogue): the tuned encoder's `tuned` and `tuned_max` for these anchor rows (the hybrid's text rule)."""
-    anchor_vecs = vectors[anchors]
-    if len(anchors) == 1:
-        best = vectors @ anchor_vecs[0]
-        return np.vstack([best / (np.linalg.norm(anchor_vecs[0]) or 1.0), best])
-    q = anchor_vecs.mean(axis=0)
-    q /= np.linalg.norm(q) or 1.0
-    return np.vstack([vectors @ q, (vectors @ anchor_vecs.T).max(axis=1)])
 
 
 def scored_cases(settings: Settings, train, cases, products, epochs: int, workdir: Path, name: str) -> list:
@@ -56,7 +46,8 @@ def scored_cases(settings: Settings, train, cases, products, epochs: int, workdi
             out.append(None)
             continue
         matrix, target, anchors, tie = item
-        out.append((np.vstack([matrix, tuned_features(vectors, anchors)]), target, anchors, tie))
+        tuned = anchor_text_features(vectors, vectors[anchors])
+        out.append((np.vstack([matrix, tuned["text"], tuned["text_max"]]), target, anchors, tie))
     return out
 
 

@@ -79,6 +79,19 @@ def member(values: np.ndarray, of) -> np.ndarray:
     return mask
 
 
+def anchor_text_features(pool_vecs: np.ndarray, anchor_vecs: np.ndarray) -> dict[str, np.ndarray]:
+    """The pool's `text` (dot with the anchors' normalised mean; one anchor: with it, normalised) and `text_max`
+    (the best dot with any one anchor), in the order the compiled fusion sums them."""
+    if len(anchor_vecs) == 1:
+        anchor_vec = anchor_vecs[0]
+        best = pool_vecs @ anchor_vec
+        norm = float(np.sqrt(anchor_vec @ anchor_vec))
+        return {"text_max": best, "text": best / norm if norm else best}
+    q = anchor_vecs.mean(axis=0)
+    q /= np.linalg.norm(q) or 1.0
+    return {"text": pool_vecs @ q, "text_max": (pool_vecs @ anchor_vecs.T).max(axis=1)}
+
+
 @dataclass
 class FusionScorer:
     """score(b) = sum_f w_f * feature_f(b) over a candidate pool; each feature is reported per candidate."""
@@ -230,17 +243,8 @@ class FusionScorer:
         if s.text_vectors is not None:  # the whole catalogue: the float32 master holds the same (bfloat16-grid) values
             whole = block is table.rows and len(s.text_vectors) >= len(block)
             pool_vecs = s.text_vectors[:len(block)] if whole else table.text_vectors(block)
-        if pool_vecs is not None and len(idx) == 1:
-            anchor_vec = s.text_vectors[idx[0]]
-            feats["text_max"] = pool_vecs @ anchor_vec
-            norm = float(np.sqrt(anchor_vec @ anchor_vec))
-            feats["text"] = feats["text_max"] / norm if norm else feats["text_max"]
-        elif pool_vecs is not None and idx:
-            anchor_vecs = s.text_vectors[idx]
-            q = anchor_vecs.mean(axis=0)
-            q /= np.linalg.norm(q) or 1.0
-            feats["text"] = pool_vecs @ q
-            feats["text_max"] = (pool_vecs @ anchor_vecs.T).max(axis=1)
+        if pool_vecs is not None and idx:
+            feats.update(anchor_text_features(pool_vecs, s.text_vectors[idx]))
         if s.lexical is not None and idx:
             feats["lex"] = s.lexical.score_rows(idx, table.ints(block, table.terms), block[:, table.weights])
         if need_vector is not None and pool_vecs is not None:
