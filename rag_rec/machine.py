@@ -51,13 +51,13 @@ def git(*args: str, cwd: Path = SOURCE) -> str | None:
 RESULTS = ("eval/results/", "bench/results/")
 
 
-def code_version() -> dict:
+def code_version(cwd: Path = SOURCE) -> dict:
     """The commit of the source tree, whether tracked files other than committed results differed from it, and
     which (None outside a checkout). Results written by an earlier run of the same batch do not count."""
-    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
-    if status is None:
+    commit, paths = git("rev-parse", "HEAD", cwd=cwd), git("diff", "--name-only", "HEAD", cwd=cwd)
+    if paths is None:
         return {"commit": commit, "dirty": None, "changed": None}
-    changed = [line[3:] for line in status.splitlines() if line[3:] and not line[3:].startswith(RESULTS)]
+    changed = [path for path in paths.splitlines() if path and not path.startswith(RESULTS)]
     return {"commit": commit, "dirty": bool(changed), "changed": changed[:20]}
 
 

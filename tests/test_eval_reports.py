@@ -4,6 +4,7 @@ tables that match the committed results."""
 import importlib.util
 import json
 import math
+import subprocess
 
 import matplotlib
 import pytest
@@ -133,13 +134,26 @@ def test_summary_leaves_a_null_metric_blank(tmp_path, repo_root, monkeypatch):
     assert "|  | 0.100 |" in row
 
 
-def test_the_recorded_code_version_names_changed_code_but_not_earlier_results(tmp_path, monkeypatch):
+def test_the_recorded_code_version_names_changed_code_but_not_earlier_results(tmp_path):
     from rag_rec import machine
 
-    outputs = {"rev-parse": "a" * 40, "status": " M eval/results/x/metrics.json\n M bench/results/y.json"}
-    monkeypatch.setattr(machine, "git", lambda *args, **kw: outputs[args[0]])
-    assert machine.code_version() == {"commit": "a" * 40, "dirty": False, "changed": []}
-    outputs["status"] += "\n M rag_rec/signals/text.py"
-    assert machine.code_version()["changed"] == ["rag_rec/signals/text.py"]
-    monkeypatch.setattr(machine, "git", lambda *args, **kw: None)
-    assert machine.code_version() == {"commit": None, "dirty": None, "changed": None}
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for path in ("eval/results/x/metrics.json", "bench/results/y.json", "rag_rec/signals/text.py"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("a")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    commit = machine.git("rev-parse", "HEAD", cwd=tmp_path)
+    (tmp_path / "eval/results/x/metrics.json").write_text("b")
+    (tmp_path / "bench/results/y.json").write_text("b")
+    assert machine.code_version(tmp_path) == {"commit": commit, "dirty": False, "changed": []}
+    (tmp_path / "rag_rec/signals/text.py").write_text("b")
+    assert machine.code_version(tmp_path)["changed"] == ["rag_rec/signals/text.py"]
+    assert machine.code_version(tmp_path / "eval") == machine.code_version(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    assert machine.code_version(outside) == {"commit": None, "dirty": None, "changed": None}
