@@ -1,4 +1,4 @@
-"""`rag-rec` command line: demo, eval, index, journal, models, serve, bench."""
+"""`rag-rec` command line: demo, eval, index, behaviour, journal, models, serve, bench."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,6 +79,42 @@ def cmd_index(args) -> int:
         print(f"indexed {pipeline.store.count()} products into {settings.index.backend}")
     finally:
         pipeline.close()
+    return 0
+
+
+def cmd_behaviour(args) -> int:
+    from rich.console import Console
+
+    from rag_rec.data.journal import IngestJournal, journal_file
+    from rag_rec.errors import ModelError, UsageError
+    from rag_rec.pipeline import load_start_dataset, with_journal_products
+    from rag_rec.signals.suite import served_behaviour_model
+
+    settings = _settings(args)
+    cache_dir = settings.behaviour.cache_dir
+    if cache_dir is None:
+        raise UsageError("behaviour.cache_dir is unset: there is nowhere to keep the network for the service")
+    console = Console(stderr=True)
+    dataset = load_start_dataset(settings, args.data, console)
+    path = journal_file(settings)
+    if path is not None and path.is_file():  # a start trains on the products the API added, so this must too
+        with IngestJournal(path, read_only=True) as journal:
+            with_journal_products(dataset, journal, settings)
+    if not len(dataset.interactions):
+        raise ModelError(f"{dataset.name} has no events: the behaviour model has nothing to learn from")
+    model = served_behaviour_model(settings)
+    kept = model.cache_path(dataset, cache_dir)
+    if args.wait and not kept.is_file():
+        console.log(f"waiting up to {args.wait} s for another trainer to keep {kept}")
+        deadline = time.monotonic() + args.wait
+        while not kept.is_file() and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+    had = kept.is_file()
+    model.fit_cached(dataset, cache_dir, log=console.log)
+    if not kept.is_file():
+        raise ModelError(f"the trained network could not be kept in {cache_dir} (see the log above)")
+    print(f"{'already kept' if had else 'trained and kept'}: {kept} (starts on {dataset.name} with these settings "
+          "load it)")
     return 0
 
 
@@ -152,14 +189,18 @@ def cmd_bench(args) -> int:
     return module.main(args.rest, prog="rag-rec bench")
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+_positive_int = functools.partial(_whole_number, least=1)
+_non_negative_int = functools.partial(_whole_number, least=0)
 
 
 def _port(text: str) -> int:
@@ -214,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="the dataset, as `eval --data` takes it (default: the bundled "
                                                 "amazon:DATA_ROOT/amazon-bundles/DOMAIN of the settings)")
     p.set_defaults(func=cmd_index)
+
+    p = add("behaviour", help="train the behaviour model into behaviour.cache_dir ahead of the service's starts",
+            description="Train the network a start with behaviour.serve fits, on the same data (the dataset and the "
+                        "ingest journal's products), and keep it in behaviour.cache_dir, where starts on that data "
+                        "with these settings load it in seconds instead of training for minutes. Kept already: "
+                        "nothing to do.")
+    p.add_argument("action", choices=["train"])
+    p.add_argument("--data", default=None, help="the dataset, as `eval --data` takes it (default: the bundled "
+                                                "amazon:DATA_ROOT/amazon-bundles/DOMAIN of the settings, as "
+                                                "`serve` reads it)")
+    p.add_argument("--wait", type=_non_negative_int, default=0, metavar="SECONDS",
+                   help="when no network is kept for this data yet, wait this long for another trainer (a "
+                        "deployment's job) to keep one before training here")
+    p.set_defaults(func=cmd_behaviour)
 
     p = add("journal", help="the ingest journal of API writes: show | export | clear")
     p.add_argument("action", nargs="?", choices=["show", "export", "clear"], default="show",

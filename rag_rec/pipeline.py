@@ -82,6 +82,35 @@ def journaled_events_in(interactions: Interactions, batches: list[list[EventIn]]
     return sum(key in held for batch in batches for key in ((e.user_id, e.item_id, e.timestamp) for e in batch))
 
 
+def load_start_dataset(settings: Settings, data: str | None, console: Console) -> Dataset:
+    """The dataset a start serves (`data`, by default the settings' bundled domain), its cleaning report logged and
+    its quarantined rows written where the settings say."""
+    spec = data or f"amazon:{Path(settings.data.root) / 'amazon-bundles' / settings.data.domain}"
+    dataset = load_dataset(spec, strict=settings.data.strict)
+    console.log(f"catalogue {dataset.name}: {len(dataset.products)} products, {len(dataset.interactions)} events")
+    report = dataset.report
+    if report is not None and report.changed:
+        for line in report.summary_lines():
+            console.log(line)
+        if settings.data.quarantine_dir is not None and report.quarantined:
+            written = report.write(settings.data.quarantine_dir)
+            console.log(f"{len(report.quarantined)} quarantined rows written to {written}")
+    if not dataset.products:
+        raise DataError(f"no products in {spec}: nothing to index or recommend")
+    return dataset
+
+
+def with_journal_products(dataset: Dataset, journal: IngestJournal | None, settings: Settings):
+    """The journal's replay for `dataset` (None without a journal), its products added to the catalogue: a start
+    fits the signals on them, so whatever trains ahead of a start must too."""
+    if journal is None:
+        return None
+    replay = journal.replay(dataset.name, strict=settings.data.strict)
+    for p in replay.products:
+        dataset.products[p.id] = product_from(p, dataset.products)
+    return replay
+
+
 class BundlePipeline:
     """The product. Thread-safe for concurrent requests; writes (events/products) take a lock."""
 
@@ -108,25 +137,11 @@ class BundlePipeline:
     def from_settings(cls, settings: Settings, *, data: str | None = None, rebuild: bool = False,
                       llm=None, console: Console | None = None) -> "BundlePipeline":
         console = console or Console(stderr=True)
-        spec = data or f"amazon:{Path(settings.data.root) / 'amazon-bundles' / settings.data.domain}"
-        dataset = load_dataset(spec, strict=settings.data.strict)
-        console.log(f"catalogue {dataset.name}: {len(dataset.products)} products, {len(dataset.interactions)} events")
-        report = dataset.report
-        if report is not None and report.changed:
-            for line in report.summary_lines():
-                console.log(line)
-            if settings.data.quarantine_dir is not None and report.quarantined:
-                written = report.write(settings.data.quarantine_dir)
-                console.log(f"{len(report.quarantined)} quarantined rows written to {written}")
-        if not dataset.products:
-            raise DataError(f"no products in {spec}: nothing to index or recommend")
+        dataset = load_start_dataset(settings, data, console)
         path = journal_file(settings)
         journal = IngestJournal(path) if path is not None else None
         try:
-            replay = journal.replay(dataset.name, strict=settings.data.strict) if journal is not None else None
-            if replay is not None:  # API-ingested products join the catalogue before the signals are fitted
-                for p in replay.products:
-                    dataset.products[p.id] = product_from(p, dataset.products)
+            replay = with_journal_products(dataset, journal, settings)
             signals = fit_signals(dataset, settings, behaviour=settings.behaviour.serve, console=console)
             if signals.encoder is not None:
                 signals.encoder.encode(["warm up the text encoder"])

@@ -59,9 +59,10 @@ class BehaviourSettings(_Section):
     serve: bool = Field(default=False, description="Fit the behaviour model when the service starts and use it as a "
                         "feature of the served fusion (weight retrieve.weights.behaviour); API events extend the "
                         "histories it reads, the network is retrained when the data changes (an unchanged shop loads "
-                        "it from behaviour.cache_dir). Off by default: the first start on a shop trains for minutes "
-                        "of CPU, and each new (history, anchors) sequence costs a network pass and a scan of the "
-                        "item vectors, ~1.5 ms at 92k products (bench/results/behaviour_serve.json)")
+                        "it from behaviour.cache_dir, which `rag-rec behaviour train` fills ahead of the starts). Off "
+                        "by default: it helps where shoppers have histories, a start without that job trains for "
+                        "minutes of CPU, and each new (history, anchors) sequence costs a network pass and a scan "
+                        "of the item vectors, ~1.5 ms at 92k products (bench/results/behaviour_serve.json)")
     dim: int = Field(default=64, ge=1)
     layers: int = Field(default=2, ge=1)
     heads: int = Field(default=2, ge=1)

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,70 @@ def scratch(tmp_path, monkeypatch):
     monkeypatch.setenv("RAG_REC_EMBEDDING__CACHE_PATH", str(tmp_path / "embeddings.sqlite"))
     monkeypatch.setenv("RAG_REC_LLM__CACHE_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("RAG_REC_LLM__BACKEND", "none")
+
+
+# ---- behaviour ----
+
+@pytest.mark.slow
+def test_behaviour_train_keeps_the_network_a_start_on_the_same_data_loads(tmp_path, monkeypatch, capsys):
+    """The job a deployment runs before its replicas start: it trains on what a start trains on (the dataset and
+    the products the API added, from the ingest journal), so the start loads the network instead of training."""
+    from test_journal import open_pipeline, write_shop
+
+    from rag_rec.data import load_dataset
+    from rag_rec.signals.behaviour import BehaviourModel
+
+    write_shop(tmp_path / "shop")
+    data = f"generic:{tmp_path / 'shop'}"
+    networks = tmp_path / "networks"
+    monkeypatch.setenv("RAG_REC_BEHAVIOUR__CACHE_DIR", str(networks))
+    monkeypatch.setenv("RAG_REC_BEHAVIOUR__EPOCHS", "1")
+    with IngestJournal(tmp_path / "journal.sqlite") as journal:
+        journal.record_products(load_dataset(data).name, [ProductIn(id="API-1", title="Trail lamp deluxe")])
+
+    assert main(["behaviour", "train", "--data", data]) == 0
+    assert "trained and kept" in capsys.readouterr().out
+    [kept] = networks.glob("behaviour-*.pt")
+    assert main(["behaviour", "train", "--data", data]) == 0
+    assert f"already kept: {kept}" in capsys.readouterr().out
+
+    def no_training(self, dataset):
+        raise AssertionError("trained although another trainer kept a network for this data")
+
+    monkeypatch.setattr(BehaviourModel, "fit", no_training)
+    replica_cache = tmp_path / "replica-networks"  # a replica's init container, while the job is still training
+    monkeypatch.setenv("RAG_REC_BEHAVIOUR__CACHE_DIR", str(replica_cache))
+
+    def job_keeps_it():  # as fit_cached keeps a network: written aside, then renamed into place
+        replica_cache.mkdir()
+        shutil.copy(kept, replica_cache / "partial")
+        os.replace(replica_cache / "partial", replica_cache / kept.name)
+
+    job = threading.Timer(1.0, job_keeps_it)
+    job.start()
+    assert main(["behaviour", "train", "--data", data, "--wait", "60"]) == 0
+    assert "already kept" in capsys.readouterr().out
+    job.join()
+
+    pipeline = open_pipeline(tmp_path, behaviour={"serve": True, "epochs": 1, "cache_dir": networks})
+    try:
+        assert "API-1" in pipeline.dataset.products and pipeline.signals.behaviour is not None
+    finally:
+        pipeline.close()
+
+
+def test_behaviour_train_needs_a_cache_dir_and_events(tmp_path, monkeypatch, capsys):
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "products.csv").write_text("id,title\np1,Tent\np2,Stove\n")
+    monkeypatch.setenv("RAG_REC_BEHAVIOUR__CACHE_DIR", str(tmp_path / "networks"))
+    assert main(["behaviour", "train", "--data", f"generic:{tmp_path / 'shop'}"]) == 2
+    assert "has no events" in capsys.readouterr().err
+    monkeypatch.delenv("RAG_REC_BEHAVIOUR__CACHE_DIR")
+    (tmp_path / "settings.json").write_text('{"behaviour": {"cache_dir": null}}')
+    assert main(["behaviour", "train", "--data", f"generic:{tmp_path / 'shop'}",
+                 "--config", str(tmp_path / "settings.json")]) == 2
+    assert "behaviour.cache_dir is unset" in capsys.readouterr().err
+    assert not (tmp_path / "networks").exists()
 
 
 # ---- bench ----

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from rag_rec.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+BEHAVIOUR_OVERLAY = DEPLOY / "overlays" / "behaviour"
 COMPOSE = DEPLOY / "docker-compose.yml"
 SCHEMAS = DEPLOY / "schemas" / "k8s"
 ENV_NAME = re.compile(r"\bRAG_REC_[A-Z0-9_]+\b")
@@ -90,6 +92,12 @@ def settings_from(env: dict[str, str], monkeypatch) -> Settings:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return Settings()
+
+
+def app_owned_dirs(dockerfile: str) -> list[Path]:
+    """The folders the image creates for its non-root user."""
+    return [Path(d) for line in re.findall(r"install -d -o app -g app ((?:\S+ ?)+)$", dockerfile, re.MULTILINE)
+            for d in line.split()]
 
 
 def test_yamllint_passes():
@@ -239,7 +247,7 @@ def test_dockerfile_runs_the_api_as_non_root_with_a_healthcheck():
 def test_the_api_journal_is_writable_and_kept_where_the_deployments_keep_state():
     text = (DEPLOY / "Dockerfile").read_text()
     journal = Path(re.search(r"RAG_REC_DATA__JOURNAL_PATH=(\S+)", text).group(1))
-    assert re.search(rf"install -d -o app -g app {journal.parent}$", text, re.MULTILINE), "the non-root user writes it"
+    assert journal.parent in app_owned_dirs(text), "the non-root user writes it"
     api = yaml.safe_load(COMPOSE.read_text())["services"]["api"]
     volume = next(v for v in api["volumes"] if v.split(":")[1] == str(journal.parent))
     assert volume.split(":")[0] in yaml.safe_load(COMPOSE.read_text())["volumes"], "a named volume outlives the container"
@@ -249,12 +257,82 @@ def test_the_api_journal_is_writable_and_kept_where_the_deployments_keep_state()
     assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mounts[owner])  # survives container restarts
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-def test_kustomize_renders_everything_into_the_namespace():
-    out = subprocess.run(["kubectl", "kustomize", str(K8S)], check=False, capture_output=True, text=True,
+def behaviour_cache_dir() -> Path:
+    """Where the image keeps trained behaviour networks (behaviour.cache_dir), a folder its user owns."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    cache_dir = Path(re.search(r"RAG_REC_BEHAVIOUR__CACHE_DIR=(\S+)", text).group(1))
+    assert cache_dir in app_owned_dirs(text), "the non-root user writes it"
+    return cache_dir
+
+
+def test_compose_behaviour_profile_trains_before_the_api_into_the_volume_the_api_reads(monkeypatch):
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services, cache_dir = compose["services"], str(behaviour_cache_dir())
+    job, api = services["behaviour"], services["api"]
+    assert job["profiles"] == ["behaviour"] and job["command"] == ["rag-rec", "behaviour", "train"]
+    assert job["environment"] == api["environment"], "the job trains with the settings the API starts with"
+    job_volumes = dict(reversed(v.split(":")[:2]) for v in job["volumes"])
+    api_volumes = dict(reversed(v.split(":")[:2]) for v in api["volumes"])
+    assert job_volumes[cache_dir] == api_volumes[cache_dir] in compose["volumes"]
+    journal = str(Path(re.search(r"RAG_REC_DATA__JOURNAL_PATH=(\S+)", (DEPLOY / "Dockerfile").read_text())
+                       .group(1)).parent)
+    assert job_volumes[journal] == api_volumes[journal], "a start trains on the API's products: so does the job"
+    assert api["depends_on"]["behaviour"] == {"condition": "service_completed_successfully", "required": False}
+    env = {k: resolve_compose(str(v)) for k, v in api["environment"].items()}
+    assert settings_from(env, monkeypatch).behaviour.serve is False
+    monkeypatch.setenv("RAG_REC_BEHAVIOUR__SERVE", "true")  # as the compose file's comment starts it
+    env = {k: COMPOSE_VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), str(v))
+           for k, v in api["environment"].items()}
+    assert settings_from(env, monkeypatch).behaviour.serve is True
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(["kubectl", "kustomize", str(directory)], check=False, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def claim_mounts(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """mount path -> (the persistent volume claim mounted there, read-only)."""
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    return {m["mountPath"]: (claims[m["name"]], m.get("readOnly", False)) for m in container["volumeMounts"]
+            if m["name"] in claims}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_the_behaviour_overlay_trains_once_and_every_replica_reads_the_kept_network(monkeypatch):
+    docs = kustomize(BEHAVIOUR_OVERLAY)
+    assert {d["metadata"]["name"]: k8s_errors(d) for d in docs if k8s_errors(d)} == {}
+    found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert len(found) == len(k8s_documents()) + 2  # the base, a volume claim and the training Job
+    cache_dir = str(behaviour_cache_dir())
+    claim = found["PersistentVolumeClaim", "rag-rec-behaviour"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "every replica's node mounts it"
+    job = found["Job", "rag-rec-behaviour"]["spec"]["template"]["spec"]
+    assert job["containers"][0]["command"] == ["rag-rec", "behaviour", "train"]
+    assert claim_mounts(job, job["containers"][0]) == {cache_dir: ("rag-rec-behaviour", False)}
+    pod = found["Deployment", "rag-rec-api"]["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    assert init["command"][:4] == ["rag-rec", "behaviour", "train", "--wait"]
+    assert claim_mounts(pod, init) == {cache_dir: ("rag-rec-behaviour", False)}
+    api = next(c for c in pod["containers"] if c["name"] == "api")
+    assert claim_mounts(pod, api) == {cache_dir: ("rag-rec-behaviour", True)}
+    home = {m["mountPath"]: m["name"] for m in api["volumeMounts"]}["/home/app"]
+    assert {m["mountPath"]: m["name"] for m in init["volumeMounts"]}["/home/app"] == home, \
+        "the init container reads the pod's ingest journal, whose products a start trains on"
+    assert pod["securityContext"]["fsGroup"] == job["securityContext"]["fsGroup"] == 10001
+    assert init["envFrom"] == api["envFrom"] == job["containers"][0]["envFrom"]
+    env = {**found["ConfigMap", "rag-rec-config"]["data"], **found["Secret", "rag-rec-secrets"]["stringData"]}
+    assert settings_from(env, monkeypatch).behaviour.serve is True
+    base = {**by_kind("ConfigMap", "rag-rec-config")["data"], **by_kind("Secret", "rag-rec-secrets")["stringData"]}
+    assert settings_from(base, monkeypatch).behaviour.serve is False
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_everything_into_the_namespace():
+    rendered = kustomize(K8S)
     assert len(rendered) == len(k8s_documents())
     for doc in rendered:
         if doc["kind"] != "Namespace":

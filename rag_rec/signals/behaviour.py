@@ -593,13 +593,17 @@ class BehaviourModel:
             h.update(("\x1e" + "\x1f".join(map(str, session.items))).encode())
         return h.hexdigest()
 
+    def cache_path(self, dataset, cache_dir: str | Path) -> Path:
+        """Where fit_cached keeps the network it trains on `dataset` with these settings."""
+        return Path(cache_dir) / f"behaviour-{self.training_key(dataset)[:32]}.pt"
+
     def fit_cached(self, dataset, cache_dir: str | Path | None, log=None) -> BehaviourModel:
         """fit(), or the network an earlier fit with the same training_key saved under `cache_dir`, so a restart on
         unchanged data loads in seconds instead of training for minutes. An unreadable file is trained over; a
         cache that cannot be written only costs the next start its fit. None: always fit."""
         if cache_dir is None:
             return self.fit(dataset)
-        path = Path(cache_dir) / f"behaviour-{self.training_key(dataset)[:32]}.pt"
+        path = self.cache_path(dataset, cache_dir)
         if path.is_file():
             try:
                 self._restore(self._read(path), path)

@@ -73,11 +73,21 @@ def fit_signals(dataset: Dataset, settings: Settings, *, text: bool = True, als:
             als_model = None
     behaviour_model = None
     if behaviour and len(dataset.interactions):
-        from rag_rec.signals.behaviour import BehaviourModel
-
         try:
-            behaviour_model = BehaviourModel(settings.behaviour, filter_seen=False).fit_cached(
-                dataset, settings.behaviour.cache_dir, log=console.log)
+            behaviour_model = fit_behaviour(dataset, settings, console.log)
         except ModelError as exc:  # e.g. every history is one item long: nothing to learn an order from
             console.log(f"no behaviour model: {exc}")
     return Signals(vocab, vectors, encoder, cooc, pop, category, als_model, behaviour_model, lexical)
+
+
+def served_behaviour_model(settings: Settings):
+    """The behaviour model a service fits (unfitted): `rag-rec behaviour train` fills its cache ahead of the starts."""
+    from rag_rec.signals.behaviour import BehaviourModel
+
+    return BehaviourModel(settings.behaviour, filter_seen=False)
+
+
+def fit_behaviour(dataset: Dataset, settings: Settings, log=None):
+    """The served behaviour model: the network behaviour.cache_dir keeps for this data and these settings, else one
+    trained now (and kept there)."""
+    return served_behaviour_model(settings).fit_cached(dataset, settings.behaviour.cache_dir, log=log)
