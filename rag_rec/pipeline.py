@@ -498,26 +498,27 @@ class BundlePipeline:
                 if e.event != "return" and e.session_id is not None:
                     groups.setdefault((n, e.session_id), []).append(e.item_id)
         sessions = [tuple(items) for items in groups.values()]
-        if sessions:
-            s.cooc.add_groups(sessions, self.dataset)
-            if s.category is not None:
-                with self.retriever.scorer.writing_rows():  # pair counts and category counts change together
+        user_groups = getattr(s.cooc, "user_groups", False)  # the fit grouped each user's purchases
+        purchases = self._purchases() if user_groups else {}
+        with self.retriever.scorer.writing_rows():  # pair counts, their norms, category and popularity change
+            if sessions:
+                s.cooc.add_groups(sessions, self.dataset)
+                if s.category is not None:
                     s.category.add_groups(sessions)
-        if getattr(s.cooc, "user_groups", False):  # the fit grouped each user's purchases: extend those groups
-            purchases = self._purchases()
-            grown: dict[str, list[str]] = {}
-            for e in bought:
-                grown.setdefault(e.user_id, []).append(e.item_id)
-            s.cooc.extend_groups([(tuple(purchases.get(user, ())), items) for user, items in grown.items()],
-                                 self.dataset)
-            for user, items in grown.items():
-                purchases.setdefault(user, {}).update(dict.fromkeys(items))
-        for idx in s.vocab.known(e.item_id for e in bought):
-            s.popularity.counts[idx] += 1
-        for items in sessions:  # the fit also counts each group an item is in
-            for idx in s.vocab.known(set(items)):
+            if user_groups:  # extend those groups
+                grown: dict[str, list[str]] = {}
+                for e in bought:
+                    grown.setdefault(e.user_id, []).append(e.item_id)
+                s.cooc.extend_groups([(tuple(purchases.get(user, ())), items) for user, items in grown.items()],
+                                     self.dataset)
+                for user, items in grown.items():
+                    purchases.setdefault(user, {}).update(dict.fromkeys(items))
+            for idx in s.vocab.known(e.item_id for e in bought):
                 s.popularity.counts[idx] += 1
-        if s.als is not None:
+            for items in sessions:  # the fit also counts each group an item is in
+                for idx in s.vocab.known(set(items)):
+                    s.popularity.counts[idx] += 1
+        if s.als is not None:  # publishes a new user only once its factors exist: no lock needed
             s.als.fold_in_many([(str(e.user_id), e.item_id, str(e.event)) for e in events])
         ids, index = s.vocab.ids, s.vocab.index  # the catalogue's own id strings, not one copy per event
         self._event_log.extend((sys.intern(e.user_id), ids[index[e.item_id]], e.timestamp, sys.intern(e.event),

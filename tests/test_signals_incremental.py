@@ -113,3 +113,26 @@ def test_lexical_words_keep_their_marks_in_any_script(text, words):
 def test_the_brand_joins_a_title_that_names_it_only_inside_another_word():
     assert lexical_text(Product("a", "Space heater 2000", brand="Ace")) == "Space heater 2000 Ace"
     assert lexical_text(Product("b", "ACE fan 300", brand="Ace")) == "ACE fan 300"
+
+
+@pytest.mark.parametrize("with_sessions", [True, False])
+def test_event_updates_to_pair_counts_happen_inside_the_retrievers_sequence_lock(tmp_path, with_sessions):
+    """A request that overlapped an event batch's co-occurrence update is redone, as one that overlapped a product
+    row write: it never fuses new pair counts with the old counts they are normalised by."""
+    session = (lambda n: f"s{n // 3}") if with_sessions else (lambda n: None)
+    base = [{"user_id": f"u{n % 5}", "item_id": f"p{n}", "timestamp": 1700000000 + n, "session_id": session(n)}
+            for n in range(18)]
+    pipeline = open_pipeline(tmp_path, write_shop(tmp_path / "shop", base), "live")
+    try:
+        cooc, scorer = pipeline.signals.cooc, pipeline.retriever.scorer
+        seen = []
+        add_delta = cooc._add_delta
+        cooc._add_delta = lambda *args: (seen.append(scorer.seq), add_delta(*args))[1]
+        before = scorer.seq
+        pipeline.add_events(EventsIn(events=[EventIn(user_id="u1", item_id=i, session_id="t1" if with_sessions else None)
+                                             for i in ("p0", "p3")]))
+        assert seen and all(seq & 1 for seq in seen)
+        assert scorer.seq > before and not scorer.seq & 1
+        assert cooc.evidence(["p0"], "p3") >= 1
+    finally:
+        pipeline.close()
